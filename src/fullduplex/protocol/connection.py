@@ -1,0 +1,544 @@
+"""The RFC 6455 state machine, sans-I/O: bytes in, events and bytes out.
+
+After a successful opening handshake the I/O layer creates a :class:`Connection` and then only
+ever does four things with it::
+
+    conn.receive_data(chunk)          # every chunk read from the socket
+    conn.receive_eof()                # when the peer closed its end of the TCP connection
+    for event in conn.events_received(): ...
+    transport.write(conn.data_to_send())
+
+and checks :attr:`Connection.transport_should_close` (close TCP now) and
+:attr:`Connection.close_timer_wanted` (start the close timeout; when it fires, close TCP).
+The connection never sees a clock, a socket or a thread.
+
+Violations by the peer never raise from :meth:`Connection.receive_data`: the connection *fails*
+(RFC 6455 7.1.7) with the right close code, records the exception in
+:attr:`Connection.failure`, queues the close frame and asks for the transport to be closed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+from collections.abc import Iterable, Sequence
+
+from .events import (
+    BinaryFragment,
+    BinaryMessage,
+    CloseReceived,
+    Event,
+    Ping,
+    Pong,
+    TextFragment,
+    TextMessage,
+)
+from .exceptions import InvalidUTF8, LocalProtocolError, PayloadTooBig, ProtocolError
+from .extensions import Extension
+from .frames import (
+    CloseCode,
+    Frame,
+    FrameParser,
+    Opcode,
+    parse_close,
+    serialize_close,
+    serialize_frame,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Connection",
+    "Side",
+    "State",
+]
+
+#: Default limit on the payload of one received frame. Like websockets' max_size (1 MiB).
+DEFAULT_MAX_FRAME_SIZE = 2**20
+#: Default limit on a received message, after decompression: 1 MiB, as websockets and
+#: aiohttp (4 MiB) cap messages; Node's ws allows 100 MiB, which is too generous for a server.
+DEFAULT_MAX_MESSAGE_SIZE = 2**20
+
+
+class Side(enum.IntEnum):
+    """Which end of the connection this is."""
+
+    SERVER = 0
+    CLIENT = 1
+
+
+class State(enum.IntEnum):
+    """Connection state (RFC 6455 sections 4-7, after the opening handshake)."""
+
+    OPEN = 1  #: messages flow both ways
+    CLOSING = 2  #: a close frame was sent, the peer's has not arrived yet
+    CLOSED = 3  #: both close frames exchanged, or the connection failed or was lost
+
+
+def _new_utf8_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")("strict")
+
+
+class Connection:
+    """A WebSocket connection after the opening handshake.
+
+    Args:
+        side: :attr:`Side.SERVER` or :attr:`Side.CLIENT`; decides masking and who closes TCP.
+        extensions: extensions negotiated in the handshake, in negotiation order.
+        max_frame_size: largest received frame payload (on the wire), None for no limit.
+            Larger frames fail the connection with 1009 before their payload is buffered.
+        max_message_size: largest received message after decompression, None for no limit.
+            Larger messages fail the connection with 1009; in streaming mode this still
+            bounds each message.
+        stream_messages: report each data frame as a :class:`TextFragment` or
+            :class:`BinaryFragment` instead of buffering whole messages.
+        fragment_size: split sent messages into frames of at most this many payload bytes;
+            None sends each message in one frame.
+    """
+
+    def __init__(
+        self,
+        side: Side,
+        *,
+        extensions: Sequence[Extension] = (),
+        # Limits
+        max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        stream_messages: bool = False,
+        fragment_size: int | None = None,
+    ) -> None:
+        if fragment_size is not None and fragment_size < 1:
+            raise ValueError("fragment_size must be at least 1")
+        #: Which end this is.
+        self.side = side
+        #: The negotiated extensions.
+        self.extensions = list(extensions)
+        #: Largest frame payload accepted, or None.
+        self.max_frame_size = max_frame_size
+        #: Largest message accepted after decompression, or None.
+        self.max_message_size = max_message_size
+        #: Whether data frames are reported as they arrive.
+        self.stream_messages = stream_messages
+        #: Fragment size for sent messages, or None.
+        self.fragment_size = fragment_size
+        #: Current state.
+        self.state = State.OPEN
+        #: The close frame received, as ``(code, reason)``, or None.
+        self.close_received: tuple[int, str] | None = None
+        #: The close frame sent, as ``(code, reason)``, or None.
+        self.close_sent: tuple[int, str] | None = None
+        #: Why this side failed the connection, or None.
+        self.failure: ProtocolError | None = None
+        #: True once the I/O layer should close the TCP connection.
+        self.transport_should_close = False
+        #: True once the I/O layer should start the close timeout; when it fires, close TCP.
+        self.close_timer_wanted = False
+        #: True once the peer closed its end of the TCP connection.
+        self.eof_received = False
+
+        rsv_mask = 0
+        for ext in self.extensions:
+            rsv_mask |= ext.rsv_mask
+        self._is_client = side is Side.CLIENT
+        self._parser = FrameParser(
+            require_mask=side is Side.SERVER, max_frame_size=max_frame_size, rsv_mask=rsv_mask
+        )
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._pings: dict[bytes, None] = {}
+        # Receiving: the open message's opcode (None between messages), its parts and size.
+        self._msg_opcode: int | None = None
+        self._msg_parts: list[bytes] | list[str] = []
+        self._msg_size = 0
+        self._decoder: codecs.IncrementalDecoder | None = None
+        # Sending: the opcode of a message being sent with send_fragment, or None.
+        self._send_opcode: int | None = None
+        self._send_compress = True
+
+    # -- receiving ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the peer.
+
+        Never raises for anything the peer sends: a violation fails the connection.
+        """
+        if self.transport_should_close or self.eof_received:
+            return  # failed or done: RFC 6455 7.1.7 "MUST NOT attempt to process further data"
+        parser = self._parser
+        parser.feed(data)
+        try:
+            while (frame := parser.next_frame()) is not None:
+                self._handle_frame(frame)
+                if self.transport_should_close:
+                    return
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.public_reason, exc)
+
+    def receive_eof(self) -> None:
+        """Tell the connection the peer closed its end of the TCP connection."""
+        if self.eof_received:
+            return
+        self.eof_received = True
+        if self.state is not State.CLOSED:
+            # RFC 6455 7.1.5: closed without a close frame: code 1006.
+            self.state = State.CLOSED
+        self.transport_should_close = True
+        self._msg_parts = []
+
+    def events_received(self) -> list[Event]:
+        """Return the events received since the last call, oldest first."""
+        events = self._events
+        self._events = []
+        return events
+
+    def data_to_send(self) -> bytes:
+        """Return the bytes to write to the transport since the last call (maybe empty)."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def close_code(self) -> int:
+        """The close code the connection ended with.
+
+        The code of the close frame received (RFC 6455 7.1.5); if this side failed the
+        connection, the code it sent; otherwise 1006 (abnormal closure).
+        """
+        if self.close_received is not None:
+            return self.close_received[0]
+        if self.failure is not None and self.close_sent is not None:
+            return self.close_sent[0]
+        return CloseCode.ABNORMAL_CLOSURE
+
+    @property
+    def close_reason(self) -> str:
+        """The close reason matching :attr:`close_code`."""
+        if self.close_received is not None:
+            return self.close_received[1]
+        if self.failure is not None and self.close_sent is not None:
+            return self.close_sent[1]
+        return ""
+
+    def _handle_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode >= 8:
+            self._handle_control(frame)
+        elif self.state is State.OPEN:
+            self._handle_data(frame)
+        # else: RFC 6455 1.4: after sending a close frame, data received is discarded.
+
+    def _handle_control(self, frame: Frame) -> None:
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:
+            # No extension defines RSV bits on control frames (RFC 7692 6: "only on data").
+            raise ProtocolError("reserved bit set on a control frame")
+        opcode = frame.opcode
+        if opcode == Opcode.PING:
+            if self.state is State.OPEN:
+                # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+                # frame in response ... [with] identical Application data".
+                self._write(Opcode.PONG, frame.payload)
+                self._events.append(Ping(frame.payload))
+        elif opcode == Opcode.PONG:
+            self._handle_pong(frame.payload)
+        else:
+            self._handle_close(frame.payload)
+
+    def _handle_pong(self, payload: bytes) -> None:
+        if payload not in self._pings:
+            return  # RFC 6455 5.5.3: an unsolicited pong needs no response.
+        acknowledged = []
+        for key in list(self._pings):
+            del self._pings[key]
+            acknowledged.append(key)
+            if key == payload:
+                break
+        self._events.append(Pong(payload, tuple(acknowledged)))
+
+    def _handle_close(self, payload: bytes) -> None:
+        code, reason = parse_close(payload)
+        self.close_received = (code, reason)
+        if self.state is State.OPEN:
+            # RFC 6455 5.5.1: "If an endpoint receives a Close frame and did not previously
+            # send a Close frame, the endpoint MUST send a Close frame in response. (When
+            # sending a Close frame in response, the endpoint typically echos the status code
+            # it received.)"
+            self._send_close_frame(code, "")
+        self.state = State.CLOSED
+        self._msg_parts = []
+        self._events.append(CloseReceived(code, reason))
+        # RFC 6455 7.1.1: the server closes the TCP connection first; the client waits for it,
+        # but not forever.
+        if self._is_client:
+            self.close_timer_wanted = True
+        else:
+            self.transport_should_close = True
+
+    def _handle_data(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode == Opcode.CONT:
+            if self._msg_opcode is None:
+                raise ProtocolError("continuation frame without a message to continue")
+            opcode = self._msg_opcode
+        elif self._msg_opcode is not None:
+            raise ProtocolError("new data frame while a fragmented message is open")
+        else:
+            self._msg_size = 0
+        for ext in reversed(self.extensions):
+            frame = ext.decode(frame, max_size=self._budget())
+        payload = frame.payload
+        limit = self.max_message_size
+        if limit is not None:
+            self._msg_size += len(payload)
+            if self._msg_size > limit:
+                raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
+        fin = frame.fin
+        if fin and frame.opcode != Opcode.CONT and not self.stream_messages:
+            # Fast path: a whole message in one frame.
+            self._msg_opcode = None
+            if opcode == Opcode.TEXT:
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    raise InvalidUTF8() from None
+                self._events.append(TextMessage(text))
+            else:
+                self._events.append(BinaryMessage(payload))
+            return
+        self._msg_opcode = None if fin else opcode
+        if opcode == Opcode.TEXT:
+            self._receive_text_part(payload, fin)
+        elif self.stream_messages:
+            self._events.append(BinaryFragment(payload, fin))
+        else:
+            parts: list[bytes] = self._msg_parts  # type: ignore[assignment]
+            parts.append(payload)
+            if fin:
+                self._msg_parts = []
+                self._events.append(BinaryMessage(b"".join(parts)))
+
+    def _budget(self) -> int | None:
+        limit = self.max_message_size
+        return None if limit is None else limit - self._msg_size
+
+    def _receive_text_part(self, payload: bytes, fin: bool) -> None:
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = _new_utf8_decoder()
+        try:
+            text = decoder.decode(payload, fin)
+        except UnicodeDecodeError:
+            raise InvalidUTF8() from None
+        if not fin:
+            _check_utf8_prefix(decoder)
+        else:
+            decoder.reset()
+        if self.stream_messages:
+            self._events.append(TextFragment(text, fin))
+            return
+        parts: list[str] = self._msg_parts  # type: ignore[assignment]
+        parts.append(text)
+        if fin:
+            self._msg_parts = []
+            self._events.append(TextMessage("".join(parts)))
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def send_text(self, data: str | Iterable[str], *, compress: bool = True) -> None:
+        """Send a text message.
+
+        Args:
+            data: the message, or an iterable of strings sent as one fragmented message, one
+                frame per string.
+            compress: False to skip negotiated compression for this message.
+
+        Raises:
+            LocalProtocolError: the connection is closing, or a fragmented send is open.
+        """
+        if isinstance(data, str):
+            self._send_message(Opcode.TEXT, data.encode(), compress)
+        else:
+            self._send_chunks(Opcode.TEXT, (chunk.encode() for chunk in data), compress)
+
+    def send_binary(self, data: bytes | Iterable[bytes], *, compress: bool = True) -> None:
+        """Send a binary message.
+
+        Args:
+            data: the message (any bytes-like object), or an iterable of bytes sent as one
+                fragmented message, one frame per item.
+            compress: False to skip negotiated compression (for already compressed payloads).
+
+        Raises:
+            LocalProtocolError: the connection is closing, or a fragmented send is open.
+        """
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            self._send_message(Opcode.BINARY, bytes(data), compress)
+        else:
+            self._send_chunks(Opcode.BINARY, (bytes(chunk) for chunk in data), compress)
+
+    def send_fragment(self, data: str | bytes, *, final: bool, compress: bool = True) -> None:
+        """Send one frame of a message whose parts are produced over time.
+
+        The first call starts a text (``str``) or binary (``bytes``) message; later calls send
+        continuation frames of the same type until one with ``final=True``. Control frames
+        (ping, pong, close) may be sent in between; other messages may not.
+
+        Raises:
+            LocalProtocolError: the connection is closing, or the type changed mid-message.
+        """
+        self._check_can_send()
+        opcode = Opcode.TEXT if isinstance(data, str) else Opcode.BINARY
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        if self._send_opcode is None:
+            self._send_compress = compress
+            self._send_opcode = opcode
+            frame_opcode = int(opcode)
+        elif self._send_opcode != opcode:
+            raise LocalProtocolError("fragment type differs from the message being sent")
+        else:
+            frame_opcode = Opcode.CONT
+        if final:
+            self._send_opcode = None
+        self._send_data_frame(Frame(frame_opcode, payload, final), self._send_compress)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Send a ping; a :class:`Pong` event reports the matching pong.
+
+        Raises:
+            LocalProtocolError: payload over 125 bytes, already outstanding, or closing.
+        """
+        self._check_control(payload)
+        if payload in self._pings:
+            raise LocalProtocolError("a ping with this payload is already waiting for its pong")
+        self._pings[payload] = None
+        self._write(Opcode.PING, payload)
+
+    def send_pong(self, payload: bytes = b"") -> None:
+        """Send an unsolicited pong (a one-way heartbeat, RFC 6455 5.5.3)."""
+        self._check_control(payload)
+        self._write(Opcode.PONG, payload)
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake (or answer one: the connection answers by itself).
+
+        Args:
+            code: a close code valid on the wire, or 1005 to send a close frame without one.
+            reason: at most 123 bytes of UTF-8.
+
+        Raises:
+            LocalProtocolError: the code or reason is invalid, or a close was already sent.
+        """
+        if self.close_sent is not None or self.state is State.CLOSED:
+            raise LocalProtocolError("close frame already sent or connection closed")
+        self._send_close_frame(code, reason)
+        self.state = State.CLOSING
+        self.close_timer_wanted = True
+
+    def fail(self, code: int, reason: str = "", exc: ProtocolError | None = None) -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame if possible, then close TCP.
+
+        Args:
+            code: the close code to send.
+            reason: the close reason to send (sent as is: never put peer data or exception
+                text here).
+            exc: the violation that caused it, kept in :attr:`failure`.
+        """
+        if exc is None:
+            exc = ProtocolError(reason or f"connection failed with {code}", code, reason)
+        self.failure = exc
+        if self.close_sent is None and self.state is State.OPEN and not self.eof_received:
+            self._send_close_frame(code, reason)
+        self.state = State.CLOSED
+        self.transport_should_close = True
+        self._msg_parts = []
+
+    def _send_close_frame(self, code: int, reason: str) -> None:
+        payload = serialize_close(code, reason)
+        self.close_sent = (code, reason)
+        self._write(Opcode.CLOSE, payload)
+
+    def _check_can_send(self) -> None:
+        if self.state is not State.OPEN:
+            raise LocalProtocolError("connection is closing or closed: cannot send")
+
+    def _check_control(self, payload: bytes) -> None:
+        self._check_can_send()
+        if len(payload) > 125:
+            raise LocalProtocolError("control frame payload must be at most 125 bytes")
+
+    def _send_message(self, opcode: int, payload: bytes, compress: bool) -> None:
+        self._check_can_send()
+        if self._send_opcode is not None:
+            raise LocalProtocolError("a fragmented message is being sent")
+        frame = Frame(opcode, payload)
+        if compress:
+            for ext in self.extensions:
+                frame = ext.encode(frame)
+        size = self.fragment_size
+        if size is None or len(frame.payload) <= size:
+            self._write_frame(frame)
+            return
+        # Fragment after encoding: the extension sees the message once (RFC 7692 7.2.1
+        # compresses the whole message, then it may be fragmented).
+        data = frame.payload
+        last = len(data) - size
+        for start in range(0, len(data), size):
+            first = start == 0
+            self._write_frame(
+                Frame(
+                    frame.opcode if first else Opcode.CONT,
+                    data[start : start + size],
+                    start >= last,
+                    frame.rsv1 and first,
+                    frame.rsv2 and first,
+                    frame.rsv3 and first,
+                )
+            )
+
+    def _send_chunks(self, opcode: int, chunks: Iterable[bytes], compress: bool) -> None:
+        self._check_can_send()
+        if self._send_opcode is not None:
+            raise LocalProtocolError("a fragmented message is being sent")
+        pending: bytes | None = None
+        frame_opcode = opcode
+        for chunk in chunks:
+            if pending is not None:
+                self._send_data_frame(Frame(frame_opcode, pending, False), compress)
+                frame_opcode = Opcode.CONT
+            pending = chunk
+        self._send_data_frame(Frame(frame_opcode, pending or b"", True), compress)
+
+    def _send_data_frame(self, frame: Frame, compress: bool) -> None:
+        if compress:
+            for ext in self.extensions:
+                frame = ext.encode(frame)
+        self._write_frame(frame)
+
+    def _write_frame(self, frame: Frame) -> None:
+        self._out.append(
+            serialize_frame(
+                frame.opcode,
+                frame.payload,
+                fin=frame.fin,
+                rsv1=frame.rsv1,
+                rsv2=frame.rsv2,
+                rsv3=frame.rsv3,
+                mask=self._is_client,
+            )
+        )
+
+    def _write(self, opcode: int, payload: bytes) -> None:
+        self._out.append(serialize_frame(opcode, payload, mask=self._is_client))
+
+
+def _check_utf8_prefix(decoder: codecs.IncrementalDecoder) -> None:
+    """Fail early on a pending UTF-8 prefix that no continuation can make valid.
+
+    CPython's incremental decoder rejects every invalid prefix at once except a surrogate lead
+    (0xED followed by 0xA0-0xBF), which it keeps buffered until the next byte. RFC 6455 8.1
+    asks to fail "as soon as" the bytes cannot be valid UTF-8 (Autobahn 6.4.x checks this).
+    """
+    pending = decoder.getstate()[0]
+    if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+        raise InvalidUTF8()

@@ -1,0 +1,355 @@
+"""WebSocket frames (RFC 6455 section 5): opcodes, close codes, masking, parsing and serializing.
+
+The parser is incremental: :meth:`FrameParser.feed` takes bytes in chunks of any size and
+:meth:`FrameParser.next_frame` returns each complete frame, so feeding one byte at a time yields
+exactly the frames that feeding everything at once does. It never blocks and never reads a clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import struct
+from dataclasses import dataclass
+
+from .exceptions import LocalProtocolError, PayloadTooBig, ProtocolError
+from .mask import apply_mask
+
+__all__ = [
+    "CONTROL_OPCODES",
+    "DATA_OPCODES",
+    "CloseCode",
+    "Frame",
+    "FrameParser",
+    "Opcode",
+    "apply_mask",
+    "is_valid_close_code",
+    "parse_close",
+    "serialize_close",
+    "serialize_frame",
+]
+
+
+class Opcode(enum.IntEnum):
+    """Frame opcodes (RFC 6455 5.2); 3-7 and 0xB-0xF are reserved."""
+
+    CONT = 0x0  #: continuation of a fragmented message
+    TEXT = 0x1  #: first frame of a text message
+    BINARY = 0x2  #: first frame of a binary message
+    CLOSE = 0x8  #: close control frame
+    PING = 0x9  #: ping control frame
+    PONG = 0xA  #: pong control frame
+
+
+#: Opcodes of data frames.
+DATA_OPCODES = frozenset({Opcode.CONT, Opcode.TEXT, Opcode.BINARY})
+#: Opcodes of control frames.
+CONTROL_OPCODES = frozenset({Opcode.CLOSE, Opcode.PING, Opcode.PONG})
+_KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
+
+
+class CloseCode(enum.IntEnum):
+    """Close status codes registered with IANA (RFC 6455 7.4.1 and the WebSocket registry)."""
+
+    NORMAL_CLOSURE = 1000  #: the purpose of the connection was fulfilled
+    GOING_AWAY = 1001  #: server shutting down or browser navigating away
+    PROTOCOL_ERROR = 1002  #: the peer violated the protocol
+    UNSUPPORTED_DATA = 1003  #: a data type the endpoint cannot accept (e.g. binary)
+    NO_STATUS_RCVD = 1005  #: reserved: a close frame without a code (never on the wire)
+    ABNORMAL_CLOSURE = 1006  #: reserved: closed without a close frame (never on the wire)
+    INVALID_DATA = 1007  #: data inconsistent with the message type (e.g. invalid UTF-8)
+    POLICY_VIOLATION = 1008  #: a message that violates the endpoint's policy
+    MESSAGE_TOO_BIG = 1009  #: a message too big to process
+    MANDATORY_EXTENSION = 1010  #: the client expected an extension the server did not accept
+    INTERNAL_ERROR = 1011  #: the server met an unexpected condition
+    SERVICE_RESTART = 1012  #: the service is restarting
+    TRY_AGAIN_LATER = 1013  #: temporary overload; try again later
+    BAD_GATEWAY = 1014  #: a gateway received an invalid response upstream
+    TLS_HANDSHAKE = 1015  #: reserved: TLS handshake failure (never on the wire)
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Tell whether ``code`` may appear in a close frame on the wire.
+
+    RFC 6455 7.4: 1000-1003 and 1007-1014 are defined for use; 3000-3999 are registered for
+    libraries and frameworks, 4000-4999 are private. 1004, 1005, 1006 and 1015 are reserved,
+    other codes below 3000 are unassigned, and codes below 1000 or from 5000 up are invalid.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+@dataclass(slots=True)
+class Frame:
+    """One WebSocket frame, unmasked.
+
+    Attributes:
+        opcode: the frame's opcode (an :class:`Opcode` value).
+        payload: the application data (after unmasking).
+        fin: whether this is the final frame of a message.
+        rsv1: the RSV1 bit (permessage-deflate marks compressed messages with it).
+        rsv2: the RSV2 bit.
+        rsv3: the RSV3 bit.
+    """
+
+    opcode: int
+    payload: bytes
+    fin: bool = True
+    rsv1: bool = False
+    rsv2: bool = False
+    rsv3: bool = False
+
+
+_pack_h = struct.Struct("!BBH").pack
+_pack_q = struct.Struct("!BBQ").pack
+_unpack_h = struct.Struct("!H").unpack_from
+_unpack_q = struct.Struct("!Q").unpack_from
+
+
+class _MaskKeys:
+    """Masking keys drawn from ``secrets`` 4 KiB at a time.
+
+    RFC 6455 5.3 wants each key "derived from a strong source of entropy"; one getrandom() call per
+    frame costs a system call per message, so keys are taken from a pooled buffer of the same
+    strong source.
+    """
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = secrets.token_bytes(4096)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos : pos + 4]
+
+
+_mask_keys = _MaskKeys()
+
+
+def serialize_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool = True,
+    rsv1: bool = False,
+    rsv2: bool = False,
+    rsv3: bool = False,
+    mask: bool = False,
+    mask_key: bytes | None = None,
+) -> bytes:
+    """Serialize a frame with the minimal length encoding (RFC 6455 5.2).
+
+    Args:
+        opcode: the frame's opcode.
+        payload: the unmasked payload.
+        fin: the FIN bit.
+        rsv1: the RSV1 bit.
+        rsv2: the RSV2 bit.
+        rsv3: the RSV3 bit.
+        mask: mask the payload (clients must, servers must not: RFC 6455 5.1).
+        mask_key: the 4-byte masking key; a fresh random key when None.
+
+    Returns:
+        The frame as bytes.
+    """
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0)
+    b0 |= (0x10 if rsv3 else 0) | opcode
+    n = len(payload)
+    bit = 0x80 if mask else 0
+    if n < 126:
+        head = bytes((b0, bit | n))
+    elif n < 65536:
+        head = _pack_h(b0, bit | 126, n)
+    else:
+        head = _pack_q(b0, bit | 127, n)
+    if not mask:
+        return head + payload
+    if mask_key is None:
+        mask_key = _mask_keys.next()
+    elif len(mask_key) != 4:
+        raise LocalProtocolError("mask_key must be 4 bytes")
+    return head + mask_key + apply_mask(payload, mask_key)
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """Parse the payload of a close frame (RFC 6455 5.5.1).
+
+    Returns:
+        ``(code, reason)``; ``(1005, "")`` for an empty payload.
+
+    Raises:
+        ProtocolError: a 1-byte payload or a code that must not be on the wire (1002), or a
+            reason that is not UTF-8 (1007).
+    """
+    n = len(payload)
+    if n == 0:
+        return CloseCode.NO_STATUS_RCVD, ""
+    if n == 1:
+        raise ProtocolError("close frame with a 1-byte payload")
+    (code,) = _unpack_h(payload)
+    if not is_valid_close_code(code):
+        raise ProtocolError(f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("close reason is not UTF-8", 1007) from None
+    return code, reason
+
+
+def serialize_close(code: int, reason: str = "") -> bytes:
+    """Serialize a close frame payload.
+
+    Args:
+        code: a close code valid on the wire, or 1005 for an empty payload.
+        reason: a reason of at most 123 bytes in UTF-8.
+
+    Raises:
+        LocalProtocolError: the code may not be sent or the reason is too long.
+    """
+    if code == CloseCode.NO_STATUS_RCVD and not reason:
+        return b""
+    if not is_valid_close_code(code):
+        raise LocalProtocolError(f"close code {code} may not be sent")
+    data = code.to_bytes(2, "big") + reason.encode()
+    if len(data) > 125:
+        raise LocalProtocolError("close reason longer than 123 bytes")
+    return data
+
+
+class FrameParser:
+    """Incremental frame parser.
+
+    Args:
+        require_mask: True on the server (client frames must be masked), False on the client
+            (server frames must not be masked). RFC 6455 5.1: a violation fails with 1002.
+        max_frame_size: largest payload accepted in one frame, None for no limit; checked as
+            soon as the header arrives, before the payload is buffered (1009).
+        rsv_mask: RSV bits (0x40 RSV1, 0x20 RSV2, 0x10 RSV3) claimed by negotiated extensions;
+            any other RSV bit fails with 1002 (RFC 6455 5.2).
+    """
+
+    __slots__ = ("_buf", "_need", "_pos", "max_frame_size", "require_mask", "rsv_mask")
+
+    def __init__(
+        self,
+        *,
+        require_mask: bool,
+        max_frame_size: int | None = None,
+        rsv_mask: int = 0,
+    ) -> None:
+        self.require_mask = require_mask
+        self.max_frame_size = max_frame_size
+        self.rsv_mask = rsv_mask
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        # Bytes that must be buffered before the next frame can complete; lets a large frame
+        # arriving in many chunks be appended without reparsing its header each time.
+        self._need = 2
+
+    @property
+    def buffered(self) -> int:
+        """Number of bytes received but not yet parsed into a frame."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Add received bytes."""
+        buf = self._buf
+        if self._pos >= len(buf):
+            # Nothing pending: parse straight from the caller's bytes, no copy.
+            self._buf = data
+            self._pos = 0
+        elif isinstance(buf, bytearray):
+            buf += data
+        else:
+            self._buf = bytearray(memoryview(buf)[self._pos :])
+            self._buf += data
+            self._pos = 0
+
+    def next_frame(self) -> Frame | None:
+        """Return the next complete frame, or None if more bytes are needed.
+
+        Raises:
+            ProtocolError: the bytes violate RFC 6455 framing.
+            PayloadTooBig: the frame is larger than ``max_frame_size``.
+        """
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < self._need:
+            self._compact()
+            return None
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        opcode = b0 & 0x0F
+        length = b1 & 0x7F
+        masked = b1 & 0x80
+        head = 2
+        if length == 126:
+            head = 4
+            if avail < 4:
+                self._wait(4)
+                return None
+            (length,) = _unpack_h(buf, pos + 2)
+        elif length == 127:
+            head = 10
+            if avail < 10:
+                self._wait(10)
+                return None
+            (length,) = _unpack_q(buf, pos + 2)
+            if length >> 63:
+                raise ProtocolError("64-bit payload length with the most significant bit set")
+        self._check_header(b0, opcode, length, masked)
+        if masked:
+            head += 4
+        total = head + length
+        if avail < total:
+            self._wait(total)
+            return None
+        start = pos + head
+        payload = bytes(buf[start : start + length])
+        if masked:
+            payload = apply_mask(payload, bytes(buf[start - 4 : start]))
+        self._pos = pos + total
+        self._need = 2
+        return Frame(
+            opcode, payload, bool(b0 & 0x80), bool(b0 & 0x40), bool(b0 & 0x20), bool(b0 & 0x10)
+        )
+
+    def _wait(self, need: int) -> None:
+        self._need = need
+        self._compact()
+
+    def _compact(self) -> None:
+        # Drop consumed bytes so a partial frame never pins what came before it.
+        pos = self._pos
+        if pos:
+            buf = self._buf
+            if isinstance(buf, bytearray):
+                del buf[:pos]
+            else:
+                self._buf = bytearray(memoryview(buf)[pos:])
+            self._pos = 0
+
+    def _check_header(self, b0: int, opcode: int, length: int, masked: int) -> None:
+        if opcode not in _KNOWN_OPCODES:
+            raise ProtocolError(f"reserved opcode {opcode:#x}")
+        if b0 & 0x70 & ~self.rsv_mask:
+            raise ProtocolError("reserved bit set without a negotiated extension")
+        if bool(masked) != self.require_mask:
+            if masked:
+                raise ProtocolError("masked frame from the server")
+            raise ProtocolError("unmasked frame from the client")
+        if opcode >= 8:
+            # RFC 6455 5.5: "All control frames MUST have a payload length of 125 bytes or
+            # less and MUST NOT be fragmented."
+            if length > 125:
+                raise ProtocolError("control frame payload longer than 125 bytes")
+            if not b0 & 0x80:
+                raise ProtocolError("fragmented control frame")
+        elif self.max_frame_size is not None and length > self.max_frame_size:
+            raise PayloadTooBig(f"frame of {length} bytes exceeds limit of {self.max_frame_size}")
