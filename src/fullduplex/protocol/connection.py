@@ -162,14 +162,18 @@ class Connection:
 
         Never raises for anything the peer sends: a violation fails the connection.
         """
-        if self.transport_should_close or self.eof_received:
-            return  # failed or done: RFC 6455 7.1.7 "MUST NOT attempt to process further data"
+        if self.transport_should_close or self.eof_received or self.close_received is not None:
+            # Failed or done: RFC 6455 7.1.7 "MUST NOT attempt to process further data". Fix:
+            # the client stays up after the server's close frame (waiting for the server to
+            # close TCP) and used to go on parsing, reporting a second CloseReceived for a
+            # second close frame; RFC 6455 5.5.1: the peer's close frame is the last it sends.
+            return
         parser = self._parser
         parser.feed(data)
         try:
             while (frame := parser.next_frame()) is not None:
                 self._handle_frame(frame)
-                if self.transport_should_close:
+                if self.transport_should_close or self.close_received is not None:
                     return
         except ProtocolError as exc:
             self.fail(exc.code, exc.public_reason, exc)
