@@ -239,11 +239,13 @@ class Connection:
             raise ProtocolError("reserved bit set on a control frame")
         opcode = frame.opcode
         if opcode == Opcode.PING:
-            if self.state is State.OPEN:
-                # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
-                # frame in response ... [with] identical Application data".
-                self._write(Opcode.PONG, frame.payload)
-                self._events.append(Ping(frame.payload))
+            # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
+            # frame in response, unless it already received a Close frame ... [with] identical
+            # Application data". Fix: this answered only in OPEN, but having *sent* a close
+            # frame (CLOSING) is no exemption; receive_data stops after the peer's close frame
+            # or a failure, so every ping that gets here is answered.
+            self._write(Opcode.PONG, frame.payload)
+            self._events.append(Ping(frame.payload))
         elif opcode == Opcode.PONG:
             self._handle_pong(frame.payload)
         else:
