@@ -1,0 +1,3 @@
+from typing_extensions import Buffer
+
+def apply_mask(data: Buffer, mask: Buffer, /) -> bytes: ...
