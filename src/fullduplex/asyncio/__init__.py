@@ -1,0 +1,21 @@
+"""The asyncio I/O layer: server (pages, JSON and WebSocket on one port) and client."""
+
+from __future__ import annotations
+
+from .client import connect
+from .connection import Data, WebSocket
+from .router import App, html_response, json_response, text_response
+from .server import Server, run, serve
+
+__all__ = [
+    "App",
+    "Data",
+    "Server",
+    "WebSocket",
+    "connect",
+    "html_response",
+    "json_response",
+    "run",
+    "serve",
+    "text_response",
+]

@@ -1,0 +1,489 @@
+"""The asyncio WebSocket connection shared by the server and the client.
+
+:class:`WebSocket` wraps a sans-I/O :class:`~fullduplex.protocol.Connection` and an asyncio
+transport. The transport's protocol calls :meth:`WebSocket.data_received` for each chunk read
+from the socket; the bytes go straight into the core, whose events are dispatched at once: no
+reader task and no task per message. Keepalive and the close timeout are loop timers
+(``call_later``), not tasks, to keep an idle connection small.
+
+Flow control, both ways:
+
+* received messages wait in a queue of at most ``max_queue`` messages; when it is full the
+  transport stops reading (``pause_reading``) and resumes when the application has taken it
+  down to a quarter, so a peer sending faster than the application reads is held back by TCP;
+* :meth:`WebSocket.send` waits while the transport's write buffer is above ``write_limit``
+  (``pause_writing``); while it is, reading pauses too, so a peer that never reads cannot make
+  the server queue pongs or close frames without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from typing import Any
+
+from ..protocol import (
+    BinaryFragment,
+    BinaryMessage,
+    CloseCode,
+    CloseReceived,
+    Connection,
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    Pong,
+    State,
+    TextFragment,
+    TextMessage,
+)
+from ..protocol.http11 import Request, Response
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_PING_INTERVAL",
+    "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_WRITE_LIMIT",
+    "Data",
+    "WebSocket",
+]
+
+#: Seconds between keepalive pings (websockets and Node's ws examples use 20-30 s).
+DEFAULT_PING_INTERVAL = 20.0
+#: Seconds to wait for a keepalive pong before closing with 1011.
+DEFAULT_PING_TIMEOUT = 20.0
+#: Seconds to wait for the closing handshake before dropping the TCP connection.
+DEFAULT_CLOSE_TIMEOUT = 10.0
+#: Received messages held before reading pauses (websockets' max_queue is 16 too).
+DEFAULT_MAX_QUEUE = 16
+#: Write buffer high-water mark in bytes; send() waits above it (asyncio's default is 64 KiB).
+DEFAULT_WRITE_LIMIT = 64 * 1024
+
+#: A WebSocket message: ``str`` for text, ``bytes`` for binary.
+Data = str | bytes
+
+logger = logging.getLogger("fullduplex")
+
+
+class WebSocket:
+    """An open WebSocket connection, on the server or the client side.
+
+    Server handlers receive one; :func:`fullduplex.connect` returns one. Iterate over it to
+    receive messages until the connection closes normally::
+
+        async for message in ws:
+            await ws.send(message)
+
+    Args:
+        core: the sans-I/O connection, after the handshake.
+        transport: the asyncio transport.
+        request: the opening handshake request.
+        response: the opening handshake response.
+        subprotocol: the negotiated subprotocol, or None.
+        ping_interval: seconds between keepalive pings, None to disable.
+        ping_timeout: seconds to wait for the keepalive pong, None to wait forever.
+        close_timeout: seconds to wait for the closing handshake, None to wait forever.
+        max_queue: received messages held before reading pauses.
+        write_limit: write buffer size above which :meth:`send` waits.
+    """
+
+    def __init__(
+        self,
+        core: Connection,
+        transport: asyncio.Transport,
+        *,
+        request: Request,
+        response: Response,
+        subprotocol: str | None,
+        # Timeouts
+        ping_interval: float | None = DEFAULT_PING_INTERVAL,
+        ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+        close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+        # Limits
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        write_limit: int = DEFAULT_WRITE_LIMIT,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
+        #: The sans-I/O connection.
+        self.core = core
+        #: The asyncio transport.
+        self.transport = transport
+        #: The opening handshake request (path, query, headers).
+        self.request = request
+        #: The opening handshake response.
+        self.response = response
+        #: The negotiated subprotocol, or None.
+        self.subprotocol = subprotocol
+        #: The peer's address, as given by the socket.
+        self.remote_address: Any = transport.get_extra_info("peername")
+        #: Round-trip time of the last keepalive ping, in seconds (0 until one completes).
+        self.latency = 0.0
+        #: Messages received / sent and payload bytes received / sent, for logs and metrics.
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: When the connection opened (``time.monotonic()``).
+        self.opened_at = time.monotonic()
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.close_timeout = close_timeout
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[Data] = collections.deque()
+        self._high = max_queue
+        self._low = max(1, max_queue // 4)
+        self._recv_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._read_paused = False
+        self._fragments: list[Data] = []
+        self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._keepalive: asyncio.TimerHandle | None = None
+        self._pong_deadline: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+        transport.set_write_buffer_limits(high=write_limit)
+        self._schedule_keepalive()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """The connection state: OPEN, CLOSING or CLOSED."""
+        return self.core.state
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once the connection is closed, else None (1006 if no close frame)."""
+        return self.core.close_code if self._lost else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason once the connection is closed, else None."""
+        return self.core.close_reason if self._lost else None
+
+    async def recv(self) -> Data:
+        """Receive the next message: ``str`` for text, ``bytes`` for binary.
+
+        Raises:
+            ConnectionClosedOK: the connection closed normally (1000 or 1001).
+            ConnectionClosedError: it closed with an error or without a close frame.
+            RuntimeError: another coroutine is already waiting in recv().
+        """
+        while not self._queue:
+            if self._lost or self.core.state is State.CLOSED:
+                # Wait for TCP to close so the close code is final.
+                await asyncio.shield(self._closed)
+                raise self._closed_exception()
+            if self._recv_waiter is not None:
+                raise RuntimeError("recv() is already being awaited by another coroutine")
+            self._recv_waiter = self._loop.create_future()
+            try:
+                await self._recv_waiter
+            finally:
+                self._recv_waiter = None
+        message = self._queue.popleft()
+        if self._read_paused and len(self._queue) <= self._low:
+            self._update_reading()
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Data]:
+        """Iterate over received messages until the connection closes normally."""
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Data]:
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data]) -> None:
+        """Send a message; an iterable or async iterable is sent as one fragmented message.
+
+        Waits while the write buffer is above ``write_limit``.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: the message is not ``str``, bytes-like or an iterable of them.
+        """
+        if self.core.state is not State.OPEN:
+            raise self._closed_exception()
+        core = self.core
+        if isinstance(message, str):
+            core.send_text(message)
+            self.bytes_out += len(message)
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            core.send_binary(message)
+            self.bytes_out += len(message)
+        elif isinstance(message, AsyncIterable):
+            await self._send_async_fragments(message)
+        elif isinstance(message, Iterable):
+            await self._send_async_fragments(_aiter(message))
+        else:
+            raise TypeError(f"cannot send {type(message).__name__}")
+        self.messages_out += 1
+        self._flush()
+        if self._write_paused:
+            await self._wait_drain()
+
+    async def _send_async_fragments(self, chunks: AsyncIterable[Data]) -> None:
+        pending: Data | None = None
+        async for chunk in chunks:
+            if not isinstance(chunk, (str, bytes, bytearray, memoryview)):
+                raise TypeError(f"cannot send fragment of type {type(chunk).__name__}")
+            if pending is not None:
+                self.core.send_fragment(pending, final=False)
+                self._flush()
+                if self._write_paused:
+                    await self._wait_drain()
+            pending = chunk if isinstance(chunk, str) else bytes(chunk)
+            self.bytes_out += len(chunk)
+        if pending is None:
+            raise TypeError("cannot send an empty iterable")
+        self.core.send_fragment(pending, final=True)
+
+    async def ping(self, data: bytes | None = None) -> float:
+        """Send a ping and wait for its pong.
+
+        Args:
+            data: the ping payload (at most 125 bytes); a random 4-byte payload when None.
+
+        Returns:
+            The round-trip time in seconds.
+        """
+        if data is None:
+            data = _random_payload(self._pings)
+        if self.core.state is not State.OPEN:
+            raise self._closed_exception()
+        fut = self._send_ping(data)
+        return await fut
+
+    async def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake and wait until the TCP connection is closed.
+
+        Waits at most ``close_timeout`` for the peer's answer, then drops the connection.
+        Closing a closed connection does nothing.
+        """
+        self.close_nowait(code, reason)
+        await asyncio.shield(self._closed)
+
+    def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Start the closing handshake without waiting for it (does nothing if closing)."""
+        if self.core.state is State.OPEN:
+            self.core.send_close(code, reason)
+            self._flush()
+
+    async def wait_closed(self) -> None:
+        """Wait until the TCP connection is closed."""
+        await asyncio.shield(self._closed)
+
+    def fail(self, code: int, reason: str = "") -> None:
+        """Fail the connection at once: send a close frame if possible and drop TCP."""
+        if not self._lost and self.core.state is not State.CLOSED:
+            self.core.fail(code, reason)
+        self._flush()
+        self.transport.close()
+
+    # -- called by the transport's protocol ---------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        """Feed bytes read from the socket."""
+        self.core.receive_data(data)
+        self._process_events()
+
+    def eof_received(self) -> None:
+        """The peer closed its end of the TCP connection."""
+        self.core.receive_eof()
+        self._process_events()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The TCP connection is closed."""
+        if self._lost:
+            return
+        self._lost = True
+        self.core.receive_eof()
+        for handle in (self._keepalive, self._pong_deadline, self._close_timer):
+            if handle is not None:
+                handle.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        _wake(self._recv_waiter)
+        _wake(self._drain_waiter)
+        closed = self._closed_exception()
+        for _, fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(closed)
+                fut.exception()  # retrieved: an unawaited keepalive ping must not warn
+        self._pings.clear()
+        self._log_closed()
+
+    def pause_writing(self) -> None:
+        """The transport's write buffer went above the high-water mark."""
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        """The transport's write buffer went below the low-water mark."""
+        self._write_paused = False
+        _wake(self._drain_waiter)
+        self._update_reading()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        core = self.core
+        for event in core.events_received():
+            if type(event) is TextMessage or type(event) is BinaryMessage:
+                self._deliver(event.data)
+            elif type(event) is Pong:
+                self._pong_received(event.acknowledged)
+            elif isinstance(event, (TextFragment, BinaryFragment)):
+                self._fragments.append(event.data)
+                if event.final:
+                    self._deliver(_join(self._fragments))
+                    self._fragments = []
+            elif isinstance(event, CloseReceived):
+                pass  # the core answered it; the close code is read from the core
+        self._flush()
+
+    def _deliver(self, message: Data) -> None:
+        self.messages_in += 1
+        self.bytes_in += len(message)
+        self._queue.append(message)
+        _wake(self._recv_waiter)
+        if len(self._queue) >= self._high and not self._read_paused:
+            self._update_reading()
+
+    def _flush(self) -> None:
+        core = self.core
+        data = core.data_to_send()
+        transport = self.transport
+        if data and not transport.is_closing():
+            transport.write(data)
+        if core.transport_should_close:
+            # close() flushes the write buffer first; a peer that stopped reading would hold
+            # it open forever, so the close timer aborts it.
+            transport.close()
+            self._start_close_timer()
+        elif core.close_timer_wanted:
+            self._start_close_timer()
+
+    def _start_close_timer(self) -> None:
+        if self._close_timer is None and self.close_timeout is not None and not self._lost:
+            self._close_timer = self._loop.call_later(self.close_timeout, self.transport.abort)
+
+    def _update_reading(self) -> None:
+        should_pause = self._write_paused or len(self._queue) >= self._high
+        if should_pause == self._read_paused or self._lost:
+            return
+        self._read_paused = should_pause
+        try:
+            if should_pause:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+        except (RuntimeError, AttributeError):  # pragma: no cover - transport already closing
+            pass
+
+    async def _wait_drain(self) -> None:
+        while self._write_paused and not self._lost:
+            self._drain_waiter = self._loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._lost:
+            raise self._closed_exception()
+
+    def _send_ping(self, data: bytes) -> asyncio.Future[float]:
+        self.core.send_ping(data)
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._pings[data] = (time.monotonic(), fut)
+        self._flush()
+        return fut
+
+    def _pong_received(self, acknowledged: tuple[bytes, ...]) -> None:
+        now = time.monotonic()
+        for payload in acknowledged:
+            entry = self._pings.pop(payload, None)
+            if entry is not None:
+                sent, fut = entry
+                self.latency = now - sent
+                if not fut.done():
+                    fut.set_result(self.latency)
+
+    def _schedule_keepalive(self) -> None:
+        if self.ping_interval is not None and not self._lost:
+            self._keepalive = self._loop.call_later(self.ping_interval, self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        self._keepalive = None
+        if self.core.state is not State.OPEN or self._lost:
+            return
+        fut = self._send_ping(_random_payload(self._pings))
+        fut.add_done_callback(self._keepalive_pong)
+        if self.ping_timeout is not None:
+            self._pong_deadline = self._loop.call_later(self.ping_timeout, self._keepalive_expired)
+
+    def _keepalive_pong(self, fut: asyncio.Future[float]) -> None:
+        if self._pong_deadline is not None:
+            self._pong_deadline.cancel()
+            self._pong_deadline = None
+        if not fut.cancelled() and fut.exception() is None:
+            self._schedule_keepalive()
+
+    def _keepalive_expired(self) -> None:
+        self._pong_deadline = None
+        logger.info("keepalive ping timeout on %s: closing with 1011", self.request.path)
+        # RFC 6455 7.4.1: 1011 "encountered an unexpected condition"; websockets does the same.
+        self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+    def _closed_exception(self) -> ConnectionClosed:
+        code = self.core.close_code
+        reason = self.core.close_reason
+        if code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
+
+    def _log_closed(self) -> None:
+        logger.info(
+            "websocket %s closed %d %s in %.3fs: %d msgs / %d B in, %d msgs / %d B out",
+            self.request.path,
+            self.core.close_code,
+            self.core.close_reason or "-",
+            time.monotonic() - self.opened_at,
+            self.messages_in,
+            self.bytes_in,
+            self.messages_out,
+            self.bytes_out,
+        )
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+def _join(parts: list[Data]) -> Data:
+    if parts and isinstance(parts[0], str):
+        return "".join(parts)  # type: ignore[arg-type]
+    return b"".join(parts)  # type: ignore[arg-type]
+
+
+def _random_payload(taken: dict[bytes, Any]) -> bytes:
+    while True:
+        data = secrets.token_bytes(4)
+        if data not in taken:
+            return data
+
+
+async def _aiter(items: Iterable[Data]) -> AsyncIterator[Data]:
+    for item in items:
+        yield item

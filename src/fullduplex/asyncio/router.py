@@ -1,0 +1,306 @@
+"""The application object: routes for WebSocket endpoints, HTTP handlers and static files.
+
+One :class:`App` serves web pages, small HTTP/JSON endpoints and WebSocket upgrades on one port,
+like a Netty pipeline of HTTP codec, aggregator, WebSocket protocol handler and page handler::
+
+    app = App()
+
+    @app.websocket("/chat", subprotocols=["chat"])
+    async def chat(ws):
+        async for message in ws:
+            await ws.send(message)
+
+    @app.get("/api/data")
+    async def data(request):
+        return {"message": "hello"}
+
+    app.static("/", "public/")
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol.http11 import Headers, Request, Response
+from .connection import WebSocket
+
+__all__ = [
+    "SERVER_DEFAULT",
+    "App",
+    "HTTPHandler",
+    "HTTPResult",
+    "HTTPRoute",
+    "StaticRoute",
+    "WebSocketHandler",
+    "WebSocketRoute",
+    "html_response",
+    "json_response",
+    "text_response",
+    "to_response",
+]
+
+#: Extra response headers, as (name, value) pairs.
+ExtraHeaders = Sequence[tuple[str, str]]
+#: What an HTTP handler may return: a Response, or a value converted by :func:`to_response`.
+HTTPResult = Response | dict[str, Any] | list[Any] | str | bytes
+#: An HTTP handler: takes the request, returns (or awaits to) an :data:`HTTPResult`.
+HTTPHandler = Callable[[Request], "Awaitable[HTTPResult] | HTTPResult"]
+#: A WebSocket handler: runs for the lifetime of one connection.
+WebSocketHandler = Callable[[WebSocket], Awaitable[None]]
+
+
+class _ServerDefault:
+    def __repr__(self) -> str:
+        return "SERVER_DEFAULT"
+
+
+#: Marks a per-route limit that falls back to the server's setting.
+SERVER_DEFAULT: Any = _ServerDefault()
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """Build a JSON response (``application/json``, UTF-8)."""
+    body = json.dumps(data, separators=(",", ":")).encode()
+    return _response(status, "application/json", body, headers)
+
+
+def text_response(
+    text: str, status: int = 200, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """Build a plain-text response (``text/plain; charset=utf-8``)."""
+    return _response(status, "text/plain; charset=utf-8", text.encode(), headers)
+
+
+def html_response(
+    html: str, status: int = 200, headers: Sequence[tuple[str, str]] = ()
+) -> Response:
+    """Build an HTML response (``text/html; charset=utf-8``)."""
+    return _response(status, "text/html; charset=utf-8", html.encode(), headers)
+
+
+def _response(status: int, content_type: str, body: bytes, headers: ExtraHeaders) -> Response:
+    h = Headers([("Content-Type", content_type), *headers])
+    return Response(status, h, body)
+
+
+def to_response(result: HTTPResult) -> Response:
+    """Convert a handler's return value: dict or list to JSON, str to text, bytes to binary.
+
+    Raises:
+        TypeError: the value is none of those.
+    """
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, (dict, list)):
+        return json_response(result)
+    if isinstance(result, str):
+        return text_response(result)
+    if isinstance(result, (bytes, bytearray)):
+        return _response(200, "application/octet-stream", bytes(result), ())
+    raise TypeError(f"HTTP handler returned {type(result).__name__}, not a response")
+
+
+@dataclass
+class WebSocketRoute:
+    """A WebSocket endpoint and its per-route settings.
+
+    Attributes:
+        path: the request path it answers.
+        handler: the coroutine run for each connection.
+        subprotocols: subprotocols supported, in order of preference.
+        select_subprotocol: a hook choosing the subprotocol, overriding the preference order.
+        origins: the Origin allow-list, None for the safe default (same host or no Origin).
+        compression: whether permessage-deflate is accepted.
+        max_message_size: message size limit (1009 above it), None for no limit.
+        max_frame_size: frame size limit (1009 above it), None for no limit.
+        require_subprotocol: refuse (400) clients that offer none of ``subprotocols``.
+    """
+
+    path: str
+    handler: WebSocketHandler
+    subprotocols: Sequence[str] = ()
+    select_subprotocol: Callable[[Request, Sequence[str]], str | None] | None = None
+    origins: Sequence[str | re.Pattern[str]] | None = None
+    compression: bool = True
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
+    require_subprotocol: bool = False
+    handshake: Any = field(default=None, repr=False)
+
+
+@dataclass
+class HTTPRoute:
+    """An HTTP endpoint.
+
+    Attributes:
+        path: the request path it answers.
+        handler: called with the request.
+        methods: the methods accepted (others get 405).
+    """
+
+    path: str
+    handler: HTTPHandler
+    methods: frozenset[str] = frozenset({"GET", "HEAD"})
+
+
+@dataclass
+class StaticRoute:
+    """Files served from a folder under a path prefix.
+
+    Attributes:
+        prefix: the path prefix, e.g. ``"/"`` or ``"/static/"``.
+        folder: the folder; requests never escape it.
+        index: the file served for a folder.
+    """
+
+    prefix: str
+    folder: Path
+    index: str = "index.html"
+
+    def resolve(self, path: str) -> Path | None:
+        """Map a request path to a file inside the folder, or None."""
+        rel = path[len(self.prefix) :]
+        parts = [p for p in rel.split("/") if p]
+        if any(p in (".", "..") or "\\" in p or "\x00" in p for p in parts):
+            return None
+        target = self.folder.joinpath(*parts) if parts else self.folder
+        if target.is_dir():
+            target = target / self.index
+        try:
+            target = target.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        root = self.folder.resolve()
+        if root != target and root not in target.parents:
+            return None
+        return target if target.is_file() else None
+
+    def serve(self, path: str) -> Response | None:
+        """Build the response for a request path, or None if no file matches."""
+        target = self.resolve(path)
+        if target is None:
+            return None
+        ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
+            ctype += "; charset=utf-8"
+        body = target.read_bytes()
+        headers = Headers([("Content-Type", ctype), ("Cache-Control", "no-cache")])
+        return Response(200, headers, body)
+
+
+class App:
+    """Routes of one server: WebSocket endpoints, HTTP handlers and static folders."""
+
+    def __init__(self) -> None:
+        #: WebSocket routes by path.
+        self.websocket_routes: dict[str, WebSocketRoute] = {}
+        #: HTTP routes by path.
+        self.http_routes: dict[str, HTTPRoute] = {}
+        #: Static folders, longest prefix first.
+        self.static_routes: list[StaticRoute] = []
+
+    def websocket(
+        self,
+        path: str,
+        *,
+        subprotocols: Sequence[str] = (),
+        select_subprotocol: Callable[[Request, Sequence[str]], str | None] | None = None,
+        origins: Sequence[str | re.Pattern[str]] | None = None,
+        compression: bool = True,
+        max_message_size: int | None = SERVER_DEFAULT,
+        max_frame_size: int | None = SERVER_DEFAULT,
+        require_subprotocol: bool = False,
+    ) -> Callable[[WebSocketHandler], WebSocketHandler]:
+        """Register a WebSocket handler for ``path`` (a decorator).
+
+        Args:
+            path: the request path.
+            subprotocols: supported subprotocols, in order of preference.
+            select_subprotocol: a hook ``(request, offered) -> str | None`` to choose instead.
+            origins: Origin allow-list (exact strings, ``*`` patterns or compiled regexes);
+                None accepts same-host Origins and clients sending no Origin.
+            compression: accept permessage-deflate.
+            max_message_size: per-route message limit; the server's default when omitted.
+            max_frame_size: per-route frame limit; the server's default when omitted.
+            require_subprotocol: refuse (400) a client offering none of ``subprotocols``
+                instead of accepting it without a subprotocol.
+        """
+        _check_path(path)
+
+        def register(handler: WebSocketHandler) -> WebSocketHandler:
+            route = WebSocketRoute(
+                path, handler, tuple(subprotocols), select_subprotocol, origins, compression
+            )
+            route.max_message_size = max_message_size
+            route.max_frame_size = max_frame_size
+            route.require_subprotocol = require_subprotocol
+            self.websocket_routes[path] = route
+            return handler
+
+        return register
+
+    def route(
+        self, path: str, methods: Sequence[str] = ("GET",)
+    ) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register an HTTP handler for ``path`` and ``methods`` (a decorator).
+
+        The handler takes the :class:`~fullduplex.protocol.http11.Request` and returns (or
+        awaits to) a Response, a dict or list (sent as JSON), a str (text) or bytes.
+        """
+        _check_path(path)
+        allowed = {m.upper() for m in methods}
+        if "GET" in allowed:
+            allowed.add("HEAD")
+
+        def register(handler: HTTPHandler) -> HTTPHandler:
+            self.http_routes[path] = HTTPRoute(path, handler, frozenset(allowed))
+            return handler
+
+        return register
+
+    def get(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a GET handler (a decorator)."""
+        return self.route(path, ("GET",))
+
+    def post(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a POST handler (a decorator)."""
+        return self.route(path, ("POST",))
+
+    def static(self, prefix: str, folder: str | os.PathLike[str]) -> None:
+        """Serve the files of ``folder`` under the path ``prefix``.
+
+        Raises:
+            ValueError: the folder does not exist.
+        """
+        _check_path(prefix)
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"static folder {root} does not exist")
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.static_routes.append(StaticRoute(prefix, root))
+        self.static_routes.sort(key=lambda r: len(r.prefix), reverse=True)
+
+    def find_static(self, path: str) -> Response | None:
+        """Serve ``path`` from the static folders, or return None."""
+        for route in self.static_routes:
+            if path.startswith(route.prefix) or path + "/" == route.prefix:
+                response = route.serve(path if path.startswith(route.prefix) else route.prefix)
+                if response is not None:
+                    return response
+        return None
+
+
+def _check_path(path: str) -> None:
+    if not path.startswith("/"):
+        raise ValueError(f"route path must start with '/': {path!r}")

@@ -1,0 +1,556 @@
+"""The asyncio server: HTTP routes, static files and WebSocket upgrades on one port.
+
+Each TCP connection is an :class:`HTTPProtocol` (an ``asyncio.Protocol``). It parses HTTP/1.1
+requests (keep-alive and pipelining included) and dispatches each to the :class:`App`'s routes.
+A request for a WebSocket route completes the opening handshake; from then on the bytes read go
+straight into the connection's :class:`~fullduplex.asyncio.connection.WebSocket`, and one task
+runs the route's handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import signal
+import ssl as ssl_module
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..protocol import CloseCode, Connection, ConnectionClosed, Side
+from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol.deflate import ServerPerMessageDeflateFactory
+from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationError
+from ..protocol.handshake import ServerHandshake
+from ..protocol.http11 import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_HEAD_SIZE,
+    Request,
+    RequestParser,
+    Response,
+)
+from .connection import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_WRITE_LIMIT,
+    WebSocket,
+)
+from .router import SERVER_DEFAULT, App, WebSocketRoute, text_response, to_response
+
+__all__ = [
+    "DEFAULT_KEEPALIVE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_OPEN_TIMEOUT",
+    "HTTPProtocol",
+    "Server",
+    "run",
+    "serve",
+]
+
+logger = logging.getLogger("fullduplex")
+access_logger = logging.getLogger("fullduplex.access")
+
+#: Seconds a new connection has to send a complete request head (websockets: 10 s).
+DEFAULT_OPEN_TIMEOUT = 10.0
+#: Seconds an idle HTTP keep-alive connection is kept (nginx keepalive_timeout: 75 s).
+DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+#: Open WebSocket connections accepted; further upgrades get 503. A 2-core machine with the
+#: default limits holds this many idle connections in well under 1 GiB.
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
+class Server:
+    """A running server; created by :func:`serve`.
+
+    Use it as an async context manager, or call :meth:`close` and :meth:`wait_closed`.
+    Options are those of :func:`serve`.
+    """
+
+    def __init__(self, app: App, **options: Any) -> None:
+        #: The application.
+        self.app = app
+        self.options = options
+        #: Open TCP connections.
+        self.connections: set[HTTPProtocol] = set()
+        #: Open WebSocket connections.
+        self.websockets: set[WebSocket] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._closing = False
+        self._closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def sockets(self) -> Sequence[Any]:
+        """The listening sockets."""
+        server = self._server
+        return server.sockets if isinstance(server, asyncio.Server) else ()
+
+    @property
+    def port(self) -> int:
+        """The port of the first listening socket (useful with ``port=0``)."""
+        return int(self.sockets[0].getsockname()[1])
+
+    async def start(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+    ) -> None:
+        """Start listening."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HTTPProtocol(self),
+            host,
+            port,
+            ssl=ssl,
+            reuse_port=reuse_port or None,
+            backlog=backlog,
+        )
+
+    def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> None:
+        """Stop accepting connections and close every WebSocket with ``code`` (1001).
+
+        Does not wait: see :meth:`wait_closed` and :meth:`shutdown`.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for ws in list(self.websockets):
+            ws.close_nowait(code, reason)
+        for conn in list(self.connections):
+            if conn.websocket is None and not conn.busy:
+                conn.transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until every connection and handler has finished."""
+        if self._server is not None:
+            await self._server.wait_closed()
+        while self._tasks or self.connections:
+            await asyncio.sleep(0.05)
+
+    async def shutdown(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> None:
+        """Close gracefully and wait.
+
+        Sends 1001 to every WebSocket, waits for the close handshakes up to
+        ``close_timeout``, then cancels the handlers and drops what is left.
+        """
+        self.close(code, reason)
+        timeout = self.options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+        try:
+            await asyncio.wait_for(self.wait_closed(), timeout)
+        except asyncio.TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
+            for conn in list(self.connections):
+                conn.transport.abort()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wait_closed(), 1.0)
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called."""
+        await asyncio.shield(self._closed_waiter())
+
+    async def _closed_waiter(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(0.2)
+        await self.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    def build_handshake(self, route: WebSocketRoute) -> ServerHandshake:
+        """The handshake processor of a route, built once."""
+        if route.handshake is None:
+            factories = [ServerPerMessageDeflateFactory()] if route.compression else []
+            if not self.options.get("compression", True):
+                factories = []
+            route.handshake = ServerHandshake(
+                subprotocols=route.subprotocols,
+                select_subprotocol=route.select_subprotocol,
+                extensions=factories,
+                origins=route.origins,
+            )
+        handshake: ServerHandshake = route.handshake
+        return handshake
+
+    def run_task(self, coro: Any) -> asyncio.Task[None]:
+        """Run a coroutine as a task the server tracks and cancels on shutdown."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        opts = server.options
+        self.parser = RequestParser(
+            max_head_size=opts.get("max_head_size", DEFAULT_MAX_HEAD_SIZE),
+            max_body_size=opts.get("max_body_size", DEFAULT_MAX_BODY_SIZE),
+        )
+        #: The WebSocket once upgraded, else None.
+        self.websocket: WebSocket | None = None
+        #: True while an HTTP handler runs.
+        self.busy = False
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A client connected."""
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        self._arm_timer(self.server.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived: to the WebSocket, or to the HTTP parser."""
+        ws = self.websocket
+        if ws is not None:
+            ws.data_received(data)
+            return
+        if self._idle:
+            # A new request starts on a kept-alive connection: it gets open_timeout.
+            self._idle = False
+            self._arm_timer(self.server.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+        try:
+            self.parser.feed(data)
+        except InvalidMessage as exc:
+            self._send_error(exc.status, str(exc))
+            return
+        self._next_request()
+
+    def eof_received(self) -> bool | None:
+        """The client closed its sending side."""
+        if self.websocket is not None:
+            self.websocket.eof_received()
+            return True  # the WebSocket closes the transport itself
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The TCP connection is closed."""
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        if self.websocket is not None:
+            self.server.websockets.discard(self.websocket)
+            self.websocket.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Write buffer above the high-water mark."""
+        if self.websocket is not None:
+            self.websocket.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Write buffer below the low-water mark."""
+        if self.websocket is not None:
+            self.websocket.resume_writing()
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    def _next_request(self) -> None:
+        if self.busy or self.transport.is_closing():
+            return
+        try:
+            request = self.parser.next_request()
+        except InvalidMessage as exc:
+            self._send_error(exc.status, str(exc))
+            return
+        if request is None:
+            return
+        self._cancel_timer()
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
+        app = self.server.app
+        path = request.path
+        ws_route = app.websocket_routes.get(path)
+        if ws_route is not None:
+            self._upgrade(request, ws_route)
+            return
+        route = app.http_routes.get(path)
+        if route is not None:
+            if request.method not in route.methods:
+                allow = ", ".join(sorted(route.methods))
+                self._respond(
+                    request, text_response("method not allowed\n", 405, [("Allow", allow)])
+                )
+                return
+            self.busy = True
+            self.transport.pause_reading()
+            self.server.run_task(self._run_http_handler(route.handler, request))
+            return
+        if request.method in ("GET", "HEAD"):
+            response = app.find_static(path)
+            if response is not None:
+                self._respond(request, response)
+                return
+        self._respond(request, text_response("not found\n", 404))
+
+    async def _run_http_handler(self, handler: Any, request: Request) -> None:
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            response = to_response(result)
+        except Exception:
+            logger.exception("HTTP handler for %s raised", request.path)
+            response = text_response("internal server error\n", 500)
+        self.busy = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._respond(request, response)
+
+    def _respond(self, request: Request, response: Response) -> None:
+        keep_alive = request.keep_alive and not self.server._closing
+        if not keep_alive:
+            response.headers["Connection"] = "close"
+        if request.method == "HEAD":
+            length = len(response.body)
+            response = Response(response.status, response.headers.copy(), b"", response.reason)
+            response.headers["Content-Length"] = str(length)
+        self.transport.write(response.serialize())
+        self._log_access(request, response.status, len(response.body))
+        if not keep_alive:
+            self.transport.close()
+            return
+        self._idle = True
+        self._arm_timer(self.server.options.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        self._next_request()
+
+    def _send_error(self, status: int, message: str) -> None:
+        response = text_response(message.rstrip("\n") + "\n", status, [("Connection", "close")])
+        self.transport.write(response.serialize())
+        access_logger.info("%s - - %d (%s)", self._peer(), status, message)
+        self.transport.close()
+
+    def _log_access(self, request: Request, status: int, size: int) -> None:
+        access_logger.info(
+            '%s "%s %s HTTP/%s" %d %d',
+            self._peer(),
+            request.method,
+            request.target,
+            request.version,
+            status,
+            size,
+        )
+
+    def _peer(self) -> str:
+        peer = self.transport.get_extra_info("peername")
+        return str(peer[0]) if isinstance(peer, tuple) else "-"
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _arm_timer(self, timeout: float | None) -> None:
+        self._cancel_timer()
+        if timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.websocket is None and not self.busy:
+            # Idle keep-alive or a handshake that never completed: drop it.
+            self.transport.abort() if self._idle else self.transport.close()
+
+    # -- WebSocket upgrade --------------------------------------------------------------------
+
+    def _upgrade(self, request: Request, route: WebSocketRoute) -> None:
+        server = self.server
+        if "Upgrade" not in request.headers:
+            # A plain GET to a WebSocket route (RFC 7231 6.5.15: 426 Upgrade Required).
+            response = text_response(
+                "this endpoint speaks WebSocket: send an Upgrade request\n",
+                426,
+                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+            )
+            self._respond(request, response)
+            return
+        handshake = server.build_handshake(route)
+        if server._closing:
+            self._reject(request, handshake, InvalidHandshake("server is shutting down", 503))
+            return
+        max_conn = server.options.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        if max_conn is not None and len(server.websockets) >= max_conn:
+            self._reject(request, handshake, InvalidHandshake("too many connections", 503))
+            return
+        try:
+            accepted = handshake.process_request(request)
+            if route.require_subprotocol and accepted.subprotocol is None:
+                supported = ", ".join(route.subprotocols)
+                raise NegotiationError(f"no supported subprotocol offered (supported: {supported})")
+        except InvalidHandshake as exc:
+            self._reject(request, handshake, exc)
+            return
+        opts = server.options
+        max_msg = route.max_message_size
+        max_frame = route.max_frame_size
+        if max_msg is SERVER_DEFAULT:
+            max_msg = opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+        if max_frame is SERVER_DEFAULT:
+            max_frame = opts.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE)
+        core = Connection(
+            Side.SERVER,
+            extensions=accepted.extensions,
+            max_frame_size=max_frame,
+            max_message_size=max_msg,
+        )
+        self.transport.write(accepted.response.serialize())
+        self._log_access(request, 101, 0)
+        ws = WebSocket(
+            core,
+            self.transport,
+            request=request,
+            response=accepted.response,
+            subprotocol=accepted.subprotocol,
+            ping_interval=opts.get("ping_interval", DEFAULT_PING_INTERVAL),
+            ping_timeout=opts.get("ping_timeout", DEFAULT_PING_TIMEOUT),
+            close_timeout=opts.get("close_timeout", DEFAULT_CLOSE_TIMEOUT),
+            max_queue=opts.get("max_queue", DEFAULT_MAX_QUEUE),
+            write_limit=opts.get("write_limit", DEFAULT_WRITE_LIMIT),
+        )
+        self.websocket = ws
+        server.websockets.add(ws)
+        trailing = self.parser.trailing_data()
+        if trailing:
+            ws.data_received(trailing)
+        server.run_task(self._run_ws_handler(route, ws))
+
+    def _reject(self, request: Request, handshake: ServerHandshake, exc: InvalidHandshake) -> None:
+        response = handshake.reject(exc)
+        self.transport.write(response.serialize())
+        self._log_access(request, response.status, len(response.body))
+        self.transport.close()
+
+    async def _run_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
+        code, reason = CloseCode.NORMAL_CLOSURE, ""
+        try:
+            await route.handler(ws)
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            ws.fail(CloseCode.GOING_AWAY, "going away")
+            raise
+        except Exception:
+            # The traceback goes to the log; the peer only learns "internal error".
+            logger.exception("WebSocket handler for %s raised", route.path)
+            code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        await ws.close(code, reason)
+
+
+async def serve(
+    app: App,
+    host: str | None = "127.0.0.1",
+    port: int = 8000,
+    *,
+    ssl: ssl_module.SSLContext | None = None,
+    reuse_port: bool = False,
+    compression: bool = True,
+    # Timeouts
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
+    keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
+    # Limits
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+    max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    write_limit: int = DEFAULT_WRITE_LIMIT,
+    max_head_size: int | None = DEFAULT_MAX_HEAD_SIZE,
+    max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+) -> Server:
+    """Start a server for ``app`` and return it, listening.
+
+    Args:
+        app: the routes.
+        host: the address to bind; None for every interface.
+        port: the port; 0 picks a free one (see :attr:`Server.port`).
+        ssl: a server-side TLS context for https:// and wss://.
+        reuse_port: set SO_REUSEPORT so several processes share the port.
+        compression: accept permessage-deflate on routes that allow it.
+        open_timeout: seconds for a new connection to send a complete request head.
+        close_timeout: seconds to wait for a closing handshake.
+        ping_interval: seconds between keepalive pings; None disables them.
+        ping_timeout: seconds to wait for a keepalive pong before closing with 1011.
+        keepalive_timeout: seconds an idle HTTP keep-alive connection stays open.
+        max_connections: open WebSockets before further upgrades get 503.
+        max_message_size: default received message limit (1009 above it).
+        max_frame_size: default received frame limit (1009 above it).
+        max_queue: received messages buffered per connection before reading pauses.
+        write_limit: write buffer size above which ``send`` waits.
+        max_head_size: HTTP request head limit (431 above it).
+        max_body_size: HTTP request body limit (413 above it).
+    """
+    options = {
+        "compression": compression,
+        "open_timeout": open_timeout,
+        "close_timeout": close_timeout,
+        "ping_interval": ping_interval,
+        "ping_timeout": ping_timeout,
+        "keepalive_timeout": keepalive_timeout,
+        "max_connections": max_connections,
+        "max_message_size": max_message_size,
+        "max_frame_size": max_frame_size,
+        "max_queue": max_queue,
+        "write_limit": write_limit,
+        "max_head_size": max_head_size,
+        "max_body_size": max_body_size,
+    }
+    server = Server(app, **options)
+    await server.start(host, port, ssl=ssl, reuse_port=reuse_port)
+    return server
+
+
+def run(app: App, host: str | None = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Run a server until SIGINT or SIGTERM, then shut down gracefully (1001 to every client).
+
+    Uses uvloop when it is installed. Options are those of :func:`serve`.
+    """
+
+    async def main() -> None:
+        server = await serve(app, host, port, **options)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logger.info("shutting down: closing %d WebSocket connections", len(server.websockets))
+        started = time.monotonic()
+        await server.shutdown()
+        logger.info("stopped in %.2fs", time.monotonic() - started)
+
+    runner = _loop_factory()
+    if runner is None:
+        asyncio.run(main())
+    else:
+        with asyncio.Runner(loop_factory=runner) as r:
+            r.run(main())
+
+
+def _loop_factory() -> Any:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

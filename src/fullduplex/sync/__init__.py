@@ -1,0 +1,7 @@
+"""The threaded client, with the same names as :mod:`fullduplex.asyncio`."""
+
+from __future__ import annotations
+
+from .client import ClientConnection, connect
+
+__all__ = ["ClientConnection", "connect"]

@@ -1,0 +1,137 @@
+"""HTTP on the WebSocket port: pages, JSON, errors and keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import fullduplex
+
+
+async def http(port: int, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return data
+
+
+def split(answer: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers, body
+
+
+GET = "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+
+
+async def test_page_is_served(demo_server: fullduplex.Server) -> None:
+    status, headers, body = split(await http(demo_server.port, GET.format("/").encode()))
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["content-type"].startswith("text/html")
+    assert b"new WebSocket(" in body
+    assert int(headers["content-length"]) == len(body)
+
+
+async def test_json_endpoint(demo_server: fullduplex.Server) -> None:
+    status, headers, body = split(await http(demo_server.port, GET.format("/api/data").encode()))
+    assert status.startswith("HTTP/1.1 200")
+    assert headers["content-type"] == "application/json"
+    data = json.loads(body)
+    assert set(data) == {"message", "time"}
+    assert isinstance(data["time"], float)
+
+
+async def test_unknown_path_is_404(demo_server: fullduplex.Server) -> None:
+    status, _, _ = split(await http(demo_server.port, GET.format("/nope").encode()))
+    assert status.startswith("HTTP/1.1 404")
+
+
+async def test_traversal_is_404(demo_server: fullduplex.Server) -> None:
+    for path in ("/../app.py", "/%2e%2e/app.py", "/..%2fapp.py"):
+        status, _, body = split(await http(demo_server.port, GET.format(path).encode()))
+        assert status.startswith(("HTTP/1.1 404", "HTTP/1.1 400")), path
+        assert b"create_app" not in body
+
+
+async def test_plain_get_to_websocket_route_is_426(demo_server: fullduplex.Server) -> None:
+    status, headers, _ = split(await http(demo_server.port, GET.format("/echo").encode()))
+    assert status.startswith("HTTP/1.1 426")
+    assert headers["upgrade"] == "websocket"
+
+
+async def test_method_not_allowed(demo_server: fullduplex.Server) -> None:
+    raw = b"POST /api/data HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    status, headers, _ = split(await http(demo_server.port, raw))
+    assert status.startswith("HTTP/1.1 405")
+    assert "GET" in headers["allow"]
+
+
+async def test_head_has_length_but_no_body(demo_server: fullduplex.Server) -> None:
+    raw = b"HEAD /api/data HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    status, headers, body = split(await http(demo_server.port, raw))
+    assert status.startswith("HTTP/1.1 200")
+    assert int(headers["content-length"]) > 0
+    assert body == b""
+
+
+async def test_keep_alive_and_pipelining(demo_server: fullduplex.Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", demo_server.port)
+    writer.write(b"GET /api/data HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    writer.write(GET.format("/nope").encode())
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+    assert answer.count(b"HTTP/1.1 404") == 1
+    writer.close()
+
+
+async def test_malformed_request_is_400(demo_server: fullduplex.Server) -> None:
+    status, _, _ = split(await http(demo_server.port, b"NOT HTTP AT ALL\r\n\r\n"))
+    assert status.startswith("HTTP/1.1 400")
+
+
+async def test_handler_error_is_500_and_server_carries_on() -> None:
+    app = fullduplex.App()
+
+    @app.get("/fail")
+    def fail(request: object) -> str:
+        raise ValueError("secret")
+
+    @app.get("/ok")
+    def ok(request: object) -> str:
+        return "fine"
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        status, _, body = split(await http(server.port, GET.format("/fail").encode()))
+        assert status.startswith("HTTP/1.1 500")
+        assert b"secret" not in body
+        status, _, body = split(await http(server.port, GET.format("/ok").encode()))
+        assert body == b"fine"
+    finally:
+        await server.shutdown()
+
+
+async def test_post_body_limit_is_413() -> None:
+    app = fullduplex.App()
+
+    @app.post("/in")
+    def accept(request: fullduplex.protocol.http11.Request) -> dict[str, int]:
+        return {"size": len(request.body)}
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0, max_body_size=100)
+    try:
+        small = (
+            b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        )
+        status, _, body = split(await http(server.port, small))
+        assert json.loads(body) == {"size": 5}
+        big = b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
+        status, _, _ = split(await http(server.port, big))
+        assert status.startswith("HTTP/1.1 413")
+    finally:
+        await server.shutdown()

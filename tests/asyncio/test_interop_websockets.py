@@ -1,0 +1,288 @@
+"""Interoperability with the `websockets` library, an implementation nobody here wrote.
+
+Its client against our server, and our client against its server, on asyncio and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets.asyncio.client as wsclient
+import websockets.asyncio.server as wsserver
+from websockets.exceptions import ConnectionClosed as WSClosed
+from websockets.exceptions import InvalidStatus as WSInvalidStatus
+
+import fullduplex
+from fullduplex.protocol.exceptions import InvalidHandshake, InvalidStatus
+
+from .conftest import start, url
+
+# -- their client, our server -----------------------------------------------------------------
+
+
+async def test_text_and_binary_echo(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/echo"), compression=None) as ws:
+        await ws.send("héllo wörld")
+        assert await ws.recv() == "héllo wörld"
+        payload = bytes(range(256)) * 300
+        await ws.send(payload)
+        assert await ws.recv() == payload
+
+
+async def test_fragmented_message(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/echo"), compression=None) as ws:
+        await ws.send(["frag", "men", "ted ✓"])
+        assert await ws.recv() == "fragmented ✓"
+        await ws.send([b"\x00\x01", b"", b"\x02"])
+        assert await ws.recv() == b"\x00\x01\x02"
+
+
+async def test_compressed_messages(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/echo"), compression="deflate") as ws:
+        extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert extensions.startswith("permessage-deflate")
+        text = "compress me " * 2000
+        for _ in range(3):  # context takeover across messages
+            await ws.send(text)
+            assert await ws.recv() == text
+        await ws.send(["fragmented ", "and compressed " * 100])
+        assert await ws.recv() == "fragmented " + "and compressed " * 100
+
+
+async def test_ping_pong(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/echo")) as ws:
+        waiter = await ws.ping(b"are you there")
+        latency = await asyncio.wait_for(waiter, 5)
+        assert latency >= 0
+
+
+async def test_server_pings_and_measures_latency() -> None:
+    app = fullduplex.App()
+    result: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+    @app.websocket("/p")
+    async def handler(ws: fullduplex.WebSocket) -> None:
+        result.set_result(await ws.ping(b"abc"))
+        await ws.recv()
+
+    server = await start(app)
+    try:
+        async with wsclient.connect(url(server, "/p")) as ws:
+            rtt = await asyncio.wait_for(result, 5)
+            assert 0 <= rtt < 5
+            await ws.send("done")
+    finally:
+        await server.shutdown()
+
+
+async def test_timestamped_echo_and_subprotocol(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/ws"), subprotocols=["echo"]) as ws:
+        assert ws.subprotocol == "echo"
+        await ws.send("hi")
+        answer = await ws.recv()
+        assert isinstance(answer, str)
+        stamp, _, rest = answer.partition(": ")
+        assert rest == "hi"
+        assert len(stamp) == 8 and stamp[2] == ":" and stamp[5] == ":"
+
+
+async def test_normal_close(demo_server: fullduplex.Server) -> None:
+    ws = await wsclient.connect(url(demo_server, "/echo"))
+    await ws.close(1000, "bye")
+    assert ws.close_code == 1000
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+
+
+async def test_binary_refused_with_1003(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(demo_server, "/ws"), subprotocols=["echo"]) as ws:
+        await ws.send(b"\x01\x02")
+        with pytest.raises(WSClosed):
+            await ws.recv()
+        assert ws.close_code == 1003
+
+
+async def test_oversized_message_gets_1009(demo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(
+        url(demo_server, "/ws"), subprotocols=["echo"], compression=None
+    ) as ws:
+        await ws.send("x" * (10 * 1024 + 1))
+        with pytest.raises(WSClosed):
+            await ws.recv()
+        assert ws.close_code == 1009
+
+
+async def test_handler_error_gets_1011_without_details(caplog: pytest.LogCaptureFixture) -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/boom")
+    async def handler(ws: fullduplex.WebSocket) -> None:
+        await ws.recv()
+        raise RuntimeError("secret internal detail")
+
+    @app.websocket("/fine")
+    async def fine(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await start(app)
+    try:
+        async with wsclient.connect(url(server, "/fine")) as other:
+            async with wsclient.connect(url(server, "/boom")) as ws:
+                await ws.send("go")
+                with pytest.raises(WSClosed):
+                    await ws.recv()
+                assert ws.close_code == 1011
+                assert ws.protocol.close_rcvd is not None
+                assert "secret" not in ws.protocol.close_rcvd.reason
+            # Another connection carries on.
+            await other.send("still here")
+            assert await other.recv() == "still here"
+        assert "secret internal detail" in caplog.text
+    finally:
+        await server.shutdown()
+
+
+async def test_shutdown_sends_1001() -> None:
+    server = await start(fullduplex.demo.create_app())
+    clients = [await wsclient.connect(url(server, "/echo")) for _ in range(3)]
+    await server.shutdown()
+    for ws in clients:
+        with pytest.raises(WSClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1001
+
+
+async def test_refused_origin(demo_server: fullduplex.Server) -> None:
+    with pytest.raises(WSInvalidStatus) as info:
+        await wsclient.connect(url(demo_server, "/echo"), origin="https://evil.example")
+    assert info.value.response.status_code == 403
+    # Same host is accepted by default.
+    async with wsclient.connect(
+        url(demo_server, "/echo"), origin=f"http://127.0.0.1:{demo_server.port}"
+    ) as ws:
+        await ws.send("ok")
+        assert await ws.recv() == "ok"
+
+
+async def test_refused_subprotocol(demo_server: fullduplex.Server) -> None:
+    with pytest.raises(WSInvalidStatus) as info:
+        await wsclient.connect(url(demo_server, "/ws"), subprotocols=["chat"])
+    assert info.value.response.status_code == 400
+
+
+# -- our client, their server -----------------------------------------------------------------
+
+
+async def _their_echo(ws: wsserver.ServerConnection) -> None:
+    async for message in ws:
+        if message == "close-1003":
+            await ws.close(1003, "nope")
+            return
+        await ws.send(message)
+
+
+@pytest.fixture
+async def their_server() -> object:
+    server = await wsserver.serve(
+        _their_echo,
+        "127.0.0.1",
+        0,
+        select_subprotocol=lambda conn, offered: "chat" if "chat" in offered else None,
+        max_size=2**20,
+    )
+    yield server
+    server.close()
+    await server.wait_closed()
+
+
+def their_url(server: object) -> str:
+    port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return f"ws://127.0.0.1:{port}/"
+
+
+async def test_our_client_text_binary_fragmented(their_server: object) -> None:
+    async with fullduplex.connect(their_url(their_server), compression=False) as ws:
+        await ws.send("héllo")
+        assert await ws.recv() == "héllo"
+        await ws.send(b"\x00" * 70000)
+        assert await ws.recv() == b"\x00" * 70000
+        await ws.send(["a", "b", "c"])
+        assert await ws.recv() == "abc"
+
+
+async def test_our_client_compression(their_server: object) -> None:
+    async with fullduplex.connect(their_url(their_server)) as ws:
+        assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+        text = "squeeze " * 5000
+        for _ in range(3):
+            await ws.send(text)
+            assert await ws.recv() == text
+
+
+async def test_our_client_ping_and_subprotocol(their_server: object) -> None:
+    async with fullduplex.connect(their_url(their_server), subprotocols=["chat"]) as ws:
+        assert ws.subprotocol == "chat"
+        rtt = await ws.ping()
+        assert 0 <= rtt < 5
+
+
+async def test_our_client_close_paths(their_server: object) -> None:
+    ws = await fullduplex.connect(their_url(their_server))
+    await ws.close(1000, "done")
+    assert ws.close_code == 1000
+    ws = await fullduplex.connect(their_url(their_server))
+    await ws.send("close-1003")
+    with pytest.raises(fullduplex.ConnectionClosedError) as info:
+        await ws.recv()
+    assert info.value.code == 1003
+    assert ws.close_code == 1003
+
+
+async def test_our_client_gets_1009_from_their_server(their_server: object) -> None:
+    async with fullduplex.connect(their_url(their_server), compression=False) as ws:
+        await ws.send(b"x" * (2**20 + 1))
+        with pytest.raises(fullduplex.ConnectionClosedError) as info:
+            await ws.recv()
+        assert info.value.code == 1009
+
+
+async def test_our_client_rejects_oversized_from_their_server() -> None:
+    async def big(ws: wsserver.ServerConnection) -> None:
+        await ws.send("y" * 5000)
+        await ws.wait_closed()
+
+    server = await wsserver.serve(big, "127.0.0.1", 0)
+    try:
+        async with fullduplex.connect(their_url(server), max_size=1000) as ws:
+            with pytest.raises(fullduplex.ConnectionClosedError) as info:
+                await ws.recv()
+            assert info.value.code == 1009
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_our_client_shutdown_1001_from_their_server(their_server: object) -> None:
+    ws = await fullduplex.connect(their_url(their_server))
+    their_server.close()  # type: ignore[attr-defined]  # websockets closes with 1001
+    with pytest.raises(fullduplex.ConnectionClosedOK) as info:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert info.value.code == 1001
+
+
+async def test_our_client_refused_origin_and_subprotocol() -> None:
+    server = await wsserver.serve(
+        _their_echo, "127.0.0.1", 0, origins=["https://good.example"], subprotocols=["echo"]
+    )
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await fullduplex.connect(their_url(server), origin="https://evil.example")
+        assert info.value.status == 403
+        with pytest.raises(InvalidHandshake):
+            await fullduplex.connect(
+                their_url(server), origin="https://good.example", subprotocols=["chat"]
+            )
+    finally:
+        server.close()
+        await server.wait_closed()

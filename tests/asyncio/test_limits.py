@@ -1,0 +1,228 @@
+"""Limits and timeouts of the server, driven by raw sockets that misbehave on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+import websockets.asyncio.client as wsclient
+from websockets.exceptions import ConnectionClosed as WSClosed
+from websockets.exceptions import InvalidStatus as WSInvalidStatus
+
+import fullduplex
+
+from .conftest import start, url
+
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def raw_upgrade(
+    port: int, path: str = "/"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(HANDSHAKE.format(path=path, key=key).encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, b1 = await reader.readexactly(2)
+    n = b1 & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", await reader.readexactly(2))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", await reader.readexactly(8))
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def test_peer_that_never_reads_keeps_server_memory_bounded() -> None:
+    app = fullduplex.App()
+    progress = {"sent": 0, "buffered": 0}
+    chunk = b"z" * 65536
+
+    @app.websocket("/flood")
+    async def flood(ws: fullduplex.WebSocket) -> None:
+        for _ in range(2000):  # 128 MiB if nothing held it back
+            await ws.send(chunk)
+            progress["sent"] += 1
+            progress["buffered"] = max(progress["buffered"], ws.transport.get_write_buffer_size())
+
+    server = await start(app, write_limit=64 * 1024, close_timeout=0.5)
+    try:
+        # Tiny receive buffer and no reads: only the kernel buffers hold anything.
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(HANDSHAKE.format(path="/flood", key=key).encode())
+        await asyncio.sleep(1.0)
+        sent_early = progress["sent"]
+        await asyncio.sleep(1.0)
+        # The handler is blocked in send(): it made no progress while nobody read.
+        assert progress["sent"] == sent_early
+        assert progress["sent"] < 100
+        # The user-space write buffer never went far above the write limit.
+        assert progress["buffered"] <= 64 * 1024 + len(chunk) + 16
+        sock.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_peer_that_never_answers_pings_is_closed_1011() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/idle")
+    async def idle(ws: fullduplex.WebSocket) -> None:
+        await ws.wait_closed()
+
+    server = await start(app, ping_interval=0.2, ping_timeout=0.3)
+    try:
+        started = time.monotonic()
+        reader, writer = await raw_upgrade(server.port, "/idle")
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+        assert opcode == 0x9  # a ping, which we ignore
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == 1011
+        assert time.monotonic() - started < 3
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and TCP is closed
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_peer_answering_pings_stays_open() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/idle")
+    async def idle(ws: fullduplex.WebSocket) -> None:
+        await asyncio.sleep(1.0)
+        await ws.send(f"latency {ws.latency:.6f}")
+        await ws.wait_closed()
+
+    server = await start(app, ping_interval=0.1, ping_timeout=0.3)
+    try:
+        async with wsclient.connect(url(server, "/idle")) as ws:
+            message = await asyncio.wait_for(ws.recv(), 5)
+            assert isinstance(message, str) and message.startswith("latency ")
+            assert float(message.split()[1]) > 0
+    finally:
+        await server.shutdown()
+
+
+async def test_half_sent_handshake_closed_at_open_timeout() -> None:
+    server = await start(fullduplex.demo.create_app(), open_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgr")
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        elapsed = time.monotonic() - started
+        assert 0.2 < elapsed < 2
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_max_connections_answers_503() -> None:
+    server = await start(fullduplex.demo.create_app(), max_connections=2)
+    try:
+        a = await wsclient.connect(url(server, "/echo"))
+        b = await wsclient.connect(url(server, "/echo"))
+        with pytest.raises(WSInvalidStatus) as info:
+            await wsclient.connect(url(server, "/echo"))
+        assert info.value.response.status_code == 503
+        await a.close()
+        await asyncio.sleep(0.1)
+        c = await wsclient.connect(url(server, "/echo"))  # a slot is free again
+        await c.send("x")
+        assert await c.recv() == "x"
+        await b.close()
+        await c.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_oversized_frame_rejected_from_header() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/small")
+    async def small(ws: fullduplex.WebSocket) -> None:
+        await ws.recv()
+
+    server = await start(app, max_frame_size=1000)
+    try:
+        reader, writer = await raw_upgrade(server.port, "/small")
+        # Announce a 1 GiB masked binary frame and send only its header.
+        writer.write(struct.pack("!BBQ", 0x82, 0xFF, 2**30) + b"\x00\x00\x00\x00")
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+        assert opcode == 0x8
+        assert struct.unpack("!H", payload[:2])[0] == 1009
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_oversized_http_head_gets_431() -> None:
+    server = await start(fullduplex.demo.create_app(), max_head_size=4096)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 431")
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+def test_sigterm_closes_every_connection_with_1001() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fullduplex", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "serving on ..." once listening
+
+        async def scenario() -> list[int | None]:
+            clients = []
+            for _ in range(3):
+                for _attempt in range(50):
+                    try:
+                        clients.append(await wsclient.connect(f"ws://127.0.0.1:{port}/echo"))
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.1)
+            assert len(clients) == 3
+            proc.send_signal(signal.SIGTERM)
+            codes = []
+            for ws in clients:
+                with pytest.raises(WSClosed):
+                    await asyncio.wait_for(ws.recv(), 10)
+                codes.append(ws.close_code)
+            return codes
+
+        assert asyncio.run(scenario()) == [1001, 1001, 1001]
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
