@@ -208,12 +208,13 @@ class Connection:
         """The close code the connection ended with.
 
         The code of the close frame received (RFC 6455 7.1.5); if this side failed the
-        connection, the code it sent; otherwise 1006 (abnormal closure).
+        connection, the code it failed with (even if it had sent another close code before);
+        otherwise 1006 (abnormal closure).
         """
         if self.close_received is not None:
             return self.close_received[0]
-        if self.failure is not None and self.close_sent is not None:
-            return self.close_sent[0]
+        if self.failure is not None:
+            return self.failure.code
         return CloseCode.ABNORMAL_CLOSURE
 
     @property
@@ -221,8 +222,8 @@ class Connection:
         """The close reason matching :attr:`close_code`."""
         if self.close_received is not None:
             return self.close_received[1]
-        if self.failure is not None and self.close_sent is not None:
-            return self.close_sent[1]
+        if self.failure is not None:
+            return self.failure.public_reason
         return ""
 
     def _handle_frame(self, frame: Frame) -> None:
@@ -254,13 +255,13 @@ class Connection:
     def _handle_pong(self, payload: bytes) -> None:
         if payload not in self._pings:
             return  # RFC 6455 5.5.3: an unsolicited pong needs no response.
-        acknowledged = []
-        for key in list(self._pings):
+        # A pong acknowledges its ping and every ping sent before it (pings are answered in
+        # order, and a peer may answer only the latest: RFC 6455 5.5.3).
+        outstanding = list(self._pings)
+        acknowledged = tuple(outstanding[: outstanding.index(payload) + 1])
+        for key in acknowledged:
             del self._pings[key]
-            acknowledged.append(key)
-            if key == payload:
-                break
-        self._events.append(Pong(payload, tuple(acknowledged)))
+        self._events.append(Pong(payload, acknowledged))
 
     def _handle_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
@@ -445,15 +446,20 @@ class Connection:
         """Fail the connection (RFC 6455 7.1.7): send a close frame if possible, then close TCP.
 
         Args:
-            code: the close code to send.
+            code: the close code to send; 1006 fails without sending a close frame (for
+                example, when the close handshake timed out).
             reason: the close reason to send (sent as is: never put peer data or exception
                 text here).
             exc: the violation that caused it, kept in :attr:`failure`.
         """
+        if code != CloseCode.ABNORMAL_CLOSURE:
+            serialize_close(code, reason)  # raises LocalProtocolError before any state change
+        if self.eof_received:
+            return  # the connection is already lost (1006): nothing left to fail
         if exc is None:
             exc = ProtocolError(reason or f"connection failed with {code}", code, reason)
         self.failure = exc
-        if self.close_sent is None and self.state is State.OPEN and not self.eof_received:
+        if self.close_sent is None and code != CloseCode.ABNORMAL_CLOSURE:
             self._send_close_frame(code, reason)
         self.state = State.CLOSED
         self.transport_should_close = True
@@ -508,11 +514,18 @@ class Connection:
             raise LocalProtocolError("a fragmented message is being sent")
         pending: bytes | None = None
         frame_opcode = opcode
-        for chunk in chunks:
-            if pending is not None:
-                self._send_data_frame(Frame(frame_opcode, pending, False), compress)
-                frame_opcode = Opcode.CONT
-            pending = chunk
+        try:
+            for chunk in chunks:
+                if pending is not None:
+                    self._send_data_frame(Frame(frame_opcode, pending, False), compress)
+                    frame_opcode = Opcode.CONT
+                pending = chunk
+        except Exception:
+            if frame_opcode == Opcode.CONT:
+                # A fragmented message was started and can never be finished: the peer would
+                # fail the next message with 1002, so close now with 1011.
+                self.fail(CloseCode.INTERNAL_ERROR, "error while sending a message")
+            raise
         self._send_data_frame(Frame(frame_opcode, pending or b"", True), compress)
 
     def _send_data_frame(self, frame: Frame, compress: bool) -> None:

@@ -78,12 +78,12 @@ class InvalidUTF8(ProtocolError):
     """A text message or close reason is not valid UTF-8 (close code 1007)."""
 
     def __init__(self, message: str = "invalid UTF-8 in text") -> None:
-        super().__init__(message, 1007)
+        super().__init__(message, 1007, "invalid UTF-8")
 
 
 _DEFAULT_REASONS = {
     1002: "protocol error",
-    1007: "invalid UTF-8",
+    1007: "invalid data",
     1009: "message too big",
     1011: "internal error",
 }

@@ -257,7 +257,9 @@ class FrameParser:
         return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
-        """Add received bytes."""
+        """Add received bytes (copied first if they are a mutable buffer)."""
+        if type(data) is not bytes:
+            data = bytes(data)  # the parser may keep a reference: never to a reused buffer
         buf = self._buf
         if self._pos >= len(buf):
             # Nothing pending: parse straight from the caller's bytes, no copy.
