@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import fullduplex
 
@@ -133,5 +134,36 @@ async def test_post_body_limit_is_413() -> None:
         big = b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 1000
         status, _, _ = split(await http(server.port, big))
         assert status.startswith("HTTP/1.1 413")
+    finally:
+        await server.shutdown()
+
+
+async def test_streaming_response_is_chunked_and_stops_when_client_leaves() -> None:
+    app = fullduplex.App()
+    finished = asyncio.Event()
+
+    async def ticks() -> AsyncIterator[bytes]:
+        try:
+            for i in range(1000):
+                yield f"tick {i}\n".encode()
+                await asyncio.sleep(0.01)
+        finally:
+            finished.set()
+
+    @app.get("/stream")
+    def stream(request: object) -> fullduplex.StreamingResponse:
+        headers = fullduplex.protocol.http11.Headers([("Content-Type", "text/plain")])
+        return fullduplex.StreamingResponse(200, headers, ticks())
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Transfer-Encoding: chunked" in head
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n"), 5) == b"7\r\n"
+        assert await reader.readexactly(9) == b"tick 0\n\r\n"
+        writer.close()
+        await asyncio.wait_for(finished.wait(), 5)  # the generator was closed
     finally:
         await server.shutdown()

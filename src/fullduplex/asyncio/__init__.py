@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .client import connect
 from .connection import Data, WebSocket
-from .router import App, html_response, json_response, text_response
+from .router import App, StreamingResponse, html_response, json_response, text_response
 from .server import Server, run, serve
 
 __all__ = [
     "App",
     "Data",
     "Server",
+    "StreamingResponse",
     "WebSocket",
     "connect",
     "html_response",

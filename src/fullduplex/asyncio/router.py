@@ -23,7 +23,7 @@ import json
 import mimetypes
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "HTTPResult",
     "HTTPRoute",
     "StaticRoute",
+    "StreamingResponse",
     "WebSocketHandler",
     "WebSocketRoute",
     "html_response",
@@ -49,8 +50,30 @@ __all__ = [
 
 #: Extra response headers, as (name, value) pairs.
 ExtraHeaders = Sequence[tuple[str, str]]
-#: What an HTTP handler may return: a Response, or a value converted by :func:`to_response`.
-HTTPResult = Response | dict[str, Any] | list[Any] | str | bytes
+
+
+@dataclass
+class StreamingResponse:
+    """A response whose body is produced over time (Server-Sent Events, long downloads).
+
+    The body is sent with chunked transfer encoding as the iterator yields; the server waits
+    for the write buffer to drain between chunks, and cancels the iterator (its ``finally``
+    blocks run) as soon as the client disconnects.
+
+    Attributes:
+        status: the status code.
+        headers: the header fields (``Transfer-Encoding: chunked`` is added).
+        body: an async iterator of byte chunks.
+    """
+
+    status: int
+    headers: Headers
+    body: AsyncIterable[bytes]
+
+
+#: What an HTTP handler may return: a Response, a StreamingResponse, or a value converted by
+#: :func:`to_response`.
+HTTPResult = Response | StreamingResponse | dict[str, Any] | list[Any] | str | bytes
 #: An HTTP handler: takes the request, returns (or awaits to) an :data:`HTTPResult`.
 HTTPHandler = Callable[[Request], "Awaitable[HTTPResult] | HTTPResult"]
 #: A WebSocket handler: runs for the lifetime of one connection.
@@ -93,13 +116,13 @@ def _response(status: int, content_type: str, body: bytes, headers: ExtraHeaders
     return Response(status, h, body)
 
 
-def to_response(result: HTTPResult) -> Response:
+def to_response(result: HTTPResult) -> Response | StreamingResponse:
     """Convert a handler's return value: dict or list to JSON, str to text, bytes to binary.
 
     Raises:
         TypeError: the value is none of those.
     """
-    if isinstance(result, Response):
+    if isinstance(result, (Response, StreamingResponse)):
         return result
     if isinstance(result, (dict, list)):
         return json_response(result)

@@ -39,7 +39,14 @@ from .connection import (
     DEFAULT_WRITE_LIMIT,
     WebSocket,
 )
-from .router import SERVER_DEFAULT, App, WebSocketRoute, text_response, to_response
+from .router import (
+    SERVER_DEFAULT,
+    App,
+    StreamingResponse,
+    WebSocketRoute,
+    text_response,
+    to_response,
+)
 
 __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
@@ -86,8 +93,9 @@ class Server:
     @property
     def sockets(self) -> Sequence[Any]:
         """The listening sockets."""
-        server = self._server
-        return server.sockets if isinstance(server, asyncio.Server) else ()
+        # asyncio.Server and uvloop's Server both have .sockets; AbstractServer does not say so.
+        sockets: Sequence[Any] = getattr(self._server, "sockets", None) or ()
+        return sockets
 
     @property
     def port(self) -> int:
@@ -207,6 +215,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.websocket: WebSocket | None = None
         #: True while an HTTP handler runs.
         self.busy = False
+        self._handler_task: asyncio.Task[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._idle = False
@@ -247,6 +258,12 @@ class HTTPProtocol(asyncio.Protocol):
         """The TCP connection is closed."""
         self.server.connections.discard(self)
         self._cancel_timer()
+        task = self._handler_task
+        if task is not None and not task.done():
+            # The client went away: stop a long poll or an event stream at once.
+            task.cancel()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
         if self.websocket is not None:
             self.server.websockets.discard(self.websocket)
             self.websocket.connection_lost(exc)
@@ -255,11 +272,17 @@ class HTTPProtocol(asyncio.Protocol):
         """Write buffer above the high-water mark."""
         if self.websocket is not None:
             self.websocket.pause_writing()
+        else:
+            self._write_paused = True
 
     def resume_writing(self) -> None:
         """Write buffer below the low-water mark."""
         if self.websocket is not None:
             self.websocket.resume_writing()
+        else:
+            self._write_paused = False
+            if self._drain_waiter is not None and not self._drain_waiter.done():
+                self._drain_waiter.set_result(None)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -293,7 +316,9 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             self.busy = True
             self.transport.pause_reading()
-            self.server.run_task(self._run_http_handler(route.handler, request))
+            self._handler_task = self.server.run_task(
+                self._run_http_handler(route.handler, request)
+            )
             return
         if request.method in ("GET", "HEAD"):
             response = app.find_static(path)
@@ -311,10 +336,56 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:
             logger.exception("HTTP handler for %s raised", request.path)
             response = text_response("internal server error\n", 500)
+        if isinstance(response, StreamingResponse):
+            await self._stream(request, response)
+            return
         self.busy = False
+        self._handler_task = None
         if not self.transport.is_closing():
             self.transport.resume_reading()
             self._respond(request, response)
+
+    async def _stream(self, request: Request, response: StreamingResponse) -> None:
+        headers = response.headers.copy()
+        headers["Transfer-Encoding"] = "chunked"
+        keep_alive = request.keep_alive and not self.server._closing
+        if not keep_alive:
+            headers["Connection"] = "close"
+        transport = self.transport
+        transport.write(Response(response.status, headers).serialize())
+        size = 0
+        body = response.body
+        try:
+            async for chunk in body:
+                if transport.is_closing():
+                    break
+                if chunk:
+                    size += len(chunk)
+                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    await self._drain()
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._log_access(request, response.status, size)
+        self.busy = False
+        self._handler_task = None
+        if transport.is_closing():
+            return
+        transport.write(b"0\r\n\r\n")
+        if not keep_alive:
+            transport.close()
+            return
+        transport.resume_reading()
+        self._idle = True
+        self._arm_timer(self.server.options.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        self._next_request()
+
+    async def _drain(self) -> None:
+        while self._write_paused and not self.transport.is_closing():
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+            self._drain_waiter = None
 
     def _respond(self, request: Request, response: Response) -> None:
         keep_alive = request.keep_alive and not self.server._closing
