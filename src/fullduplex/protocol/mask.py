@@ -47,7 +47,7 @@ def _mask_int(data: bytes, key: bytes, _from_bytes: Callable[..., int] = int.fro
     return (_from_bytes(data, "little") ^ mask).to_bytes(n, "little")
 
 
-def apply_mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
+def apply_mask_python(data: bytes | bytearray | memoryview, key: bytes | bytearray) -> bytes:
     """Mask or unmask ``data`` with the 4-byte ``key``, in pure Python.
 
     Args:
@@ -71,7 +71,7 @@ def apply_mask_python(data: bytes | bytearray | memoryview, key: bytes) -> bytes
     return _mask_translate(data, key)
 
 
-_MaskFunction = Callable[[bytes | bytearray | memoryview, bytes], bytes]
+_MaskFunction = Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
 
 
 def _load_accelerator() -> _MaskFunction | None:
