@@ -36,6 +36,7 @@ from ..protocol import (
     ConnectionClosedError,
     ConnectionClosedOK,
     Pong,
+    Side,
     State,
     TextFragment,
     TextMessage,
@@ -453,7 +454,12 @@ class WebSocket:
         return ConnectionClosedError(code, reason)
 
     def _log_closed(self) -> None:
-        logger.info(
+        # One INFO line per connection on the server; clients log at DEBUG.
+        level = logging.INFO if self.core.side is Side.SERVER else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        logger.log(
+            level,
             "websocket %s closed %d %s in %.3fs: %d msgs / %d B in, %d msgs / %d B out",
             self.request.path,
             self.core.close_code,
