@@ -226,3 +226,54 @@ def test_sigterm_closes_every_connection_with_1001() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+async def test_slow_handler_pauses_reading_then_gets_everything() -> None:
+    app = fullduplex.App()
+    observed: dict[str, object] = {}
+    go = asyncio.Event()
+
+    @app.websocket("/slow")
+    async def slow(ws: fullduplex.WebSocket) -> None:
+        await go.wait()  # not reading while the client floods
+        observed["queued"] = len(ws._queue)
+        observed["reading"] = ws.transport.is_reading()
+        received = [await ws.recv() for _ in range(500)]
+        observed["in_order"] = received == [str(i) for i in range(500)]
+        observed["reading_after"] = ws.transport.is_reading()
+        await ws.send("done")
+
+    server = await start(app, max_queue=8)
+    try:
+        async with wsclient.connect(url(server, "/slow"), compression=None) as ws:
+
+            async def flood() -> None:
+                for i in range(500):
+                    await ws.send(str(i))
+
+            sender = asyncio.create_task(flood())
+            await asyncio.sleep(0.5)
+            go.set()
+            await asyncio.wait_for(sender, 10)
+            assert await asyncio.wait_for(ws.recv(), 10) == "done"
+        # The queue stopped near max_queue (plus what the read that filled it carried)...
+        assert 8 <= observed["queued"] < 100  # type: ignore[operator]
+        assert observed["reading"] is False  # ...because reading was paused
+        assert observed["in_order"] is True  # nothing lost or reordered
+        assert observed["reading_after"] is True  # and reading resumed
+    finally:
+        await server.shutdown()
+
+
+async def test_idle_keep_alive_connection_is_closed() -> None:
+    server = await start(fullduplex.demo.create_app(), keepalive_timeout=0.3)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /api/data HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        data = await asyncio.wait_for(reader.read(), 5)  # the answer, then EOF when idle
+        assert data.startswith(b"HTTP/1.1 200")
+        assert 0.2 < time.monotonic() - started < 3
+        writer.close()
+    finally:
+        await server.shutdown()

@@ -8,9 +8,11 @@ reader task and no task per message. Keepalive and the close timeout are loop ti
 
 Flow control, both ways:
 
-* received messages wait in a queue of at most ``max_queue`` messages; when it is full the
-  transport stops reading (``pause_reading``) and resumes when the application has taken it
-  down to a quarter, so a peer sending faster than the application reads is held back by TCP;
+* received messages wait in a queue of ``max_queue`` messages; when it is full the transport
+  stops reading (``pause_reading``) and resumes when the application has taken it down to a
+  quarter, so a peer sending faster than the application reads is held back by TCP. The queue
+  may exceed ``max_queue`` by the messages of the one read that filled it (at most 256 KiB of
+  frames), never more;
 * :meth:`WebSocket.send` waits while the transport's write buffer is above ``write_limit``
   (``pause_writing``); while it is, reading pauses too, so a peer that never reads cannot make
   the server queue pongs or close frames without bound.
