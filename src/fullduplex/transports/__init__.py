@@ -1,0 +1,129 @@
+"""Polling, long polling, Server-Sent Events and WebSocket, over one hub.
+
+Each transport is mounted on an :class:`~fullduplex.asyncio.App` with one call; all of them
+deliver the same messages of a :class:`~fullduplex.hub.Hub` with the same sequence numbers, so
+a client can switch transport and carry its cursor::
+
+    hub = Hub()
+    app = App()
+    mount_all(app, hub, rules=TopicRules(subscribe=["*"], publish=["chat"]))
+    # ws://host/pubsub  GET /sse  GET /longpoll  GET /poll  POST /publish
+
+=====================  ==========================================================  ==========
+transport              where                                                       module
+=====================  ==========================================================  ==========
+WebSocket              ``/pubsub``: JSON ops subscribe / unsubscribe / publish      websocket
+Server-Sent Events     ``GET /sse?topic=T&topic=U&since=N``, ``Last-Event-ID``      eventstream
+long polling           ``GET /longpoll?topic=T&since=N``: held up to 30 s           polling
+short polling          ``GET /poll?topic=T&since=N``: at once                       polling
+publish                ``POST /publish`` ``{"topic": T, "data": ...}``             publish
+=====================  ==========================================================  ==========
+
+The message JSON is the same everywhere: ``{"topic", "seq", "data", "time"}``, and gaps
+``{"topic", "gap": {"since", "first_available"}}`` (see :mod:`~.common`). The protocol, limits
+and measurements are in ``docs/transports.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..asyncio.router import App
+from ..hub import Hub
+from .broadcast import FrameCache, WebSocketSink
+from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
+from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, mount_sse
+from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
+from .publish import mount_publish
+from .websocket import mount_websocket
+
+__all__ = [
+    "EnvelopeCache",
+    "FrameCache",
+    "InvalidInput",
+    "OpenRequests",
+    "TopicRules",
+    "Transports",
+    "WebSocketSink",
+    "mount_all",
+    "mount_longpoll",
+    "mount_poll",
+    "mount_publish",
+    "mount_sse",
+    "mount_websocket",
+]
+
+
+@dataclass
+class Transports:
+    """What :func:`mount_all` mounted.
+
+    Attributes:
+        frames: the JSON and frame cache shared by every transport (its counters say how
+            many times messages were serialized and framed).
+        requests: the event streams and long polls held open.
+    """
+
+    frames: FrameCache
+    requests: OpenRequests
+
+    def close(self) -> None:
+        """End every event stream and long poll now (call it before a server shutdown)."""
+        self.requests.close()
+
+
+def mount_all(
+    app: App,
+    hub: Hub,
+    prefix: str = "",
+    *,
+    rules: TopicRules | None = None,
+    compression: bool = False,
+    # Timeouts
+    heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+    longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
+) -> Transports:
+    """Mount every transport under ``prefix``, sharing one JSON and frame cache.
+
+    The routes: ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll`` and ``/publish``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        prefix: a path prefix such as ``"/rt"``, or ``""``.
+        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        compression: accept permessage-deflate on the WebSocket route.
+        heartbeat_interval: seconds of SSE silence before a heartbeat comment.
+        longpoll_timeout: seconds a long poll is held.
+
+    Returns:
+        The shared cache and the requests held open.
+    """
+    frames = FrameCache()
+    envelopes = frames.envelopes
+    held = OpenRequests()
+    prefix = prefix.rstrip("/")
+    mount_websocket(
+        app, hub, f"{prefix}/pubsub", rules=rules, frames=frames, compression=compression
+    )
+    mount_sse(
+        app,
+        hub,
+        f"{prefix}/sse",
+        rules=rules,
+        envelopes=envelopes,
+        requests=held,
+        heartbeat_interval=heartbeat_interval,
+    )
+    mount_longpoll(
+        app,
+        hub,
+        f"{prefix}/longpoll",
+        rules=rules,
+        envelopes=envelopes,
+        requests=held,
+        longpoll_timeout=longpoll_timeout,
+    )
+    mount_poll(app, hub, f"{prefix}/poll", rules=rules, envelopes=envelopes)
+    mount_publish(app, hub, f"{prefix}/publish", rules=rules)
+    return Transports(frames, held)

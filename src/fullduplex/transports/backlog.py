@@ -1,0 +1,218 @@
+"""Bounded backlogs: what a consumer has not taken yet, under the topic's slow-consumer policy.
+
+The WebSocket broadcast (:mod:`~fullduplex.transports.broadcast`) and the event stream
+(:mod:`~fullduplex.transports.eventstream`) take messages from the hub in callback mode (no
+queue and no task per subscriber inside the hub) and keep what they cannot write at once in a
+:class:`Backlog`, one per topic and consumer, of at most ``queue_size`` messages:
+
+* ``drop-oldest``: when full, the oldest message is dropped; the consumer later receives a
+  :class:`~fullduplex.hub.Gap` covering it, then the newer messages;
+* ``conflate``: one message per ``conflate_key`` (a function of the data; None keeps only the
+  latest message of the topic); a newer message replaces an older
+  one with the same key without a gap (sequence numbers jump by design); when more than
+  ``queue_size`` keys wait, the oldest is dropped with a gap as above;
+* ``disconnect``: when full, :meth:`Backlog.push` says so and the consumer is disconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+
+from ..hub import Gap, GapReason, Message, Policy, TopicConfig
+
+__all__ = ["Backlog", "Mailbox"]
+
+
+class Backlog:
+    """Messages of one topic waiting for one consumer, and where that consumer stands.
+
+    Args:
+        topic: the topic.
+        config: the topic's configuration (policy, queue size, conflate key).
+        since: the consumer's cursor when it subscribed, None if unknown (live only).
+    """
+
+    __slots__ = (
+        "_loss",
+        "config",
+        "dropped",
+        "key",
+        "overflowed",
+        "pending",
+        "sent",
+        "topic",
+    )
+
+    def __init__(self, topic: str, config: TopicConfig, since: int | None) -> None:
+        #: The topic.
+        self.topic = topic
+        #: The topic's configuration.
+        self.config = config
+        #: How messages are keyed in :attr:`pending` (seq, or the conflate key).
+        self.key = _key_function(config)
+        #: The seq of the last message handed out (the consumer's cursor), or None.
+        self.sent = since
+        #: Messages waiting, oldest first.
+        self.pending: dict[Hashable, Message | Gap] = {}
+        #: Messages dropped or conflated away.
+        self.dropped = 0
+        #: True once full under the ``disconnect`` policy.
+        self.overflowed = False
+        self._loss: tuple[int, GapReason] | None = None  # a loss not reported yet
+
+    def push(self, item: Message | Gap) -> bool:
+        """Add what the hub delivered; False if full under the ``disconnect`` policy."""
+        pending = self.pending
+        if isinstance(item, Gap):
+            key: Hashable = object()  # gaps are never conflated
+        else:
+            key = self.key(item)
+            if pending.pop(key, None) is not None:
+                self.dropped += 1  # conflated
+        pending[key] = item
+        if len(pending) <= self.config.queue_size:
+            return True
+        if self.config.policy == Policy.DISCONNECT:
+            self.overflowed = True
+            return False
+        oldest = pending.pop(next(iter(pending)))
+        if isinstance(oldest, Gap):
+            self._record_loss(oldest.since, oldest.reason)
+        else:
+            self.dropped += 1
+            self._record_loss(oldest.seq - 1, GapReason.DROPPED)
+        return True
+
+    def pop(self) -> Message | Gap | None:
+        """The next thing to send: a gap for a loss, then the oldest item; None if empty.
+
+        Moves :attr:`sent` past what it returns.
+        """
+        pending = self.pending
+        if not pending:
+            return None
+        key = next(iter(pending))
+        first = pending[key]
+        loss, self._loss = self._loss, None
+        if loss is not None:
+            since, reason = loss
+            if isinstance(first, Gap):
+                # One gap for both: from the older cursor to where the hub's gap ends.
+                del pending[key]
+                if first.reason is GapReason.RESET:
+                    reason = GapReason.RESET
+                first = Gap(self.topic, since, first.first_available, reason)
+                self.skip(first)
+                return first
+            if first.seq > since + 1:
+                gap = Gap(self.topic, since, first.seq, reason)
+                self.skip(gap)
+                return gap
+        del pending[key]
+        self.skip(first)
+        return first
+
+    def skip(self, item: Message | Gap) -> None:
+        """Record ``item`` as handed out without going through the backlog (the fast path)."""
+        if isinstance(item, Gap):
+            # The hub's rule: after a gap the cursor is first_available - 1 (lower on a reset).
+            self.sent = item.first_available - 1
+        else:
+            self.sent = item.seq
+
+    def __bool__(self) -> bool:
+        return bool(self.pending)
+
+    def _record_loss(self, before: int, reason: GapReason) -> None:
+        if self._loss is None:
+            since = self.sent if self.sent is not None else before
+            self._loss = (since, reason)
+        elif reason is GapReason.RESET:
+            self._loss = (self._loss[0], reason)
+
+
+class Mailbox:
+    """Backlogs of several topics for one consumer task, with a wake-up.
+
+    The hub's callbacks :meth:`put` items; the consumer awaits :meth:`wait` and takes them with
+    :meth:`take`. No task: one future, created only while the consumer waits.
+
+    Args:
+        on_overflow: called once when a backlog overflows under the ``disconnect`` policy
+            (the consumer may be stuck in a write and not see it for a while).
+    """
+
+    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
+        self._on_overflow = on_overflow
+        #: Backlog of each topic, in subscription order.
+        self.backlogs: dict[str, Backlog] = {}
+        #: True once a backlog overflowed under the ``disconnect`` policy.
+        self.overflowed = False
+        #: True once :meth:`close` was called.
+        self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def add(self, backlog: Backlog) -> Callable[[Message | Gap], None]:
+        """Track ``backlog``; return the hub callback that fills it."""
+        self.backlogs[backlog.topic] = backlog
+
+        def put(item: Message | Gap) -> None:
+            if not backlog.push(item) and not self.overflowed:
+                self.overflowed = True
+                if self._on_overflow is not None:
+                    self._on_overflow()
+            self._wake()
+
+        return put
+
+    def close(self) -> None:
+        """End it: wake the consumer, which sees :attr:`closed`."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> list[Message | Gap]:
+        """Everything waiting, topic by topic, each topic in order."""
+        items: list[Message | Gap] = []
+        for backlog in self.backlogs.values():
+            while (item := backlog.pop()) is not None:
+                items.append(item)
+        return items
+
+    def __bool__(self) -> bool:
+        return any(self.backlogs.values())
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait until something is waiting or ``timeout`` passes; True if something is."""
+        if self or self.overflowed or self.closed:
+            return True
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._waiter, timeout)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._waiter = None
+        return True
+
+
+def _key_function(config: TopicConfig) -> Callable[[Message], Hashable]:
+    if config.policy != Policy.CONFLATE:
+        return _by_seq
+    key = config.conflate_key
+    if key is None:
+        return _whole_topic
+    return lambda message: key(message.data)
+
+
+def _by_seq(message: Message) -> Hashable:
+    return message.seq
+
+
+def _whole_topic(message: Message) -> Hashable:
+    return None

@@ -1,0 +1,252 @@
+"""What every transport shares: input validation, topic rules and the JSON envelope.
+
+Every transport speaks of the same things in the same JSON:
+
+* a message: ``{"topic": T, "seq": N, "data": ..., "time": t}`` (``time`` is the publish time,
+  in seconds since the epoch, as the hub recorded it);
+* a gap: ``{"topic": T, "gap": {"since": S, "first_available": F, "reason": R}}``: the
+  messages of ``T`` numbered from ``S + 1`` to ``F - 1`` were trimmed from history (``R`` is
+  ``"trimmed"``) or dropped for a slow consumer (``"dropped"``); the next message is ``F``.
+  ``"reset"`` (``F <= S``) means the topic restarted from scratch (a broker lost its data). The
+  cursor after a gap is ``F - 1``.
+
+:class:`EnvelopeCache` serializes each message once for all the transports and subscribers
+that send it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..asyncio.router import json_response
+from ..hub import Gap, Message
+from ..protocol.http11 import Response
+
+__all__ = [
+    "MAX_SEQ",
+    "MAX_TOPIC_LENGTH",
+    "TOPIC_RE",
+    "EnvelopeCache",
+    "InvalidInput",
+    "OpenRequests",
+    "TopicRules",
+    "check_since",
+    "check_topic",
+    "error_response",
+    "gap_envelope",
+    "message_envelope",
+    "query_one",
+    "query_since",
+    "query_topics",
+]
+
+#: Longest topic name, in characters (Redis keys hold more, but a name is also an SSE id part
+#: and a URL parameter: 128 keeps ``Last-Event-ID`` of 16 topics under 3 KiB).
+MAX_TOPIC_LENGTH = 128
+#: Topic names: ASCII letters, digits, ``_``, ``-`` and ``.``; never ``:`` or ``,``, which
+#: separate topics and sequence numbers in SSE event ids.
+TOPIC_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_TOPIC_LENGTH}}}")
+#: Largest sequence number accepted from a client (a signed 64-bit integer, as Redis counts).
+MAX_SEQ = 2**63 - 1
+
+_JSON_SEPARATORS = (",", ":")
+
+
+class InvalidInput(ValueError):
+    """A client sent a value that is not valid here; ``str(exc)`` is safe to send back.
+
+    Attributes:
+        status: the HTTP status to answer with (400 unless said otherwise).
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        #: The HTTP status to answer with.
+        self.status = status
+
+
+class OpenRequests:
+    """Requests held open (event streams, long polls), to end them all at shutdown.
+
+    A server shutdown closes idle connections and waits for busy ones: an event stream is
+    never idle, and a long poll is idle only after up to 30 s. :meth:`close` ends them now.
+    """
+
+    def __init__(self) -> None:
+        self._closers: dict[Callable[[], None], None] = {}
+
+    def __len__(self) -> int:
+        return len(self._closers)
+
+    def add(self, closer: Callable[[], None]) -> None:
+        """Track an open request, ended by calling ``closer``."""
+        self._closers[closer] = None
+
+    def discard(self, closer: Callable[[], None]) -> None:
+        """Forget a request that ended."""
+        self._closers.pop(closer, None)
+
+    def close(self) -> None:
+        """End every open request (each answers or ends its stream at once)."""
+        for closer in list(self._closers):
+            closer()
+
+
+@dataclass(frozen=True)
+class TopicRules:
+    """Which topics clients may subscribe and publish to, as shell-style patterns.
+
+    Patterns use :func:`fnmatch.fnmatchcase` syntax (``*``, ``?``, ``[seq]``) over valid topic
+    names; ``"*"`` matches every valid name.
+
+    Attributes:
+        subscribe: patterns clients may subscribe to (WebSocket, SSE, polling).
+        publish: patterns clients may publish to (``POST /publish``, the WebSocket
+            ``publish`` op); empty for none. Server code publishing through the hub is never
+            restricted.
+    """
+
+    subscribe: Sequence[str] = ("*",)
+    publish: Sequence[str] = ("*",)
+
+    def can_subscribe(self, topic: str) -> bool:
+        """Whether clients may subscribe to ``topic`` (assumed valid)."""
+        return any(fnmatch.fnmatchcase(topic, p) for p in self.subscribe)
+
+    def can_publish(self, topic: str) -> bool:
+        """Whether clients may publish to ``topic`` (assumed valid)."""
+        return any(fnmatch.fnmatchcase(topic, p) for p in self.publish)
+
+
+def check_topic(value: object) -> str:
+    """Return ``value`` if it is a valid topic name.
+
+    Raises:
+        InvalidInput: it is not a string of 1 to 128 characters among ``A-Z a-z 0-9 _ - .``.
+    """
+    if not isinstance(value, str) or TOPIC_RE.fullmatch(value) is None:
+        raise InvalidInput(
+            f"invalid topic: 1 to {MAX_TOPIC_LENGTH} characters among A-Z a-z 0-9 _ - ."
+        )
+    return value
+
+
+def check_since(value: object) -> int:
+    """Return ``value`` as a cursor: an int, or a string of decimal digits, from 0 to 2**63-1.
+
+    Raises:
+        InvalidInput: anything else (negative, fractional, boolean, too large).
+    """
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise InvalidInput("invalid since: a non-negative integer")
+    return value
+
+
+def query_one(query: Mapping[str, list[str]], name: str) -> str | None:
+    """The single value of query parameter ``name``, or None if absent.
+
+    Raises:
+        InvalidInput: the parameter is given more than once.
+    """
+    values = query.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidInput(f"parameter {name} given more than once")
+    return values[0]
+
+
+def query_since(query: Mapping[str, list[str]]) -> int | None:
+    """The ``since`` parameter as a cursor, or None if absent.
+
+    Raises:
+        InvalidInput: it is invalid or repeated.
+    """
+    value = query_one(query, "since")
+    return None if value is None else check_since(value)
+
+
+def query_topics(
+    query: Mapping[str, list[str]], rules: TopicRules, *, max_topics: int = 1
+) -> list[str]:
+    """The ``topic`` parameters, validated, deduplicated, in order.
+
+    Raises:
+        InvalidInput: none given, too many, invalid (400) or not allowed (403).
+    """
+    values = query.get("topic") or []
+    if not values:
+        raise InvalidInput("missing parameter: topic")
+    topics = list(dict.fromkeys(check_topic(v) for v in values))
+    if len(topics) > max_topics:
+        raise InvalidInput(f"too many topics: at most {max_topics}")
+    for topic in topics:
+        if not rules.can_subscribe(topic):
+            raise InvalidInput(f"unknown topic: {topic}", 403)
+    return topics
+
+
+def error_response(exc: InvalidInput) -> Response:
+    """A JSON error response: ``{"error": "..."}`` with the exception's status."""
+    return json_response({"error": str(exc)}, exc.status)
+
+
+def message_envelope(message: Message) -> dict[str, Any]:
+    """The JSON-ready form of a message."""
+    return {"topic": message.topic, "seq": message.seq, "data": message.data, "time": message.time}
+
+
+def gap_envelope(gap: Gap) -> dict[str, Any]:
+    """The JSON-ready form of a gap."""
+    return {
+        "topic": gap.topic,
+        "gap": {
+            "since": gap.since,
+            "first_available": gap.first_available,
+            "reason": str(gap.reason),
+        },
+    }
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 characters kept as they are (the wire is UTF-8 everywhere)."""
+    return json.dumps(value, separators=_JSON_SEPARATORS, ensure_ascii=False)
+
+
+class EnvelopeCache:
+    """Serializes each message once, however many subscribers and transports send it.
+
+    Keeps the JSON of the latest message of each topic: the hub hands one message to all of a
+    topic's subscribers in a row, so one entry per topic is enough. At most ``max_topics``
+    topics are remembered (the oldest entry goes first).
+
+    Args:
+        max_topics: topics remembered.
+    """
+
+    def __init__(self, max_topics: int = 1024) -> None:
+        self.max_topics = max_topics
+        self._last: dict[str, tuple[int, str]] = {}
+        #: Messages serialized (for tests and metrics: one per message, not per subscriber).
+        self.encoded = 0
+
+    def text(self, message: Message) -> str:
+        """The JSON envelope of ``message``, serialized at most once per message."""
+        entry = self._last.get(message.topic)
+        if entry is not None and entry[0] == message.seq:
+            return entry[1]
+        text = dumps(message_envelope(message))
+        self.encoded += 1
+        last = self._last
+        last.pop(message.topic, None)
+        if len(last) >= self.max_topics:
+            del last[next(iter(last))]
+        last[message.topic] = (message.seq, text)
+        return text

@@ -1,0 +1,220 @@
+"""Server-Sent Events: ``GET /sse?topic=T[&topic=U...][&since=N]`` as ``text/event-stream``.
+
+The stream starts with a ``retry:`` hint and an id-only block (``id: <cursors>`` and no data:
+it sets the browser's last event id without firing an event), so a stream that drops before its
+first event still resumes exactly. Then, per message::
+
+    id: 42
+    data: {"topic":"ticker","seq":42,"data":{...},"time":1700000000.123}
+
+and per gap (``event: gap``, data ``{"topic":T,"gap":{"since":S,"first_available":F}}``).
+Messages use the default event type (``message``), so ``EventSource.onmessage`` sees them;
+the data is the same JSON envelope the other transports send. With several topics the id is
+the cursor of every topic, ``chat:17,ticker:42`` (see :mod:`~fullduplex.transports.sse`).
+
+Where to start, per topic: the ``Last-Event-ID`` header (sent by the browser on reconnect),
+else ``?since=`` (a number, for every topic, or an id as above), else now. Resuming is exact: a
+message is never sent twice nor skipped without a gap.
+
+A comment (``:``) is sent every ``heartbeat_interval`` seconds of silence, so proxies and the
+client see the connection alive. A stream whose client falls more than ``queue_size`` messages
+behind is handled by the topic's policy (:mod:`~fullduplex.transports.backlog`); under
+``disconnect`` it ends, and the browser reconnects with ``Last-Event-ID`` after ``retry``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from ..asyncio.router import App, StreamingResponse
+from ..hub import Gap, Hub, HubUnavailable, Message, Subscription
+from ..protocol.http11 import Headers, Request, Response
+from .backlog import Backlog, Mailbox
+from .common import (
+    EnvelopeCache,
+    InvalidInput,
+    OpenRequests,
+    TopicRules,
+    check_since,
+    dumps,
+    error_response,
+    gap_envelope,
+    query_one,
+    query_topics,
+)
+from .sse import encode_comment, encode_event, encode_retry, format_event_id, parse_event_id
+
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_MAX_SSE_TOPICS",
+    "DEFAULT_RETRY",
+    "mount_sse",
+]
+
+logger = logging.getLogger("fullduplex.transports")
+
+#: Seconds of silence before a heartbeat comment. The WHATWG spec suggests "every 15 seconds
+#: or so" for legacy proxies that drop idle connections.
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+#: Reconnection delay hinted to the browser, in seconds (browsers default to about 3 s).
+DEFAULT_RETRY = 3.0
+#: Topics one stream may carry.
+DEFAULT_MAX_SSE_TOPICS = 16
+
+_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    # nginx buffers proxied responses unless told otherwise.
+    ("X-Accel-Buffering", "no"),
+)
+
+
+def _start_cursors(request: Request, topics: list[str]) -> dict[str, int | None]:
+    """Each topic's cursor from Last-Event-ID, else ?since=, else None (now)."""
+    cursors: dict[str, int | None] = dict.fromkeys(topics)
+    last_id = request.headers.get("Last-Event-ID")
+    since = query_one(request.query, "since")
+    value = last_id if last_id is not None else since
+    if value is None:
+        return cursors
+    if last_id is None and ":" not in value:
+        number = check_since(value)
+        return dict.fromkeys(topics, number)
+    try:
+        cursors.update(parse_event_id(value, topics))
+    except ValueError:
+        source = "Last-Event-ID" if last_id is not None else "since"
+        raise InvalidInput(f"invalid {source}") from None
+    return cursors
+
+
+class _Stream:
+    """One event stream: its subscriptions, its mailbox and the cursors of its ids."""
+
+    def __init__(
+        self, hub: Hub, envelopes: EnvelopeCache, topics: list[str], held: OpenRequests
+    ) -> None:
+        self.hub = hub
+        self.envelopes = envelopes
+        # Under the disconnect policy, a full backlog releases the subscriptions at once: the
+        # stream may be stuck waiting for the client to read, and ends when it can.
+        self.mailbox = Mailbox(on_overflow=self.close)
+        self.held = held
+        held.add(self.mailbox.close)
+        self.cursors: dict[str, int] = {}
+        self.subscriptions: list[Subscription] = []
+        self.topics = topics
+
+    async def open(self, start: dict[str, int | None]) -> None:
+        hub = self.hub
+        for topic, since in start.items():
+            if since is None:
+                # Make the first id complete: "now" is a cursor too.
+                since = await hub.last_seq(topic)
+            self.cursors[topic] = since
+            callback = self.mailbox.add(Backlog(topic, hub.config(topic), since))
+            self.subscriptions.append(hub.subscribe(topic, since=since, on_message=callback))
+
+    def close(self) -> None:
+        self.held.discard(self.mailbox.close)
+        for subscription in self.subscriptions:
+            subscription.close()
+        self.subscriptions.clear()
+
+    def encode(self, items: list[Message | Gap]) -> bytes:
+        cursors = self.cursors
+        chunks = []
+        for item in items:
+            if isinstance(item, Gap):
+                cursors[item.topic] = item.first_available - 1
+                event_id = format_event_id(cursors)
+                data = dumps(gap_envelope(item))
+                chunks.append(encode_event(data, event="gap", id=event_id))
+            else:
+                cursors[item.topic] = item.seq
+                event_id = format_event_id(cursors)
+                chunks.append(encode_event(self.envelopes.text(item), id=event_id))
+        return b"".join(chunks)
+
+    def closed(self) -> bool:
+        return self.mailbox.closed or any(s.closed for s in self.subscriptions)
+
+    async def events(self, heartbeat: float | None, retry: float | None) -> AsyncIterator[bytes]:
+        try:
+            head = encode_retry(round(retry * 1000)) if retry is not None else b""
+            # WHATWG 9.2.6 "dispatch the event": the last event ID is set before the check for
+            # empty data, so an id-only block records the cursor without firing an event.
+            yield head + f"id: {format_event_id(self.cursors)}\n\n".encode()
+            mailbox = self.mailbox
+            while True:
+                items = mailbox.take()
+                if items:
+                    yield self.encode(items)
+                    continue
+                if mailbox.overflowed:
+                    yield encode_comment("closed: slow consumer")
+                    return
+                if self.closed():
+                    return
+                if not await mailbox.wait(heartbeat):
+                    yield encode_comment()
+        finally:
+            self.close()
+
+
+def mount_sse(
+    app: App,
+    hub: Hub,
+    path: str = "/sse",
+    *,
+    rules: TopicRules | None = None,
+    envelopes: EnvelopeCache | None = None,
+    requests: OpenRequests | None = None,
+    # Timeouts
+    heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+    retry: float | None = DEFAULT_RETRY,
+    # Limits
+    max_topics: int = DEFAULT_MAX_SSE_TOPICS,
+) -> OpenRequests:
+    """Serve Server-Sent Events (see the module docstring) at ``path``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        path: the route.
+        rules: which topics clients may subscribe to; every valid topic if None.
+        envelopes: a JSON cache shared with other mounts (one is made if None).
+        requests: where open streams are tracked (one is made if None).
+        heartbeat_interval: seconds of silence before a comment is sent; None for never.
+        retry: reconnection delay hinted to the browser, in seconds; None to send no hint.
+        max_topics: topics one stream may carry (400 above it).
+
+    Returns:
+        The open streams (call its ``close`` before shutting the server down: a server
+        shutdown waits for streams, which are never idle).
+    """
+    topic_rules = rules or TopicRules()
+    cache = envelopes or EnvelopeCache()
+    held = requests if requests is not None else OpenRequests()
+
+    @app.get(path)
+    async def event_stream(request: Request) -> Response | StreamingResponse:
+        try:
+            topics = query_topics(request.query, topic_rules, max_topics=max_topics)
+            start = _start_cursors(request, topics)
+        except InvalidInput as exc:
+            return error_response(exc)
+        stream = _Stream(hub, cache, topics, held)
+        try:
+            await stream.open(start)
+        except HubUnavailable:
+            stream.close()
+            return error_response(InvalidInput("hub unavailable", 503))
+        except BaseException:
+            stream.close()
+            raise
+        body = stream.events(heartbeat_interval, retry)
+        return StreamingResponse(200, Headers(_HEADERS), body)
+
+    return held

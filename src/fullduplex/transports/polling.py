@@ -1,0 +1,196 @@
+"""Short and long polling: ``GET /poll`` and ``GET /longpoll``, JSON in one response.
+
+Both take ``?topic=T`` (one topic), ``since=N`` (the cursor: the seq of the last message seen;
+0 for the whole history) and ``limit=L`` (at most this many items, 1 to ``max_batch``), and
+answer::
+
+    {"messages": [{"topic": "t", "seq": 42, "data": ..., "time": ...}, ...], "cursor": 43}
+
+``messages`` holds the items in order, as the other transports send them: messages, and gap
+markers ``{"topic": T, "gap": {"since": S, "first_available": F}}`` where history was trimmed or
+messages were dropped. ``cursor`` is what to send as ``since`` next time: the seq of the last
+message (or ``first_available - 1`` of a final gap), else ``since`` unchanged. Without
+``since`` the answer starts from now: ``/poll`` returns no messages and the current cursor,
+``/longpoll`` waits for the next message.
+
+``/poll`` answers at once from the hub's history. ``/longpoll`` answers at once if history has
+something after ``since``; otherwise it holds the request until a message arrives or
+``longpoll_timeout`` passes (then ``messages`` is empty and ``cursor`` is unchanged). A waiting
+client costs one callback-mode hub subscription and its HTTP handler's task, waiting on one
+future with one timer: nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..asyncio.router import App
+from ..hub import Gap, Hub, HubUnavailable, Message
+from ..protocol.http11 import Headers, Request, Response
+from .backlog import Backlog, Mailbox
+from .common import (
+    EnvelopeCache,
+    InvalidInput,
+    OpenRequests,
+    TopicRules,
+    dumps,
+    error_response,
+    gap_envelope,
+    query_one,
+    query_since,
+    query_topics,
+)
+
+__all__ = [
+    "DEFAULT_LONGPOLL_TIMEOUT",
+    "DEFAULT_MAX_BATCH",
+    "mount_longpoll",
+    "mount_poll",
+]
+
+#: Seconds a long poll is held before an empty answer. Under the 60 s idle timeouts of common
+#: proxies and load balancers (nginx proxy_read_timeout, AWS ALB).
+DEFAULT_LONGPOLL_TIMEOUT = 30.0
+#: Most items in one answer (the client asks again with the new cursor for more).
+DEFAULT_MAX_BATCH = 100
+
+_NO_CACHE = (("Cache-Control", "no-store"),)
+
+
+def batch_response(
+    items: Sequence[Message | Gap], since: int, envelopes: EnvelopeCache
+) -> Response:
+    """The JSON answer for ``items`` after cursor ``since``; each message serialized once."""
+    cursor = since
+    parts = []
+    for item in items:
+        if isinstance(item, Gap):
+            parts.append(dumps(gap_envelope(item)))
+            cursor = item.first_available - 1
+        else:
+            parts.append(envelopes.text(item))
+            cursor = item.seq
+    body = f'{{"messages":[{",".join(parts)}],"cursor":{cursor}}}'
+    headers = Headers([("Content-Type", "application/json"), *_NO_CACHE])
+    return Response(200, headers, body.encode())
+
+
+def _query_limit(request: Request, max_batch: int) -> int:
+    value = query_one(request.query, "limit")
+    if value is None:
+        return max_batch
+    if not (value.isascii() and value.isdigit() and 1 <= int(value[:6]) <= max_batch):
+        raise InvalidInput(f"invalid limit: an integer from 1 to {max_batch}")
+    return int(value)
+
+
+async def _history(hub: Hub, topic: str, since: int, limit: int) -> list[Message | Gap]:
+    gap, messages = await hub.history(topic, since=since, limit=limit)
+    items: list[Message | Gap] = [gap] if gap is not None else []
+    items.extend(messages)
+    return items
+
+
+def mount_poll(
+    app: App,
+    hub: Hub,
+    path: str = "/poll",
+    *,
+    rules: TopicRules | None = None,
+    envelopes: EnvelopeCache | None = None,
+    # Limits
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> None:
+    """Serve short polling (see the module docstring) at ``path``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        path: the route.
+        rules: which topics clients may read; every valid topic if None.
+        envelopes: a JSON cache shared with other mounts (one is made if None).
+        max_batch: most items in one answer.
+    """
+    topic_rules = rules or TopicRules()
+    cache = envelopes or EnvelopeCache()
+
+    @app.get(path)
+    async def poll(request: Request) -> Response:
+        try:
+            topic = query_topics(request.query, topic_rules)[0]
+            since = query_since(request.query)
+            limit = _query_limit(request, max_batch)
+        except InvalidInput as exc:
+            return error_response(exc)
+        try:
+            if since is None:
+                return batch_response([], await hub.last_seq(topic), cache)
+            return batch_response(await _history(hub, topic, since, limit), since, cache)
+        except HubUnavailable:
+            return error_response(InvalidInput("hub unavailable", 503))
+
+
+def mount_longpoll(
+    app: App,
+    hub: Hub,
+    path: str = "/longpoll",
+    *,
+    rules: TopicRules | None = None,
+    envelopes: EnvelopeCache | None = None,
+    requests: OpenRequests | None = None,
+    # Timeouts
+    longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
+    # Limits
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> OpenRequests:
+    """Serve long polling (see the module docstring) at ``path``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        path: the route.
+        rules: which topics clients may read; every valid topic if None.
+        envelopes: a JSON cache shared with other mounts (one is made if None).
+        requests: where held requests are tracked (one is made if None).
+        longpoll_timeout: seconds a request is held before an empty answer.
+        max_batch: most items in one answer.
+
+    Returns:
+        The held requests (call its ``close`` before shutting the server down).
+    """
+    topic_rules = rules or TopicRules()
+    cache = envelopes or EnvelopeCache()
+    held = requests if requests is not None else OpenRequests()
+
+    @app.get(path)
+    async def longpoll(request: Request) -> Response:
+        try:
+            topic = query_topics(request.query, topic_rules)[0]
+            since = query_since(request.query)
+            limit = _query_limit(request, max_batch)
+        except InvalidInput as exc:
+            return error_response(exc)
+        try:
+            if since is None:
+                since = await hub.last_seq(topic)
+            else:
+                items = await _history(hub, topic, since, limit)
+                if items:
+                    return batch_response(items, since, cache)
+        except HubUnavailable:
+            return error_response(InvalidInput("hub unavailable", 503))
+        # Nothing yet: subscribing from ``since`` replays whatever was published meanwhile.
+        # Callback mode into a mailbox: waiting costs one future and one timer, where
+        # Subscription.wait costs a task on Python 3.11 (asyncio.wait_for wraps coroutines).
+        mailbox = Mailbox()
+        backlog = Backlog(topic, hub.config(topic), since)
+        subscription = hub.subscribe(topic, since=since, on_message=mailbox.add(backlog))
+        held.add(mailbox.close)
+        try:
+            await mailbox.wait(longpoll_timeout)
+        finally:
+            held.discard(mailbox.close)
+            subscription.close()
+        return batch_response(mailbox.take()[:limit], since, cache)
+
+    return held

@@ -1,0 +1,203 @@
+"""The WebSocket topic protocol: subscribe, unsubscribe and publish in JSON text messages.
+
+Client to server, one JSON object per text message::
+
+    {"op": "subscribe", "topic": "chat"}                 live messages from now on
+    {"op": "subscribe", "topic": "chat", "since": 41}    history after seq 41, then live
+    {"op": "unsubscribe", "topic": "chat"}
+    {"op": "publish", "topic": "chat", "data": {"name": "ann", "text": "hi"}}
+
+Server to client::
+
+    {"topic": "chat", "seq": 42, "data": {...}, "time": 1700000000.123}    a message
+    {"topic": "chat", "gap": {"since": 41, "first_available": 57}}       42-56 are lost
+    {"error": "unknown topic", "op": "subscribe", "topic": "secret"}     a recoverable error
+
+``seq`` numbers each topic's messages from 1, the same in every transport; ``time`` is the
+publish time in seconds since the epoch. A client keeps, per topic, the ``seq`` of the last
+message (or ``first_available - 1`` of the last gap) as its cursor and gives it as ``since``
+to resume, here or in any other transport, without loss or duplicates.
+
+Recoverable errors (the connection stays open): an unknown ``op``, a missing or invalid
+``topic``, ``since`` or ``data`` field, a topic outside the allow-list (``unknown topic``) or
+not publishable (``topic not publishable``), subscribing twice or unsubscribing a topic not
+subscribed.
+
+Protocol abuse closes the connection with 1008 (policy violation) and a reason: a message that
+is not JSON or not a JSON object, a binary message, more than ``max_subscriptions`` topics.
+A message over ``max_message_size`` is closed by the core with 1009 (message too big, RFC 6455
+7.4.1), before it is buffered whole.
+
+A slow consumer (see :mod:`~fullduplex.transports.broadcast`) under the ``disconnect`` policy
+is closed with 1013 (try again later): it may reconnect and resume from its cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from ..asyncio.connection import WebSocket
+from ..asyncio.router import App
+from ..hub import Hub, HubUnavailable, Subscription
+from ..protocol import CloseCode
+from .broadcast import FrameCache, WebSocketSink
+from .common import InvalidInput, TopicRules, check_since, check_topic, dumps
+
+__all__ = [
+    "DEFAULT_MAX_SUBSCRIPTIONS",
+    "DEFAULT_MAX_WS_MESSAGE_SIZE",
+    "mount_websocket",
+]
+
+#: Topics one connection may subscribe to at once (each is a hub subscription and a backlog).
+DEFAULT_MAX_SUBSCRIPTIONS = 100
+#: Largest client message: 64 KiB, like the publish body limit (a chat line is < 1 KiB).
+DEFAULT_MAX_WS_MESSAGE_SIZE = 64 * 1024
+
+
+class _ProtocolAbuse(Exception):
+    """The client broke the protocol: close with 1008 and this reason."""
+
+
+class _Session:
+    """The subscriptions of one connection."""
+
+    def __init__(
+        self, ws: WebSocket, hub: Hub, frames: FrameCache, rules: TopicRules, max_subs: int
+    ) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.rules = rules
+        self.max_subs = max_subs
+        self.sink = WebSocketSink(ws, frames)
+        self.subscriptions: dict[str, Subscription] = {}
+
+    async def handle(self, text: str) -> None:
+        try:
+            request = json.loads(text)
+        except ValueError:
+            raise _ProtocolAbuse("invalid JSON") from None
+        if not isinstance(request, dict):
+            raise _ProtocolAbuse("expected a JSON object")
+        op = request.get("op")
+        try:
+            if op == "subscribe":
+                self.subscribe(request)
+            elif op == "unsubscribe":
+                self.unsubscribe(request)
+            elif op == "publish":
+                await self.publish(request)
+            else:
+                raise InvalidInput("unknown op")
+        except InvalidInput as exc:
+            await self.error(str(exc), op, request.get("topic"))
+
+    async def error(self, message: str, op: object, topic: object) -> None:
+        reply: dict[str, Any] = {"error": message}
+        if isinstance(op, str) and len(op) <= 32:
+            reply["op"] = op
+        if isinstance(topic, str):
+            with contextlib.suppress(InvalidInput):
+                reply["topic"] = check_topic(topic)
+        await self.ws.send(dumps(reply))
+
+    def subscribe(self, request: dict[str, Any]) -> None:
+        topic = check_topic(request.get("topic"))
+        if not self.rules.can_subscribe(topic):
+            raise InvalidInput("unknown topic")
+        since = request.get("since")
+        if since is not None:
+            since = check_since(since)
+        sink = self.sink
+        if topic in sink.topics:
+            raise InvalidInput("already subscribed")
+        if len(sink.topics) >= self.max_subs:
+            raise _ProtocolAbuse("too many subscriptions")
+        backlog = sink.add(topic, self.hub.config(topic), since)
+        try:
+            self.subscriptions[topic] = self.hub.subscribe(
+                topic, since=since, on_message=sink.callback(backlog)
+            )
+        except ValueError:
+            sink.remove(topic)
+            raise InvalidInput("unknown topic") from None
+
+    def unsubscribe(self, request: dict[str, Any]) -> None:
+        topic = check_topic(request.get("topic"))
+        subscription = self.subscriptions.pop(topic, None)
+        if subscription is None:
+            raise InvalidInput("not subscribed")
+        self.sink.remove(topic)
+        subscription.close()
+
+    async def publish(self, request: dict[str, Any]) -> None:
+        topic = check_topic(request.get("topic"))
+        if not self.rules.can_publish(topic):
+            raise InvalidInput("topic not publishable")
+        if "data" not in request:
+            raise InvalidInput("missing field: data")
+        try:
+            await self.hub.publish(topic, request["data"])
+        except HubUnavailable:
+            raise InvalidInput("hub unavailable") from None
+
+    def close(self) -> None:
+        self.sink.close()
+        for subscription in self.subscriptions.values():
+            subscription.close()
+        self.subscriptions.clear()
+
+
+def mount_websocket(
+    app: App,
+    hub: Hub,
+    path: str = "/pubsub",
+    *,
+    rules: TopicRules | None = None,
+    frames: FrameCache | None = None,
+    compression: bool = False,
+    origins: list[str] | None = None,
+    # Limits
+    max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+    max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
+) -> None:
+    """Serve the topic protocol (see the module docstring) at ``path``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        path: the WebSocket route.
+        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        frames: a frame cache shared with other mounts (one is made if None).
+        compression: accept permessage-deflate. Off by default: each compressed connection
+            costs about 49 KiB and one compression per message, where an uncompressed one
+            shares the broadcast frame; turn it on when messages are large and bandwidth is
+            dear.
+        origins: the Origin allow-list (None: same host, or no Origin).
+        max_subscriptions: topics one connection may subscribe to (1008 above it).
+        max_message_size: largest client message (1009 above it), None for no limit.
+    """
+    topic_rules = rules or TopicRules()
+    cache = frames or FrameCache()
+
+    @app.websocket(
+        path,
+        compression=compression,
+        origins=origins,
+        max_message_size=max_message_size,
+        max_frame_size=max_message_size,
+    )
+    async def pubsub(ws: WebSocket) -> None:
+        session = _Session(ws, hub, cache, topic_rules, max_subscriptions)
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    await ws.close(CloseCode.POLICY_VIOLATION, "binary messages not supported")
+                    return
+                await session.handle(message)
+        except _ProtocolAbuse as exc:
+            await ws.close(CloseCode.POLICY_VIOLATION, str(exc))
+        finally:
+            session.close()
