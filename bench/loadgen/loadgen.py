@@ -1,0 +1,753 @@
+"""The load generator of bench/run.py: one process, uvloop, raw sockets, pre-built frames.
+
+It does the opening handshake itself (one fixed request, the accept key checked), sends
+pre-built masked frames and counts the bytes that come back, so a received message costs one
+``data_received`` call and a few integer operations: it stays well below the cost of any server
+it drives. The first echo on each connection is compared byte for byte with the expected frame.
+
+Each run does one test and prints one JSON object on stdout::
+
+    python bench/loadgen/loadgen.py echo --port 8000 --server-pid 1234 --connections 100
+
+Tests: ``echo`` (per-message server cost), ``latency`` (1-connection ping-pong), ``throughput``
+(1 MiB echo), ``memory`` (RSS per idle connection), ``broadcast`` (one message to N
+connections), ``handshake`` (connect, handshake, close per second). With ``--raw`` it speaks to
+the raw TCP echo server: no handshake, and the echo is the masked frame itself.
+
+Server CPU time is read two ways at every window boundary: the process CPU clock
+(``clock_gettime`` on the pid's CPU-time clock: nanoseconds, every thread) and utime+stime from
+``/proc/<pid>/stat`` (clock ticks). With ``--perf-events``, ``perf stat`` counts those events in
+the server over exactly the same windows (enabled and disabled through its control FIFO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# RFC 6455 1.3: the sample nonce and its accept value; every connection sends the same key.
+KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+MASK = b"\x37\xfa\x21\x3d"
+OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# -- frames ---------------------------------------------------------------------------------
+
+
+def _header(opcode: int, length: int, masked: bool) -> bytes:
+    bit = 0x80 if masked else 0
+    if length < 126:
+        return bytes([0x80 | opcode, bit | length])
+    if length < 2**16:
+        return bytes([0x80 | opcode, bit | 126]) + struct.pack("!H", length)
+    return bytes([0x80 | opcode, bit | 127]) + struct.pack("!Q", length)
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A masked client frame (RFC 6455 5.3), built once and sent many times."""
+    n = len(payload)
+    mask = (MASK * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return _header(opcode, n, True) + MASK + (masked if n else b"")
+
+
+def server_frame(opcode: int, payload: bytes) -> bytes:
+    """The unmasked frame a server sends back for ``payload``."""
+    return _header(opcode, len(payload), False) + payload
+
+
+CLOSE_FRAME = client_frame(OP_CLOSE, struct.pack("!H", 1000))
+
+
+def handshake_request(host: str, port: int, path: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: "
+        f"{KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+# -- measuring the server -------------------------------------------------------------------
+
+
+class Perf:
+    """``perf stat`` attached to the server, counting only between enable() and disable()."""
+
+    def __init__(self, pid: int, events: str) -> None:
+        self.dir = tempfile.mkdtemp(prefix="fdbench-perf-")
+        self.ctl = os.path.join(self.dir, "ctl")
+        self.ack = os.path.join(self.dir, "ack")
+        os.mkfifo(self.ctl)
+        os.mkfifo(self.ack)
+        self.out = os.path.join(self.dir, "out")
+        self.proc = subprocess.Popen(
+            [
+                *("perf", "stat", "-x,", "-e", events, "-D", "-1", "-o", self.out),
+                *("--control", f"fifo:{self.ctl},{self.ack}", "-p", str(pid)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ctl_fd = os.open(self.ctl, os.O_RDWR)
+        self.ack_fd = os.open(self.ack, os.O_RDWR)
+
+    def _command(self, word: bytes) -> None:
+        os.write(self.ctl_fd, word + b"\n")
+        os.read(self.ack_fd, 5)  # "ack\n\0"
+
+    def enable(self) -> None:
+        self._command(b"enable")
+
+    def disable(self) -> None:
+        self._command(b"disable")
+
+    def finish(self) -> dict[str, float | None]:
+        """Stop perf and return {event: count}, None where the event is not supported."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.ctl_fd)
+        os.close(self.ack_fd)
+        counts: dict[str, float | None] = {}
+        with open(self.out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) < 3 or line.startswith("#"):
+                    continue
+                try:
+                    counts[parts[2]] = float(parts[0])
+                except ValueError:
+                    counts[parts[2]] = None  # <not supported> / <not counted>
+        return counts
+
+
+@dataclass
+class Snapshot:
+    """The state of both processes at one instant."""
+
+    wall: float
+    server_cpu_ns: int  # process CPU clock of the server (all threads)
+    server_ticks: int  # utime + stime from /proc/<pid>/stat
+    self_cpu: float  # this process: user + system seconds
+    system_busy_ticks: int  # every CPU, every process: to see other load on the machine
+
+    @classmethod
+    def take(cls, pid: int) -> Snapshot:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(
+            time.perf_counter(),
+            _cpu_clock_ns(pid),
+            _stat_ticks(pid),
+            ru.ru_utime + ru.ru_stime,
+            _system_busy_ticks(),
+        )
+
+
+def _cpu_clock_ns(pid: int) -> int:
+    # clock_getcpuclockid(pid): CPUCLOCK_SCHED (2) of the whole process (bit 2 clear).
+    return time.clock_gettime_ns(((~pid) << 3) | 2)
+
+
+def _stat_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+def _system_busy_ticks() -> int:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+@dataclass
+class Window:
+    """Server and load-generator cost over one measured interval."""
+
+    seconds: float
+    server_cpu_s: float
+    server_stat_cpu_s: float
+    loadgen_cpu_s: float
+    other_cpu_s: float  # CPU time of every other process on the machine
+
+    @classmethod
+    def between(cls, a: Snapshot, b: Snapshot) -> Window:
+        server = (b.server_cpu_ns - a.server_cpu_ns) / 1e9
+        loadgen = b.self_cpu - a.self_cpu
+        busy = (b.system_busy_ticks - a.system_busy_ticks) / TICKS
+        return cls(
+            b.wall - a.wall,
+            server,
+            (b.server_ticks - a.server_ticks) / TICKS,
+            loadgen,
+            max(0.0, busy - server - loadgen),
+        )
+
+    def per(self, count: int) -> dict[str, Any]:
+        """Costs per unit of work (message, delivery, handshake)."""
+        out: dict[str, Any] = {
+            "count": count,
+            "seconds": self.seconds,
+            "rate_per_s": count / self.seconds if self.seconds else None,
+            "server_cpu_us": 1e6 * self.server_cpu_s / count if count else None,
+            "server_stat_cpu_us": 1e6 * self.server_stat_cpu_s / count if count else None,
+            "server_cpu_percent": 100 * self.server_cpu_s / self.seconds,
+            "loadgen_cpu_percent": 100 * self.loadgen_cpu_s / self.seconds,
+            "other_cpu_percent": 100 * self.other_cpu_s / self.seconds,
+        }
+        return out
+
+
+class Meter:
+    """Takes snapshots of the server (and perf counts, if asked) around measured windows."""
+
+    def __init__(self, pid: int | None, perf_events: str | None) -> None:
+        self.pid = pid or os.getpid()
+        self.perf = Perf(self.pid, perf_events) if perf_events and pid else None
+        self._start: Snapshot | None = None
+
+    def start(self) -> None:
+        self._start = Snapshot.take(self.pid)
+        if self.perf is not None:
+            self.perf.enable()
+
+    def stop(self) -> Window:
+        if self.perf is not None:
+            self.perf.disable()
+        assert self._start is not None
+        return Window.between(self._start, Snapshot.take(self.pid))
+
+    def close(self) -> dict[str, float | None]:
+        return self.perf.finish() if self.perf is not None else {}
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+class Client(asyncio.Protocol):
+    """One connection: the opening handshake, then ``on_data(n)`` for each chunk of n bytes.
+
+    A fixed-size reply is recognised by counting bytes, never by parsing frames: every server
+    under test runs without pings, so the only bytes coming back are the replies.
+    """
+
+    def __init__(self, request: bytes | None) -> None:
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.head = b""
+        self.is_open = False
+        self.on_data: Callable[[bytes], None] = _ignore
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.request is None:
+            self._open()
+        else:
+            self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.is_open:
+            self.on_data(data)
+            return
+        self.head += data
+        end = self.head.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head, rest = self.head[:end], self.head[end + 4 :]
+        if not head.startswith(b"HTTP/1.1 101") or ACCEPT not in head:
+            if not self.opened.done():
+                self.opened.set_exception(RuntimeError(f"handshake failed: {head[:80]!r}"))
+            self.transport.close()
+            return
+        self._open()
+        if rest:
+            self.on_data(rest)
+
+    def _open(self) -> None:
+        self.is_open = True
+        self.head = b""
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during handshake"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def close(self) -> None:
+        """Start a clean close: our close frame, then FIN."""
+        if not self.transport.is_closing():
+            if self.is_open and self.request is not None:
+                self.transport.write(CLOSE_FRAME)
+            self.transport.close()
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    path: str
+    raw: bool
+
+    def request(self) -> bytes | None:
+        return None if self.raw else handshake_request(self.host, self.port, self.path)
+
+
+async def connect(target: Target, timeout: float = 10.0, cls: type[Client] = Client) -> Client:
+    loop = asyncio.get_running_loop()
+    request = target.request()
+    _, client = await asyncio.wait_for(
+        loop.create_connection(lambda: cls(request), target.host, target.port), timeout
+    )
+    await asyncio.wait_for(client.opened, timeout)
+    return client
+
+
+async def connect_many(
+    target: Target, n: int, concurrency: int, deadline: float, cls: type[Client] = Client
+) -> list[Client]:
+    """Open ``n`` connections, at most ``concurrency`` handshakes at a time."""
+    sem = asyncio.Semaphore(concurrency)
+    clients: list[Client] = []
+
+    async def one() -> None:
+        async with sem:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("connecting took too long")
+            clients.append(await connect(target, left, cls))
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in done if isinstance(r, BaseException)]
+    if errors:
+        await close_all(clients)
+        raise RuntimeError(f"{len(errors)} of {n} connections failed: {errors[0]!r}")
+    return clients
+
+
+async def close_all(clients: list[Client], timeout: float = 5.0) -> None:
+    for client in clients:
+        client.close()
+    pending = [c.lost for c in clients if not c.lost.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+        for client in clients:
+            if not client.lost.done():
+                client.transport.abort()
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+
+def frames(size: int, raw: bool, opcode: int = OP_BINARY) -> tuple[bytes, bytes]:
+    """The frame to send and the exact bytes expected back."""
+    payload = os.urandom(size)
+    out = client_frame(opcode, payload)
+    return out, out if raw else server_frame(opcode, payload)
+
+
+class Checker:
+    """Compares the first reply on each connection with the expected bytes."""
+
+    def __init__(self, expected: bytes) -> None:
+        self.expected = expected
+        self.errors = 0
+
+    def wrap(self, client: Client, then: Callable[[bytes], None]) -> None:
+        got = bytearray()
+
+        def first(data: bytes) -> None:
+            got.extend(data)
+            if len(got) < len(self.expected):
+                return
+            if bytes(got[: len(self.expected)]) != self.expected:
+                self.errors += 1
+            client.on_data = then
+            then(bytes(got))
+
+        client.on_data = first
+
+
+class EchoClient(Client):
+    """A client of the echo test: its own ``data_received`` keeps the per-message path short."""
+
+    frame = b""
+    expect = 0
+    running = True
+    in_flight = 0
+
+    def __init__(self, request: bytes | None) -> None:
+        super().__init__(request)
+        self.count = 0
+        self.pending = 0
+        self.checking = True  # the handshake, then the first echo
+        self.checker = Checker(b"")
+        self.got = bytearray()
+
+    def start(self, checker: Checker) -> None:
+        self.checker = checker
+        self.transport.write(self.frame)
+
+    def data_received(self, data: bytes) -> None:
+        if self.checking:
+            self._check(data)
+            return
+        self.pending += len(data)
+        if self.pending >= self.expect:
+            self.pending -= self.expect
+            self.count += 1
+            if EchoClient.running:
+                self.transport.write(self.frame)
+            else:
+                EchoClient.in_flight -= 1
+
+    def _check(self, data: bytes) -> None:
+        if not self.is_open:
+            super().data_received(data)  # the handshake response
+            return
+        self.got.extend(data)
+        expected = self.checker.expected
+        if len(self.got) < len(expected):
+            return
+        if self.got[: len(expected)] != expected:
+            self.checker.errors += 1
+        self.checking = False
+        rest, self.got = bytes(self.got), bytearray()
+        self.data_received(rest)
+
+
+async def test_echo(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """N connections, one message in flight on each: the server's cost per message."""
+    frame, expected = frames(args.size, target.raw)
+    EchoClient.frame, EchoClient.expect = frame, len(expected)
+    deadline = time.monotonic() + args.timeout
+    clients = await connect_many(target, args.connections, args.concurrency, deadline, EchoClient)
+    checker = Checker(expected)
+    echo_clients = [c for c in clients if isinstance(c, EchoClient)]
+    EchoClient.running = True
+    EchoClient.in_flight = len(echo_clients)
+    for client in echo_clients:
+        client.start(checker)
+    await asyncio.sleep(args.warmup)
+    start = sum(c.count for c in echo_clients)
+    meter.start()
+    await asyncio.sleep(args.duration)
+    window = meter.stop()
+    count = sum(c.count for c in echo_clients) - start
+    EchoClient.running = False
+    for _ in range(200):  # let the last replies arrive (at most 2 s)
+        if EchoClient.in_flight <= 0:
+            break
+        await asyncio.sleep(0.01)
+    await close_all(clients)
+    if count == 0:
+        raise RuntimeError("no message echoed")
+    return {
+        "echo": window.per(count),
+        "units": count,
+        "check_errors": checker.errors,
+        "window": asdict(window),
+    }
+
+
+async def test_latency(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """One connection, one message in flight: round-trip times (also used for 1 MiB echo)."""
+    frame, expected = frames(args.size, target.raw)
+    expect = len(expected)
+    client = await connect(target)
+    checker = Checker(expected)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    times: list[int] = []
+    total = args.warmup_messages + args.messages
+    end_by = time.perf_counter() + args.duration + args.warmup
+    pending = 0
+    sent_at = 0
+    clock = time.perf_counter_ns
+    write = client.transport.write
+
+    def on_data(data: bytes) -> None:
+        nonlocal pending, sent_at
+        pending += len(data)
+        if pending < expect:
+            return
+        pending -= expect
+        now = clock()
+        times.append(now - sent_at)
+        if len(times) == args.warmup_messages:
+            meter.start()
+        if len(times) >= total or now > end_by * 1e9:
+            if not done.done():
+                done.set_result(None)
+            return
+        sent_at = clock()
+        write(frame)
+
+    checker.wrap(client, on_data)
+    if args.warmup_messages == 0:
+        meter.start()
+    sent_at = clock()
+    write(frame)
+    await asyncio.wait_for(done, args.duration + args.warmup + args.timeout)
+    window = meter.stop()
+    await close_all([client])
+    measured = times[args.warmup_messages :]
+    if not measured:
+        raise RuntimeError("no round trip measured")
+    us = sorted(t / 1000 for t in measured)
+    result = window.per(len(measured))
+    result.update(
+        p50_us=_percentile(us, 50),
+        p90_us=_percentile(us, 90),
+        p99_us=_percentile(us, 99),
+        max_us=us[-1],
+        mean_us=statistics.fmean(us),
+        mb_per_s=args.size * len(measured) / window.seconds / 1e6,
+    )
+    return {"latency": result, "units": len(measured), "check_errors": checker.errors}
+
+
+async def test_memory(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """RSS growth of the server per idle connection (after the handshake, nothing sent)."""
+    pid = meter.pid
+    deadline = time.monotonic() + args.timeout
+    # Warm up: load the code paths (and lazy imports) a connection needs, then let them go.
+    await close_all(await connect_many(target, 50, args.concurrency, deadline))
+    await asyncio.sleep(0.5)
+    before = rss_bytes(pid)
+    clients = await connect_many(target, args.connections, args.concurrency, deadline)
+    await asyncio.sleep(args.settle)
+    after = rss_bytes(pid)
+    await close_all(clients)
+    return {
+        "memory": {
+            "connections": args.connections,
+            "rss_before": before,
+            "rss_after": after,
+            "bytes_per_connection": (after - before) / args.connections,
+        }
+    }
+
+
+async def test_broadcast(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """One message from a control connection to N others: time to the last delivery, cost."""
+    frame, expected = frames(args.size, target.raw)
+    expect = len(expected)
+    n = args.connections
+    deadline = time.monotonic() + args.timeout
+    receivers = await connect_many(target, n, args.concurrency, deadline)
+    control = await connect(target)
+    await asyncio.sleep(args.settle)
+    loop = asyncio.get_running_loop()
+    state: dict[str, Any] = {"delivered": 0, "first": 0.0, "last": 0.0, "done": None}
+    checker = Checker(expected)
+
+    def make() -> Callable[[bytes], None]:
+        pending = 0
+
+        def on_data(data: bytes) -> None:
+            nonlocal pending
+            pending += len(data)
+            while pending >= expect:
+                pending -= expect
+                state["delivered"] += 1
+                if state["delivered"] == 1:
+                    state["first"] = time.perf_counter()
+                if state["delivered"] == n:
+                    state["last"] = time.perf_counter()
+                    state["done"].set_result(None)
+
+        return on_data
+
+    for client in receivers:
+        checker.wrap(client, make())
+    rounds = []
+    for _ in range(args.rounds):
+        state.update(delivered=0, done=loop.create_future())
+        meter.start()
+        sent = time.perf_counter()
+        control.transport.write(frame)
+        await asyncio.wait_for(state["done"], args.timeout)
+        await asyncio.sleep(0.05)  # let the server return to its loop: its CPU is measured
+        window = meter.stop()
+        result = window.per(n)
+        result.update(
+            last_delivery_ms=1e3 * (state["last"] - sent),
+            first_delivery_ms=1e3 * (state["first"] - sent),
+        )
+        rounds.append(result)
+        await asyncio.sleep(0.1)
+    await close_all([*receivers, control])
+    return {
+        "broadcast": rounds,
+        "connections": n,
+        "units": n * len(rounds),
+        "check_errors": checker.errors,
+    }
+
+
+class Handshaker(Client):
+    """Handshake, send a close frame at once, wait for the server to close."""
+
+    def _open(self) -> None:
+        super()._open()
+        self.transport.write(CLOSE_FRAME)
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+
+async def test_handshake(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """Connect, handshake, close: ``connections`` times, ``concurrency`` at a time."""
+    loop = asyncio.get_running_loop()
+    request = target.request()
+    sem = asyncio.Semaphore(args.concurrency)
+    times: list[float] = []
+    failures: list[BaseException] = []
+
+    async def one() -> None:
+        async with sem:
+            started = time.perf_counter()
+            try:
+                _, client = await asyncio.wait_for(
+                    loop.create_connection(lambda: Handshaker(request), target.host, target.port),
+                    args.timeout,
+                )
+                await asyncio.wait_for(client.opened, args.timeout)
+                times.append(time.perf_counter() - started)
+                await asyncio.wait_for(client.lost, args.timeout)
+            except (OSError, RuntimeError, asyncio.TimeoutError) as exc:
+                failures.append(exc)
+
+    meter.start()
+    await asyncio.gather(*(one() for _ in range(args.connections)))
+    window = meter.stop()
+    ok = len(times)
+    result = window.per(ok)
+    ms = sorted(1e3 * t for t in times)
+    result.update(
+        failures=len(failures),
+        first_failure=repr(failures[0]) if failures else None,
+        open_p50_ms=_percentile(ms, 50) if ms else None,
+        open_p99_ms=_percentile(ms, 99) if ms else None,
+    )
+    return {"handshake": result, "units": ok}
+
+
+def _percentile(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        raise ValueError("no values")
+    k = (len(sorted_values) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
+
+
+TESTS = {
+    "echo": test_echo,
+    "latency": test_latency,
+    "memory": test_memory,
+    "broadcast": test_broadcast,
+    "handshake": test_handshake,
+}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("test", choices=sorted(TESTS))
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--path", default="/echo")
+    p.add_argument("--raw", action="store_true", help="raw TCP echo: no handshake")
+    p.add_argument("--server-pid", type=int, help="measure this process's CPU time and RSS")
+    p.add_argument("--perf-events", help="also count these perf events in the server")
+    p.add_argument("--connections", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
+    p.add_argument("--size", type=int, default=32, help="message payload bytes")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds measured")
+    p.add_argument("--messages", type=int, default=20_000, help="round trips measured")
+    p.add_argument("--warmup-messages", type=int, default=1_000)
+    p.add_argument("--rounds", type=int, default=3, help="broadcast rounds")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds before reading RSS")
+    p.add_argument("--timeout", type=float, default=60.0, help="bound on any one wait")
+    p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.connections + 100 > hard:
+        print(json.dumps({"error": f"open-file limit {hard} is below {args.connections}"}))
+        return 1
+    target = Target(args.host, args.port, args.path, args.raw)
+    factory: Any = None
+    if args.loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    meter = Meter(args.server_pid, args.perf_events)
+
+    async def run() -> dict[str, Any]:
+        return await TESTS[args.test](args, target, meter)
+
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(run())
+    except Exception as exc:  # reported as JSON for bench/run.py
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    finally:
+        perf_totals = meter.close()
+    if perf_totals:
+        # perf counted only inside the measured windows: divide by the work done in them.
+        units = result.get("units") or 0
+        result["perf_totals"] = perf_totals
+        result["perf_per_unit"] = {
+            event: value / units if value is not None and units else None
+            for event, value in perf_totals.items()
+        }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

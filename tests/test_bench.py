@@ -1,0 +1,225 @@
+"""fullduplex bench: runs of about a second against an in-process server; no timing asserted."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import socket
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import fullduplex
+from fullduplex.bench import (
+    BenchConfig,
+    BenchError,
+    LatencyHistogram,
+    Progress,
+    Summary,
+    _Display,
+    main,
+    run,
+)
+from fullduplex.demo import create_app
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    server = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+    try:
+        yield f"ws://127.0.0.1:{server.port}/echo"
+    finally:
+        await server.shutdown()
+
+
+@pytest.fixture
+def threaded_echo_url() -> Iterator[str]:
+    """A server on its own loop in a thread, for main(), which runs its own loop."""
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    async def serve() -> None:
+        server = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+        stop = asyncio.Event()
+        state.update(port=server.port, loop=asyncio.get_running_loop(), stop=stop)
+        ready.set()
+        await stop.wait()
+        await server.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield f"ws://127.0.0.1:{state['port']}/echo"
+    finally:
+        loop = state["loop"]
+        assert isinstance(loop, asyncio.AbstractEventLoop)
+        loop.call_soon_threadsafe(state["stop"].set)  # type: ignore[attr-defined]
+        thread.join(15)
+
+
+def assert_sane(summary: Summary, connections: int) -> None:
+    assert summary.connections == connections
+    assert summary.received > 0
+    assert summary.received <= summary.sent
+    assert summary.errors == 0
+    assert summary.duration > 0
+    assert summary.messages_per_second > 0
+    assert 0 < summary.p50 <= summary.p90 <= summary.p99 <= summary.max
+    assert summary.p50 <= summary.mean * 10  # same order of magnitude, not a timing
+
+
+async def test_ping_pong(echo_url: str) -> None:
+    progress: list[Progress] = []
+    config = BenchConfig(echo_url, connections=3, size=64, duration=1.0, interval=0.25)
+    summary = await run(config, progress.append)
+    assert_sane(summary, 3)
+    assert summary.mode == "ping-pong"
+    # Ping-pong: at most one message per connection is unanswered at the end.
+    assert summary.sent - summary.received <= 3
+    assert summary.bytes_per_second == summary.messages_per_second * 64
+    assert progress and progress[-1].received <= summary.received
+    assert "p99" in progress[0].line()
+
+
+async def test_rate(echo_url: str) -> None:
+    config = BenchConfig(echo_url, connections=2, size=16, rate=200, duration=1.0)
+    summary = await run(config)
+    assert_sane(summary, 2)
+    assert summary.mode == "200 msg/s"
+    # The schedule never sends more than rate x duration (+ one per connection).
+    assert summary.sent <= 200 * 1.0 + 2
+
+
+async def test_text_and_empty_messages(echo_url: str) -> None:
+    summary = await run(BenchConfig(echo_url, size=0, text=True, duration=0.3))
+    assert_sane(summary, 1)
+
+
+async def test_connection_refused() -> None:
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BenchError, match="cannot open 2 of 2"):
+        await run(BenchConfig(f"ws://127.0.0.1:{port}/echo", connections=2, duration=0.2))
+
+
+async def test_not_an_echo_endpoint() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/sink")
+    async def sink(ws: fullduplex.WebSocket) -> None:
+        async for _ in ws:
+            pass
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/sink"
+        with pytest.raises(BenchError, match="no echo received"):
+            await run(BenchConfig(url, rate=50, duration=0.2))
+    finally:
+        await server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (BenchConfig("http://127.0.0.1:1/"), "URL must look like"),
+        (BenchConfig("ws:///nohost"), "URL must look like"),
+        (BenchConfig("ws://h/", connections=0), "--connections"),
+        (BenchConfig("ws://h/", size=-1), "--size"),
+        (BenchConfig("ws://h/", rate=0), "--rate"),
+        (BenchConfig("ws://h/", rate=math.inf), "--rate"),
+        (BenchConfig("ws://h/", duration=0), "--duration"),
+        (BenchConfig("ws://h/", interval=0), "--interval"),
+    ],
+)
+def test_invalid_config(config: BenchConfig, message: str) -> None:
+    with pytest.raises(BenchError, match=message):
+        config.validate()
+
+
+@pytest.mark.one_loop
+def test_main_prints_summary(threaded_echo_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [threaded_echo_url, "--connections", "4", "--size", "100", "--duration", "1"]
+    assert main([*argv, "--interval", "0.3"]) == 0
+    out, err = capsys.readouterr()
+    assert "4 connection(s), 100-byte messages, ping-pong" in out
+    for word in ("throughput", "msg/s", "p50", "p90", "p99", "max"):
+        assert word in out
+    # Not a terminal: progress comes as separate lines.
+    assert "\r" not in err
+    assert err.count("received") >= 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ftp://example/"],
+        ["ws://127.0.0.1:1/", "--connections", "0"],
+        ["ws://127.0.0.1:1/", "--size", "-5"],
+        ["ws://127.0.0.1:1/", "--rate", "-1"],
+        ["ws://127.0.0.1:1/", "--duration", "0"],
+        ["ws://127.0.0.1:1/", "--rate", "10", "--ping-pong"],
+        ["ws://127.0.0.1:1/", "--connections", "many"],
+        [],
+    ],
+)
+@pytest.mark.one_loop
+def test_main_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip()
+
+
+@pytest.mark.one_loop
+def test_main_connection_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main([f"ws://127.0.0.1:{port}/", "--duration", "0.2"]) == 1
+    assert "cannot open 1 of 1 connection(s)" in capsys.readouterr().err
+
+
+def test_histogram_percentiles() -> None:
+    h = LatencyHistogram()
+    for us in range(1, 10_001):  # 1 us .. 10 ms, uniform
+        h.record(us / 1e6)
+    assert h.count == 10_000
+    assert h.max == pytest.approx(0.01)
+    assert h.percentile(50) == pytest.approx(0.005, rel=0.01)
+    assert h.percentile(99) == pytest.approx(0.0099, rel=0.01)
+    assert h.percentile(100) == h.max
+    assert h.mean == pytest.approx(0.0050005)
+    other = LatencyHistogram()
+    other.record(1.0)
+    h.merge(other)
+    assert h.count == 10_001
+    assert h.max == 1.0
+
+
+def test_histogram_edges() -> None:
+    h = LatencyHistogram()
+    assert h.percentile(50) == 0.0
+    assert h.mean == 0.0
+    h.record(0.0)  # below 1 us: counted in the first bucket
+    assert 0 <= h.percentile(50) <= 1e-6
+    with pytest.raises(ValueError):
+        h.percentile(101)
+
+
+def test_display_redraws_one_line_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    display = _Display(stream)
+    display(Progress(1.0, 10, 9, 9.0, 0.001, 0.002, 0))
+    display(Progress(2.0, 20, 19, 10.0, 0.001, 0.002, 1))
+    display.finish()
+    text = stream.getvalue()
+    assert text.count("\r") == 2
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert "errors 1" in text
