@@ -101,3 +101,15 @@ def test_http_error_reported(served: int) -> None:
     result = connect(served, "/missing", "")
     assert result.returncode == 2
     assert "404" in result.stderr
+
+
+def test_bench_subcommand_through_the_cli(served: int) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fullduplex", "bench", f"ws://127.0.0.1:{served}/echo"]
+        + ["--connections", "2", "--duration", "1", "--ping-pong"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "p99" in result.stdout

@@ -1,4 +1,4 @@
-"""The ``fullduplex`` command: ``serve`` the demo, ``connect`` to a WebSocket.
+"""The ``fullduplex`` command: ``serve`` the demo, ``connect`` to a WebSocket, ``bench`` a server.
 
 ``fullduplex connect URL`` is an interactive client like wscat: each line of standard input is
 sent as a text message, each message received is printed. On a terminal, lines get a timestamp
@@ -30,6 +30,12 @@ EXIT_FAILED = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # The load generator has its own parser (fullduplex.bench): hand it every argument.
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -79,6 +85,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="after input ends, wait until no message arrived for this long (default 0.5 s)",
     )
     connect.set_defaults(func=_connect)
+
+    # Listed for --help; main() hands "bench ..." to fullduplex.bench before parsing.
+    sub.add_parser(
+        "bench",
+        help="load generator: connections, message size, rate or ping-pong, latency percentiles",
+        add_help=False,
+    )
     return parser
 
 
