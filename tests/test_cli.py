@@ -104,9 +104,9 @@ def test_http_error_reported(served: int) -> None:
 
 
 def test_bench_subcommand_through_the_cli(served: int) -> None:
+    options = ["--connections", "2", "--duration", "1", "--ping-pong"]
     result = subprocess.run(
-        [sys.executable, "-m", "fullduplex", "bench", f"ws://127.0.0.1:{served}/echo"]
-        + ["--connections", "2", "--duration", "1", "--ping-pong"],
+        [sys.executable, "-m", "fullduplex", "bench", f"ws://127.0.0.1:{served}/echo", *options],
         capture_output=True,
         text=True,
         timeout=60,
