@@ -17,7 +17,8 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from . import __version__
 
@@ -52,11 +53,27 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fullduplex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the demo server (echo page, /ws, /echo, /api/data)")
+    serve = sub.add_parser(
+        "serve", help="run the demo server (echo, live transports, chat; /ws, /echo, /api/data)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve https:// and wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
+    serve.add_argument(
+        "--broker",
+        metavar="URL",
+        help="hub backend shared by several servers, e.g. redis://127.0.0.1:6379/0 "
+        "(default: in memory, this process only)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes sharing the port with SO_REUSEPORT (needs --broker; default 1)",
+    )
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -99,13 +116,24 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .asyncio.server import run
-    from .demo import create_app
-
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.workers < 1:
+        print("fullduplex: --workers must be at least 1", file=sys.stderr)
+        return EXIT_FAILED
+    if args.workers > 1 and not args.broker:
+        print(
+            "fullduplex: --workers > 1 needs --broker: each process has its own hub, so "
+            "without a shared broker (redis://...) clients of different processes would "
+            "see different topics",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if args.broker and not args.broker.startswith(("redis://", "rediss://", "unix://")):
+        print(f"fullduplex: --broker wants a redis:// URL, got {args.broker!r}", file=sys.stderr)
+        return EXIT_FAILED
     ctx = None
     if args.certfile:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -116,17 +144,96 @@ def _serve(args: argparse.Namespace) -> int:
     http, ws = ("https", "wss") if ctx else ("http", "ws")
     host = f"[{args.host}]" if ":" in args.host else args.host
     base = f"{host}:{args.port}"
-    print(f"fullduplex {__version__} serving on {http}://{base}/", flush=True)
-    print(f"  page      {http}://{base}/", flush=True)
-    print(f"  echo      {ws}://{base}/ws  (subprotocol echo, timestamped)", flush=True)
-    print(f"  raw echo  {ws}://{base}/echo", flush=True)
-    print(f"  JSON      {http}://{base}/api/data", flush=True)
+    if args.worker_index == 0:
+        workers = f", {args.workers} workers" if args.workers > 1 else ""
+        broker = f" (hub: {args.broker})" if args.broker else ""
+        print(f"fullduplex {__version__} serving on {http}://{base}/{workers}{broker}", flush=True)
+        print(f"  page      {http}://{base}/", flush=True)
+        print(f"  echo      {ws}://{base}/ws  (subprotocol echo, timestamped)", flush=True)
+        print(f"  raw echo  {ws}://{base}/echo", flush=True)
+        print(f"  JSON      {http}://{base}/api/data", flush=True)
+        print(f"  live      {http}://{base}/live.html  chat {http}://{base}/chat.html", flush=True)
+    if args.workers > 1 and args.worker_index == 0:
+        return _run_workers(args)
     try:
-        run(create_app(), args.host, args.port, ssl=ctx)
+        _run(_serve_main(args, ctx))
     except OSError as exc:
         print(f"fullduplex: cannot serve on {base}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_CLEAN
+
+
+async def _serve_main(args: argparse.Namespace, ctx: ssl.SSLContext | None) -> None:
+    import signal
+
+    from .asyncio.server import serve
+    from .demo import create_app
+
+    # One process of several publishes the ticker; the broker shares it with the others.
+    app = create_app(args.broker, ticker=args.worker_index == 0)
+    await app.start()
+    try:
+        server = await serve(app, args.host, args.port, ssl=ctx, reuse_port=args.workers > 1)
+    except BaseException:
+        await app.stop()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # Event streams and long polls are never idle: end them first, then close gracefully.
+    app.transports.close()
+    await server.shutdown()
+    await app.stop()
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Start worker processes 1..N-1 on the same port, serve as worker 0, stop them all."""
+    import signal
+    import subprocess
+
+    argv = [sys.executable, "-m", "fullduplex", "serve", "--host", args.host]
+    argv += ["--port", str(args.port), "--broker", args.broker, "--workers", str(args.workers)]
+    argv += ["--log-level", args.log_level]
+    if args.certfile:
+        argv += ["--certfile", args.certfile] + (
+            ["--keyfile", args.keyfile] if args.keyfile else []
+        )
+    children = [subprocess.Popen([*argv, "--worker-index", str(i)]) for i in range(1, args.workers)]
+    status = EXIT_CLEAN
+    try:
+        ctx = None
+        if args.certfile:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(args.certfile, args.keyfile)
+        _run(_serve_main(args, ctx))
+    except OSError as exc:
+        print(
+            f"fullduplex: cannot serve on port {args.port}: {exc.strerror or exc}", file=sys.stderr
+        )
+        status = EXIT_FAILED
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    return status
 
 
 # -- connect ----------------------------------------------------------------------------------

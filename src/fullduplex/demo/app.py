@@ -1,26 +1,51 @@
-"""The demo: an echo page, the classic echo service, a plain echo and a JSON endpoint.
+"""The demo: echo services, a JSON endpoint, and live pages over a pub/sub hub.
 
 Routes:
 
-* ``/`` - a page in plain HTML/JS that talks to ``/ws``;
+* ``/`` - a page in plain HTML/JS that talks to ``/ws``, with links to the live pages;
 * ``/ws`` - the echo service of the classic Netty example: subprotocol ``echo``, 10 KiB
   frames, each text message answered with ``HH:MM:SS: <message>``, binary refused with 1003;
 * ``/echo`` - a plain echo for tools and conformance suites: text and binary returned
   unchanged, any or no subprotocol, permessage-deflate, limits raised to 16 MiB;
-* ``/api/data`` - JSON ``{"message": ..., "time": ...}`` for the Ajax example.
+* ``/api/data`` - JSON ``{"message": ..., "time": ...}`` for the Ajax example;
+* ``/live.html`` - the ``ticker`` topic through WebSocket, SSE, long and short polling side by
+  side, with latency, bytes per message and requests per minute;
+* ``/chat.html`` - a chat room on the ``chat`` topic (``/chat/ws``);
+* ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll``, ``/publish`` - the transports
+  (:mod:`fullduplex.transports`); clients may publish to ``chat`` only;
+* ``/api/request-size`` - the size of the request head as the server received it, which the
+  live page uses to count request bytes it cannot see.
+
+The hub and the ticker start with :meth:`DemoApp.start` (``fullduplex serve`` calls it), or
+lazily on the first request to a live route; :meth:`DemoApp.stop` ends them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..asyncio import App, WebSocket
+from ..hub import Hub
 from ..protocol import CloseCode
 from ..protocol.http11 import Request
+from ..transports import TopicRules, Transports, mount_all
+from .chat import Chat
+from .ticker import TICKER_CONFIG, TICKER_TOPIC, Ticker
 
-__all__ = ["ECHO_MAX_FRAME_SIZE", "PLAIN_ECHO_MAX_SIZE", "STATIC_DIR", "create_app"]
+__all__ = [
+    "ECHO_MAX_FRAME_SIZE",
+    "PLAIN_ECHO_MAX_SIZE",
+    "RULES",
+    "STATIC_DIR",
+    "DemoApp",
+    "create_app",
+]
 
 #: Folder of the demo page.
 STATIC_DIR = Path(__file__).parent / "static"
@@ -28,15 +53,86 @@ STATIC_DIR = Path(__file__).parent / "static"
 ECHO_MAX_FRAME_SIZE = 10 * 1024
 #: Message and frame limit of ``/echo``, raised for conformance suites.
 PLAIN_ECHO_MAX_SIZE = 16 * 2**20
+#: Topics of the demo: anyone reads ``ticker`` and ``chat``; clients publish to ``chat`` only.
+RULES = TopicRules(subscribe=["ticker", "chat"], publish=["chat"])
 
 
 def _any_subprotocol(request: Request, offered: Sequence[str]) -> str | None:
     return offered[0] if offered else None
 
 
-def create_app() -> App:
-    """Build the demo application."""
-    app = App()
+class DemoApp(App):
+    """The demo's routes, with the hub and ticker they need.
+
+    Args:
+        broker: the hub backend: None for memory, or a Redis URL shared by several servers.
+        ticker: whether this process publishes the ticker (one process of several should).
+        ticker_interval: seconds between two prices.
+    """
+
+    def __init__(
+        self, broker: str | None = None, *, ticker: bool = True, ticker_interval: float = 0.2
+    ) -> None:
+        super().__init__()
+        #: The hub every live route uses.
+        self.hub = Hub(broker)
+        self.hub.configure(TICKER_TOPIC, TICKER_CONFIG)
+        #: The price feed, or None if another process publishes it.
+        self.ticker = Ticker(self.hub, interval=ticker_interval) if ticker else None
+        #: The chat room.
+        self.chat = Chat(self.hub)
+        #: The mounted transports (their caches and open requests).
+        self.transports: Transports = mount_all(self, self.hub, rules=RULES)
+        self.chat.mount(self, frames=self.transports.frames)
+        self._start_lock: asyncio.Lock | None = None
+        self._started = False
+        self._wrap_live_routes()
+
+    async def start(self) -> None:
+        """Start the hub and the ticker (does nothing if started)."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if not self._started:
+                await self.hub.start()
+                if self.ticker is not None:
+                    self.ticker.start()
+                self._started = True
+
+    async def stop(self) -> None:
+        """End the ticker, every event stream and long poll, and the hub."""
+        if self.ticker is not None:
+            await self.ticker.stop()
+        self.transports.close()
+        await self.hub.close()
+
+    def _wrap_live_routes(self) -> None:
+        """Make the live routes start the hub on first use (no startup hook in App)."""
+        for route in self.http_routes.values():
+            route.handler = self._starting(route.handler)
+        for ws_route in self.websocket_routes.values():
+            ws_route.handler = self._starting(ws_route.handler)
+
+    def _starting(self, handler: Any) -> Any:
+        @functools.wraps(handler)
+        async def wrapper(arg: Any) -> Any:
+            await self.start()
+            result = handler(arg)
+            return await result if inspect.isawaitable(result) else result
+
+        return wrapper
+
+
+def create_app(broker: str | None = None, *, ticker: bool = True) -> DemoApp:
+    """Build the demo application.
+
+    Args:
+        broker: None for an in-memory hub, or a Redis URL (``redis://host:port/db``).
+        ticker: whether this process publishes the ticker.
+    """
+    app = DemoApp(broker, ticker=ticker)
 
     @app.websocket(
         "/ws",
@@ -65,6 +161,11 @@ def create_app() -> App:
     @app.get("/api/data")
     async def data(request: Request) -> dict[str, object]:
         return {"message": "hello from fullduplex", "time": time.time()}
+
+    @app.get("/api/request-size")
+    async def request_size(request: Request) -> dict[str, object]:
+        # The head as received, re-serialized: the bytes of the request line and headers.
+        return {"head": len(request.serialize()) - len(request.body)}
 
     app.static("/", STATIC_DIR)
     return app

@@ -7,10 +7,11 @@ queue and no task per subscriber inside the hub) and keep what they cannot write
 
 * ``drop-oldest``: when full, the oldest message is dropped; the consumer later receives a
   :class:`~fullduplex.hub.Gap` covering it, then the newer messages;
-* ``conflate``: one message per ``conflate_key`` (a function of the data; None keeps only the
-  latest message of the topic); a newer message replaces an older
-  one with the same key without a gap (sequence numbers jump by design); when more than
-  ``queue_size`` keys wait, the oldest is dropped with a gap as above;
+* ``conflate``: when the backlog is full, a new message replaces the waiting one with the same
+  ``conflate_key`` (a function of the data; None: any waiting message) without a gap (sequence
+  numbers jump by design); with no such message, the oldest is dropped with a gap as above.
+  Conflating only when full means a consumer that keeps up sees every message, however its
+  messages are batched (the hub's queue mode conflates at once);
 * ``disconnect``: when full, :meth:`Backlog.push` says so and the consumer is disconnected.
 """
 
@@ -34,10 +35,11 @@ class Backlog:
     """
 
     __slots__ = (
+        "_latest",
         "_loss",
         "config",
+        "conflate",
         "dropped",
-        "key",
         "overflowed",
         "pending",
         "sent",
@@ -49,8 +51,8 @@ class Backlog:
         self.topic = topic
         #: The topic's configuration.
         self.config = config
-        #: How messages are keyed in :attr:`pending` (seq, or the conflate key).
-        self.key = _key_function(config)
+        #: The conflate key of a message, under the ``conflate`` policy; else None.
+        self.conflate = _key_function(config)
         #: The seq of the last message handed out (the consumer's cursor), or None.
         self.sent = since
         #: Messages waiting, oldest first.
@@ -60,17 +62,23 @@ class Backlog:
         #: True once full under the ``disconnect`` policy.
         self.overflowed = False
         self._loss: tuple[int, GapReason] | None = None  # a loss not reported yet
+        self._latest: dict[Hashable, int] = {}  # conflate key -> seq of its latest message
 
     def push(self, item: Message | Gap) -> bool:
         """Add what the hub delivered; False if full under the ``disconnect`` policy."""
         pending = self.pending
         if isinstance(item, Gap):
-            key: Hashable = object()  # gaps are never conflated
+            pending[object()] = item  # gaps are never conflated
         else:
-            key = self.key(item)
-            if pending.pop(key, None) is not None:
-                self.dropped += 1  # conflated
-        pending[key] = item
+            conflate = self.conflate
+            if conflate is not None:
+                key = conflate(item)
+                if len(pending) >= self.config.queue_size:
+                    older = self._latest.get(key)
+                    if older is not None and pending.pop(older, None) is not None:
+                        self.dropped += 1  # conflated: superseded by a newer one
+                self._latest[key] = item.seq
+            pending[item.seq] = item
         if len(pending) <= self.config.queue_size:
             return True
         if self.config.policy == Policy.DISCONNECT:
@@ -110,6 +118,8 @@ class Backlog:
                 self.skip(gap)
                 return gap
         del pending[key]
+        if not pending:
+            self._latest.clear()
         self.skip(first)
         return first
 
@@ -201,17 +211,13 @@ class Mailbox:
         return True
 
 
-def _key_function(config: TopicConfig) -> Callable[[Message], Hashable]:
+def _key_function(config: TopicConfig) -> Callable[[Message], Hashable] | None:
     if config.policy != Policy.CONFLATE:
-        return _by_seq
+        return None
     key = config.conflate_key
     if key is None:
         return _whole_topic
     return lambda message: key(message.data)
-
-
-def _by_seq(message: Message) -> Hashable:
-    return message.seq
 
 
 def _whole_topic(message: Message) -> Hashable:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..asyncio.connection import WebSocket
@@ -61,16 +62,30 @@ class _ProtocolAbuse(Exception):
     """The client broke the protocol: close with 1008 and this reason."""
 
 
+#: A hook checking or rewriting what a client publishes: ``(ws, topic, data) -> data``.
+#: Raise :class:`~.common.InvalidInput` to refuse it with an error reply.
+OnPublish = Callable[[WebSocket, str, Any], Any]
+#: A hook run when a connection ends, after its subscriptions are closed.
+OnDisconnect = Callable[[WebSocket], Awaitable[None]]
+
+
 class _Session:
     """The subscriptions of one connection."""
 
     def __init__(
-        self, ws: WebSocket, hub: Hub, frames: FrameCache, rules: TopicRules, max_subs: int
+        self,
+        ws: WebSocket,
+        hub: Hub,
+        frames: FrameCache,
+        rules: TopicRules,
+        max_subs: int,
+        on_publish: OnPublish | None,
     ) -> None:
         self.ws = ws
         self.hub = hub
         self.rules = rules
         self.max_subs = max_subs
+        self.on_publish = on_publish
         self.sink = WebSocketSink(ws, frames)
         self.subscriptions: dict[str, Subscription] = {}
 
@@ -138,8 +153,11 @@ class _Session:
             raise InvalidInput("topic not publishable")
         if "data" not in request:
             raise InvalidInput("missing field: data")
+        data = request["data"]
+        if self.on_publish is not None:
+            data = self.on_publish(self.ws, topic, data)
         try:
-            await self.hub.publish(topic, request["data"])
+            await self.hub.publish(topic, data)
         except HubUnavailable:
             raise InvalidInput("hub unavailable") from None
 
@@ -159,6 +177,8 @@ def mount_websocket(
     frames: FrameCache | None = None,
     compression: bool = False,
     origins: list[str] | None = None,
+    on_publish: OnPublish | None = None,
+    on_disconnect: OnDisconnect | None = None,
     # Limits
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
@@ -176,6 +196,9 @@ def mount_websocket(
             shares the broadcast frame; turn it on when messages are large and bandwidth is
             dear.
         origins: the Origin allow-list (None: same host, or no Origin).
+        on_publish: checks or rewrites each client publish: ``(ws, topic, data) -> data``;
+            raise :class:`~.common.InvalidInput` to refuse it (the client gets an error).
+        on_disconnect: awaited when a connection ends (e.g. to announce a leave).
         max_subscriptions: topics one connection may subscribe to (1008 above it).
         max_message_size: largest client message (1009 above it), None for no limit.
     """
@@ -190,7 +213,7 @@ def mount_websocket(
         max_frame_size=max_message_size,
     )
     async def pubsub(ws: WebSocket) -> None:
-        session = _Session(ws, hub, cache, topic_rules, max_subscriptions)
+        session = _Session(ws, hub, cache, topic_rules, max_subscriptions, on_publish)
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -201,3 +224,5 @@ def mount_websocket(
             await ws.close(CloseCode.POLICY_VIOLATION, str(exc))
         finally:
             session.close()
+            if on_disconnect is not None:
+                await on_disconnect(ws)
