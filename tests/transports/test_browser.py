@@ -55,7 +55,8 @@ async def test_live_page_four_transports_same_sequence(
                 timeout=15000,
             )
             seqs: dict[str, list[Any]] = await page.evaluate(
-                "Object.fromEntries(['ws','sse','longpoll','poll'].map(id => [id, fdLive.seqs(id)]))"
+                "Object.fromEntries(['ws','sse','longpoll','poll']"
+                ".map(id => [id, fdLive.seqs(id)]))"
             )
             start = int(await page.inner_text("#start-cursor"))
             for name, got in seqs.items():
