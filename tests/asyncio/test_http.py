@@ -167,3 +167,72 @@ async def test_streaming_response_is_chunked_and_stops_when_client_leaves() -> N
         await asyncio.wait_for(finished.wait(), 5)  # the generator was closed
     finally:
         await server.shutdown()
+
+
+async def test_startup_and_shutdown_hooks_and_streams_end_on_shutdown() -> None:
+    app = fullduplex.App()
+    calls: list[str] = []
+    stream_closed = asyncio.Event()
+
+    @app.on_startup
+    async def up() -> None:
+        calls.append("startup")
+
+    @app.on_shutdown
+    def down() -> None:
+        calls.append("shutdown")
+
+    async def forever() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"data: x\n\n"
+                await asyncio.sleep(0.05)
+        finally:
+            stream_closed.set()
+
+    @app.get("/events")
+    def events(request: object) -> fullduplex.StreamingResponse:
+        headers = fullduplex.protocol.http11.Headers([("Content-Type", "text/event-stream")])
+        return fullduplex.StreamingResponse(200, headers, forever())
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0, close_timeout=5)
+    assert calls == ["startup"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"data: x"), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await server.shutdown()
+    assert loop.time() - started < 2  # the stream did not hold shutdown for close_timeout
+    assert stream_closed.is_set()
+    assert calls == ["startup", "shutdown"]
+    writer.close()
+
+
+async def test_stalled_stream_is_dropped_after_write_timeout() -> None:
+    import socket
+
+    app = fullduplex.App()
+    stream_closed = asyncio.Event()
+
+    async def firehose() -> AsyncIterator[bytes]:
+        try:
+            for _ in range(100_000):  # far more than the socket buffers hold
+                yield b"x" * 65536
+        finally:
+            stream_closed.set()
+
+    @app.get("/hose")
+    def hose(request: object) -> fullduplex.StreamingResponse:
+        return fullduplex.StreamingResponse(200, fullduplex.protocol.http11.Headers(), firehose())
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0, write_timeout=0.5)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /hose HTTP/1.1\r\nHost: x\r\n\r\n")  # then never read
+        await asyncio.wait_for(stream_closed.wait(), 5)
+        sock.close()
+    finally:
+        await server.shutdown()

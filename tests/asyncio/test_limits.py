@@ -277,3 +277,44 @@ async def test_idle_keep_alive_connection_is_closed() -> None:
         writer.close()
     finally:
         await server.shutdown()
+
+
+async def test_wait_drain_and_writable() -> None:
+    app = fullduplex.App()
+    seen: dict[str, bool] = {}
+    full = asyncio.Event()
+
+    @app.websocket("/drain")
+    async def drain(ws: fullduplex.WebSocket) -> None:
+        seen["writable_at_start"] = ws.writable
+        ws.core.send_binary(b"y" * 8_000_000)  # straight into the buffer, past write_limit
+        ws._flush()
+        seen["writable_when_full"] = ws.writable
+        full.set()
+        await ws.wait_drain()
+        seen["writable_after_drain"] = ws.writable
+        await ws.send("drained")
+
+    server = await start(app, write_limit=16 * 1024)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(HANDSHAKE.format(path="/drain", key=key).encode())
+        await asyncio.wait_for(full.wait(), 5)
+        await asyncio.sleep(0.2)
+        assert "writable_after_drain" not in seen  # still waiting: nobody reads
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 10)
+        assert (opcode, len(payload)) == (0x2, 8_000_000)
+        assert await asyncio.wait_for(read_frame(reader), 5) == (0x1, b"drained")
+        writer.close()
+        assert seen == {
+            "writable_at_start": True,
+            "writable_when_full": False,
+            "writable_after_drain": True,
+        }
+    finally:
+        await server.shutdown()

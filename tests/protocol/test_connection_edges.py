@@ -78,3 +78,12 @@ def test_iterable_raising_before_any_frame_leaves_connection_open() -> None:
     assert client.state is State.OPEN
     client.send_text("still usable")
     assert client.data_to_send()
+
+
+def test_sending_fragmented_tracks_send_fragment() -> None:
+    conn = Connection(Side.SERVER)
+    assert not conn.sending_fragmented
+    conn.send_fragment("a", final=False)
+    assert conn.sending_fragmented
+    conn.send_fragment("b", final=True)
+    assert not conn.sending_fragmented

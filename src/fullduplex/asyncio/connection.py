@@ -287,6 +287,22 @@ class WebSocket:
         """Wait until the TCP connection is closed."""
         await asyncio.shield(self._closed)
 
+    @property
+    def writable(self) -> bool:
+        """True when the write buffer is below ``write_limit`` (sending would not wait)."""
+        return not self._write_paused and not self._lost
+
+    async def wait_drain(self) -> None:
+        """Wait until the write buffer is below ``write_limit`` again.
+
+        Raises:
+            ConnectionClosed: the connection closed while waiting.
+        """
+        if self._write_paused:
+            await self._wait_drain()
+        elif self._lost:
+            raise self._closed_exception()
+
     def fail(self, code: int, reason: str = "") -> None:
         """Fail the connection at once: send a close frame if possible and drop TCP."""
         if not self._lost and self.core.state is not State.CLOSED:

@@ -231,6 +231,20 @@ class App:
         self.http_routes: dict[str, HTTPRoute] = {}
         #: Static folders, longest prefix first.
         self.static_routes: list[StaticRoute] = []
+        #: Called (and awaited if they return awaitables) before the server starts listening.
+        self.startup_hooks: list[Callable[[], Any]] = []
+        #: Called after the server closed its connections, in reverse order of registration.
+        self.shutdown_hooks: list[Callable[[], Any]] = []
+
+    def on_startup(self, hook: Callable[[], Any]) -> Callable[[], Any]:
+        """Register a function run before the server listens (a decorator; may be async)."""
+        self.startup_hooks.append(hook)
+        return hook
+
+    def on_shutdown(self, hook: Callable[[], Any]) -> Callable[[], Any]:
+        """Register a function run once the server has closed (a decorator; may be async)."""
+        self.shutdown_hooks.append(hook)
+        return hook
 
     def websocket(
         self,

@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_OPEN_TIMEOUT",
+    "DEFAULT_WRITE_TIMEOUT",
     "HTTPProtocol",
     "Server",
     "run",
@@ -65,6 +66,9 @@ access_logger = logging.getLogger("fullduplex.access")
 DEFAULT_OPEN_TIMEOUT = 10.0
 #: Seconds an idle HTTP keep-alive connection is kept (nginx keepalive_timeout: 75 s).
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+#: Seconds a streaming response may wait for a client that stopped reading before it is
+#: dropped (nginx's send_timeout is 60 s).
+DEFAULT_WRITE_TIMEOUT = 60.0
 #: Open WebSocket connections accepted; further upgrades get 503. A 2-core machine with the
 #: default limits holds this many idle connections in well under 1 GiB.
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -111,7 +115,11 @@ class Server:
         reuse_port: bool = False,
         backlog: int = 1024,
     ) -> None:
-        """Start listening."""
+        """Run the app's startup hooks, then start listening."""
+        for hook in self.app.startup_hooks:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: HTTPProtocol(self),
@@ -135,8 +143,10 @@ class Server:
         for ws in list(self.websockets):
             ws.close_nowait(code, reason)
         for conn in list(self.connections):
-            if conn.websocket is None and not conn.busy:
-                conn.transport.close()
+            if conn.websocket is None:
+                # Idle keep-alive connections close now; event streams and long polls are
+                # cancelled (their generators' finally blocks run) and their sockets closed.
+                conn.stop()
 
     async def wait_closed(self) -> None:
         """Wait until every connection and handler has finished."""
@@ -162,6 +172,13 @@ class Server:
                 conn.transport.abort()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wait_closed(), 1.0)
+        for hook in reversed(self.app.shutdown_hooks):
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("shutdown hook %r raised", hook)
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called."""
@@ -284,6 +301,13 @@ class HTTPProtocol(asyncio.Protocol):
             if self._drain_waiter is not None and not self._drain_waiter.done():
                 self._drain_waiter.set_result(None)
 
+    def stop(self) -> None:
+        """Close an HTTP connection for shutdown: cancel its handler if one runs."""
+        task = self._handler_task
+        if task is not None and not task.done():
+            task.cancel()
+        self.transport.close()
+
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _next_request(self) -> None:
@@ -382,10 +406,18 @@ class HTTPProtocol(asyncio.Protocol):
         self._next_request()
 
     async def _drain(self) -> None:
+        timeout = self.server.options.get("write_timeout", DEFAULT_WRITE_TIMEOUT)
         while self._write_paused and not self.transport.is_closing():
             self._drain_waiter = asyncio.get_running_loop().create_future()
-            await self._drain_waiter
-            self._drain_waiter = None
+            try:
+                await asyncio.wait_for(self._drain_waiter, timeout)
+            except asyncio.TimeoutError:
+                # A client that stopped reading an event stream: drop it rather than hold its
+                # socket until TCP gives up.
+                logger.info("stream to %s stalled for %ss: closing", self._peer(), timeout)
+                self.transport.abort()
+            finally:
+                self._drain_waiter = None
 
     def _respond(self, request: Request, response: Response) -> None:
         keep_alive = request.keep_alive and not self.server._closing
@@ -542,6 +574,7 @@ async def serve(
     ping_interval: float | None = DEFAULT_PING_INTERVAL,
     ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
     keepalive_timeout: float | None = DEFAULT_KEEPALIVE_TIMEOUT,
+    write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
     # Limits
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
     max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
@@ -565,6 +598,7 @@ async def serve(
         ping_interval: seconds between keepalive pings; None disables them.
         ping_timeout: seconds to wait for a keepalive pong before closing with 1011.
         keepalive_timeout: seconds an idle HTTP keep-alive connection stays open.
+        write_timeout: seconds a streaming response waits for a client that stopped reading.
         max_connections: open WebSockets before further upgrades get 503.
         max_message_size: default received message limit (1009 above it).
         max_frame_size: default received frame limit (1009 above it).
@@ -580,6 +614,7 @@ async def serve(
         "ping_interval": ping_interval,
         "ping_timeout": ping_timeout,
         "keepalive_timeout": keepalive_timeout,
+        "write_timeout": write_timeout,
         "max_connections": max_connections,
         "max_message_size": max_message_size,
         "max_frame_size": max_frame_size,

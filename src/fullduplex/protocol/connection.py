@@ -217,6 +217,15 @@ class Connection:
         return out[0] if len(out) == 1 else b"".join(out)
 
     @property
+    def sending_fragmented(self) -> bool:
+        """True while a message started with :meth:`send_fragment` is unfinished.
+
+        No other data frame may be sent until it ends (RFC 6455 5.4: fragments of different
+        messages must not be interleaved); a broadcaster writing prepared frames checks this.
+        """
+        return self._send_opcode is not None
+
+    @property
     def close_code(self) -> int:
         """The close code the connection ended with.
 
