@@ -372,7 +372,7 @@ class HTTPProtocol(asyncio.Protocol):
     async def _stream(self, request: Request, response: StreamingResponse) -> None:
         headers = response.headers.copy()
         headers["Transfer-Encoding"] = "chunked"
-        keep_alive = request.keep_alive and not self.server._closing
+        keep_alive = self._keeps_alive(request)
         if not keep_alive:
             headers["Connection"] = "close"
         transport = self.transport
@@ -420,7 +420,7 @@ class HTTPProtocol(asyncio.Protocol):
                 self._drain_waiter = None
 
     def _respond(self, request: Request, response: Response) -> None:
-        keep_alive = request.keep_alive and not self.server._closing
+        keep_alive = self._keeps_alive(request)
         if not keep_alive:
             response.headers["Connection"] = "close"
         if request.method == "HEAD":
@@ -435,6 +435,11 @@ class HTTPProtocol(asyncio.Protocol):
         self._idle = True
         self._arm_timer(self.server.options.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
         self._next_request()
+
+    def _keeps_alive(self, request: Request) -> bool:
+        # After a request with Upgrade that is not a WebSocket upgrade here (h2c, or an Upgrade
+        # to an HTTP route), the parser has stopped: answer, then close (RFC 7230 6.7).
+        return request.keep_alive and not self.server._closing and not self.parser.upgraded
 
     def _send_error(self, status: int, message: str) -> None:
         response = text_response(message.rstrip("\n") + "\n", status, [("Connection", "close")])

@@ -22,13 +22,9 @@ lazily on the first request to a live route; :meth:`DemoApp.stop` ends them.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from ..asyncio import App, WebSocket
 from ..hub import Hub
@@ -84,22 +80,18 @@ class DemoApp(App):
         #: The mounted transports (their caches and open requests).
         self.transports: Transports = mount_all(self, self.hub, rules=RULES)
         self.chat.mount(self, frames=self.transports.frames)
-        self._start_lock: asyncio.Lock | None = None
         self._started = False
-        self._wrap_live_routes()
+        self.on_startup(self.start)
+        self.on_shutdown(self.stop)
 
     async def start(self) -> None:
-        """Start the hub and the ticker (does nothing if started)."""
+        """Start the hub and the ticker (does nothing if started); runs at server startup."""
         if self._started:
             return
-        if self._start_lock is None:
-            self._start_lock = asyncio.Lock()
-        async with self._start_lock:
-            if not self._started:
-                await self.hub.start()
-                if self.ticker is not None:
-                    self.ticker.start()
-                self._started = True
+        self._started = True
+        await self.hub.start()
+        if self.ticker is not None:
+            self.ticker.start()
 
     async def stop(self) -> None:
         """End the ticker, every event stream and long poll, and the hub."""
@@ -107,22 +99,6 @@ class DemoApp(App):
             await self.ticker.stop()
         self.transports.close()
         await self.hub.close()
-
-    def _wrap_live_routes(self) -> None:
-        """Make the live routes start the hub on first use (no startup hook in App)."""
-        for route in self.http_routes.values():
-            route.handler = self._starting(route.handler)
-        for ws_route in self.websocket_routes.values():
-            ws_route.handler = self._starting(ws_route.handler)
-
-    def _starting(self, handler: Any) -> Any:
-        @functools.wraps(handler)
-        async def wrapper(arg: Any) -> Any:
-            await self.start()
-            result = handler(arg)
-            return await result if inspect.isawaitable(result) else result
-
-        return wrapper
 
 
 def create_app(broker: str | None = None, *, ticker: bool = True) -> DemoApp:

@@ -146,7 +146,7 @@ class WebSocketSink:
             core.state is State.OPEN
             # The core has no public flag for an open fragmented send; see "What the
             # transports need from the server" in docs/transports.md.
-            and getattr(core, "_send_opcode", None) is None
+            and not core.sending_fragmented
             and ws.transport.get_write_buffer_size() <= self._limit
             and not ws.transport.is_closing()
         )
