@@ -242,6 +242,6 @@ async def test_upgrade_to_an_http_route_is_answered_then_closed(
     demo_server: fullduplex.Server,
 ) -> None:
     raw = b"GET /api/data HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-    status, headers, body = split(await http(demo_server.port, raw))  # returns at EOF
+    status, headers, _ = split(await http(demo_server.port, raw))  # returns at EOF
     assert status.startswith("HTTP/1.1 200")
     assert headers["connection"] == "close"
