@@ -1,0 +1,52 @@
+"""Pub/sub for every transport: topics, sequence numbers, history, bounded subscribers.
+
+See :mod:`fullduplex.hub.hub` for how fan-out and resuming work, :mod:`fullduplex.hub.base`
+for the data types and the backend interface, and :mod:`fullduplex.hub.redis` for how topics
+map onto Redis streams. :class:`RedisBackend` is imported on first use, so ``redis`` is needed
+only by those who use it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    Backend,
+    Gap,
+    GapReason,
+    HubError,
+    HubUnavailable,
+    Message,
+    Policy,
+    SubscriptionClosed,
+    TopicConfig,
+)
+from .hub import Hub, Subscription
+from .memory import MemoryBackend
+
+if TYPE_CHECKING:
+    from .redis import RedisBackend
+
+__all__ = [
+    "Backend",
+    "Gap",
+    "GapReason",
+    "Hub",
+    "HubError",
+    "HubUnavailable",
+    "MemoryBackend",
+    "Message",
+    "Policy",
+    "RedisBackend",
+    "Subscription",
+    "SubscriptionClosed",
+    "TopicConfig",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisBackend":
+        from .redis import RedisBackend
+
+        return RedisBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,400 @@
+"""The Redis backend: topics shared by every process and machine using one Redis.
+
+Install with ``pip install fullduplex[redis]`` (the ``redis`` package's asyncio API). Needs
+Redis 6.2 or later (``XTRIM MINID``).
+
+Layout. Each topic is one Redis stream, ``<prefix>t:<topic>``; a message is the entry
+``<seq>-0`` with the fields ``t`` (publish time, microseconds since the epoch, Redis' clock)
+and ``d`` (the data as JSON). The sequence number *is* the stream ID's first part, so:
+
+* publishing runs one Lua script that reads the stream's last generated ID (kept by Redis even
+  when every entry has been trimmed), adds ``<last + 1>-0`` and trims. Scripts run atomically,
+  so sequence numbers are dense and shared by every publisher, with no second key that could
+  drift from the stream;
+* history is ``XRANGE <since + 1>-0 +``: what's there is contiguous, and the first entry tells
+  what was trimmed (:class:`~fullduplex.hub.base.Gap`);
+* the live feed is ``XREAD BLOCK`` from each topic's cursor ``<last delivered>-0``, by one task
+  and one connection per backend, whatever the number of topics and subscribers;
+* count limits are ``XTRIM MAXLEN`` (exact, so gaps are exact); age limits trim the head
+  while its ``t`` is too old (``XTRIM MINID``), at each publish and history read, against
+  Redis' clock, so machines with skewed clocks agree.
+
+Outages. The reader reconnects by itself with exponential backoff (logged as a warning when
+Redis goes away and at info level when it is back), then reads on from each topic's cursor:
+subscribers get every message published meanwhile that is still in history, in order and once;
+trimmed ones are announced by a gap. If Redis lost its data (no persistence), a topic whose
+last sequence number is now below the cursor is announced by a ``reset`` gap. (A Redis that
+lost its data and got more messages than the cursor before the reader is back is not noticed:
+run Redis with persistence, AOF ``appendfsync always`` or ``everysec``, if it matters.)
+
+:meth:`RedisBackend.publish`, ``history`` and ``last_seq`` do not retry: they raise
+:class:`~fullduplex.hub.base.HubUnavailable` at once while Redis is away (a publish retried
+after a dropped reply could be published twice). redis-py's own retries are turned off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import Backend, Deliver, Gap, GapReason, HubUnavailable, Message, TopicConfig
+
+__all__ = [
+    "DEFAULT_BLOCK",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_PREFIX",
+    "DEFAULT_RECONNECT_DELAY",
+    "DEFAULT_TIMEOUT",
+    "RedisBackend",
+]
+
+logger = logging.getLogger("fullduplex.hub")
+
+#: Prefix of every key the backend uses.
+DEFAULT_PREFIX = "fullduplex:"
+#: Seconds one XREAD waits for messages before asking again (an idle round trip each).
+DEFAULT_BLOCK = 5.0
+#: Seconds to wait for a TCP connection to Redis.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for a reply to a command (XREAD: on top of its BLOCK time).
+DEFAULT_TIMEOUT = 5.0
+#: Seconds between reconnection attempts of the live feed: first and most, doubling with
+#: jitter in between (redis-py's own backoff caps at 1 s too; 5 s is kinder to a Redis that is
+#: restarting under thousands of clients).
+DEFAULT_RECONNECT_DELAY = (0.1, 5.0)
+#: Entries read per topic per XREAD.
+READ_COUNT = 1000
+#: Milliseconds the wake-up stream outlives its last use (it is deleted on close).
+WAKE_TTL = 60_000
+
+_LUA_COMMON = """
+if redis.replicate_commands then redis.replicate_commands() end
+
+local function seq_of(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+
+-- The last sequence number ever given, and the first still in the stream (last + 1 if empty).
+local function stream_info(key)
+  if redis.call('EXISTS', key) == 0 then return 0, 1 end
+  local info = redis.call('XINFO', 'STREAM', key)
+  local last, first = 0, nil
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      last = seq_of(info[i + 1])
+    elseif info[i] == 'first-entry' and info[i + 1] then
+      first = seq_of(info[i + 1][1])
+    end
+  end
+  return last, first or last + 1
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+-- Trim the entries published before cutoff (microseconds); times are fields[2].
+local function trim_age(key, cutoff)
+  local head = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)
+  if #head == 0 or tonumber(head[1][2][2]) >= cutoff then return end
+  while true do
+    local batch = redis.call('XRANGE', key, '-', '+', 'COUNT', 100)
+    if #batch == 0 then return end
+    for i = 1, #batch do
+      if tonumber(batch[i][2][2]) >= cutoff then
+        redis.call('XTRIM', key, 'MINID', batch[i][1])
+        return
+      end
+    end
+    redis.call('XTRIM', key, 'MINID', (seq_of(batch[#batch][1]) + 1) .. '-0')
+  end
+end
+"""
+
+# KEYS[1] stream; ARGV data, max length or '', max age in microseconds or ''.
+_PUBLISH = (
+    _LUA_COMMON
+    + """
+local key = KEYS[1]
+local last = stream_info(key)
+local seq = last + 1
+local now = now_us()
+redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1])
+if ARGV[2] ~= '' then redis.call('XTRIM', key, 'MAXLEN', ARGV[2]) end
+if ARGV[3] ~= '' then trim_age(key, tonumber(now) - tonumber(ARGV[3])) end
+return {seq, now}
+"""
+)
+
+# KEYS[1] stream; ARGV since, limit or '', max age in microseconds or ''.
+# Returns {last, first, entries after since (or from first, after a gap)}.
+_HISTORY = (
+    _LUA_COMMON
+    + """
+local key = KEYS[1]
+local since = tonumber(ARGV[1])
+if ARGV[3] ~= '' and redis.call('EXISTS', key) == 1 then
+  trim_age(key, tonumber(now_us()) - tonumber(ARGV[3]))
+end
+local last, first = stream_info(key)
+local start = since + 1
+if since > last or since < first - 1 then start = first end
+if start > last or ARGV[2] == '0' then return {last, first, {}} end
+if ARGV[2] == '' then
+  return {last, first, redis.call('XRANGE', key, start .. '-0', '+')}
+end
+return {last, first, redis.call('XRANGE', key, start .. '-0', '+', 'COUNT', ARGV[2])}
+"""
+)
+
+# KEYS[1] stream. Returns {last, first}.
+_INFO = (
+    _LUA_COMMON
+    + """
+local last, first = stream_info(KEYS[1])
+return {last, first}
+"""
+)
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisBackend(Backend):
+    """Topics in Redis streams, shared by every hub on the same Redis.
+
+    Args:
+        url: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS) or
+            ``unix:///path/to/socket``.
+        prefix: prefix of every key.
+        block: seconds one XREAD waits before asking again.
+        connect_timeout: seconds to wait for a connection; None waits forever.
+        timeout: seconds to wait for a reply; None waits forever.
+        reconnect_delay: seconds between reconnection attempts of the live feed, first and
+            most.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        block: float = DEFAULT_BLOCK,
+        # Timeouts
+        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        reconnect_delay: tuple[float, float] = DEFAULT_RECONNECT_DELAY,
+    ) -> None:
+        if block <= 0:
+            raise ValueError("block must be positive")
+        #: The Redis URL.
+        self.url = url
+        #: Prefix of every key.
+        self.prefix = prefix
+        self.block = block
+        self.reconnect_delay = reconnect_delay
+        options: dict[str, Any] = {
+            "socket_connect_timeout": connect_timeout,
+            # Never retry on our behalf: a publish retried after a lost reply publishes twice.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._redis = aioredis.from_url(url, socket_timeout=timeout, **options)
+        read_timeout = None if timeout is None else timeout + block
+        self._reader = aioredis.from_url(
+            url, socket_timeout=read_timeout, single_connection_client=True, **options
+        )
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._history = self._redis.register_script(_HISTORY)
+        self._info = self._redis.register_script(_INFO)
+        self._deliver: Deliver | None = None
+        self._cursors: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._reading = False
+        self._closing = False
+        self._wake_key = f"{prefix}w:{uuid.uuid4().hex}"
+        self._task: asyncio.Task[None] | None = None
+        self._kick_task: asyncio.Task[None] | None = None
+
+    def key(self, topic: str) -> str:
+        """The Redis key of a topic's stream."""
+        return f"{self.prefix}t:{topic}"
+
+    async def start(self, deliver: Deliver) -> None:
+        """Check that Redis answers, then start the live feed.
+
+        Raises:
+            HubUnavailable: Redis does not answer (a wrong URL fails early).
+        """
+        try:
+            await self._redis.ping()
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable at start: {exc}") from exc
+        self._deliver = deliver
+        self._task = asyncio.ensure_future(self._read_forever())
+
+    async def close(self) -> None:
+        """Stop the live feed and close the connections."""
+        self._deliver = None
+        self._closing = True
+        for task in (self._task, self._kick_task):
+            # Python < 3.12's asyncio.wait_for, which redis-py uses, can swallow a
+            # cancellation that lands as the command completes: cancel until done.
+            while task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+        with contextlib.suppress(asyncio.TimeoutError, RedisError, OSError):
+            # Else it expires by itself.
+            await asyncio.wait_for(self._redis.delete(self._wake_key), 1.0)
+        await self._reader.aclose()
+        await self._redis.aclose()
+
+    async def publish(self, topic: str, data: Any, config: TopicConfig) -> Message:
+        """See :meth:`Backend.publish`; never retried (see the module's docstring)."""
+        payload = json.dumps(data, separators=(",", ":"))
+        size = "" if config.history_size is None else str(config.history_size)
+        age = "" if config.history_age is None else str(int(config.history_age * 1e6))
+        try:
+            seq, now = await self._publish(keys=[self.key(topic)], args=[payload, size, age])
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable, {topic!r} not published: {exc}") from exc
+        return Message(topic, int(seq), data, int(now) / 1e6)
+
+    async def history(
+        self, topic: str, since: int, limit: int | None, config: TopicConfig
+    ) -> tuple[Gap | None, list[Message]]:
+        """See :meth:`Backend.history`."""
+        count = "" if limit is None else str(limit)
+        age = "" if config.history_age is None else str(int(config.history_age * 1e6))
+        try:
+            last, first, entries = await self._history(
+                keys=[self.key(topic)], args=[since, count, age]
+            )
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable: {exc}") from exc
+        gap: Gap | None = None
+        if since > last:
+            gap = Gap(topic, since, first, GapReason.RESET)
+        elif since < first - 1:
+            gap = Gap(topic, since, first)
+        return gap, [_message(topic, entry_id, fields) for entry_id, fields in entries]
+
+    async def last_seq(self, topic: str) -> int:
+        """See :meth:`Backend.last_seq`."""
+        return (await self._stream_info(topic))[0]
+
+    async def _stream_info(self, topic: str) -> tuple[int, int]:
+        try:
+            last, first = await self._info(keys=[self.key(topic)])
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable: {exc}") from exc
+        return int(last), int(first)
+
+    def listen(self, topic: str, after: int) -> None:
+        """Add the topic to the live feed's XREAD, from ``after``."""
+        self._cursors[topic] = after
+        self._changed.set()
+        if self._reading and (self._kick_task is None or self._kick_task.done()):
+            # Interrupt the XREAD in progress, so that the new topic is read at once.
+            self._kick_task = asyncio.ensure_future(self._kick())
+
+    def unlisten(self, topic: str) -> None:
+        """Drop the topic from the live feed's next XREAD."""
+        self._cursors.pop(topic, None)
+
+    async def _kick(self) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"k": "1"}, maxlen=1)
+                pipe.pexpire(self._wake_key, WAKE_TTL)
+                await pipe.execute()
+        except (RedisError, OSError):
+            pass  # the reader sees the new topic after its current XREAD anyway
+
+    async def _read_forever(self) -> None:
+        min_delay, max_delay = self.reconnect_delay
+        delay = min_delay
+        loop = asyncio.get_running_loop()
+        down_since: float | None = None
+        while not self._closing:
+            try:
+                if down_since is not None:
+                    await self._check_resets()
+                    logger.info(
+                        "redis at %s is back after %.1f s", self._where(), loop.time() - down_since
+                    )
+                    down_since, delay = None, min_delay
+                await self._read_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, _UNAVAILABLE):
+                    logger.exception("redis live feed failed")
+                if down_since is None:
+                    down_since = loop.time()
+                    logger.warning("redis at %s unavailable (%s); reconnecting", self._where(), exc)
+                else:
+                    logger.info("redis still unavailable; retrying in %.2f s", delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, max_delay)
+
+    async def _read_once(self) -> None:
+        if not self._cursors:
+            self._changed.clear()
+            await self._changed.wait()
+            return
+        streams: dict[Any, Any] = {self._wake_key: "$"}
+        for topic, cursor in self._cursors.items():
+            streams[self.key(topic)] = f"{cursor}-0"
+        self._changed.clear()
+        self._reading = True
+        try:
+            response: Any = await self._reader.xread(
+                streams, count=READ_COUNT, block=int(self.block * 1000)
+            )
+        finally:
+            self._reading = False
+        start = len(self.prefix) + 2
+        for key, entries in response or ():
+            topic = key[start:].decode()
+            for entry_id, fields in entries:
+                self._advance(topic, int(entry_id.split(b"-", 1)[0]), fields)
+
+    def _advance(self, topic: str, seq: int, fields: dict[bytes, bytes]) -> None:
+        cursor = self._cursors.get(topic)
+        if cursor is None or seq <= cursor or self._deliver is None:
+            return  # unlistened meanwhile, or already delivered
+        self._cursors[topic] = seq
+        self._deliver(Message(topic, seq, json.loads(fields[b"d"]), int(fields[b"t"]) / 1e6))
+
+    async def _check_resets(self) -> None:
+        """After an outage: announce topics whose sequence restarted (Redis lost its data)."""
+        for topic, cursor in list(self._cursors.items()):
+            last, first = await self._stream_info(topic)
+            if last < cursor and self._cursors.get(topic) == cursor:
+                logger.warning("topic %r restarted at %d (was at %d)", topic, last, cursor)
+                self._cursors[topic] = first - 1
+                if self._deliver is not None:
+                    self._deliver(Gap(topic, cursor, first, GapReason.RESET))
+
+    def _where(self) -> str:
+        kwargs = self._redis.connection_pool.connection_kwargs
+        return f"{kwargs.get('host', kwargs.get('path', '?'))}:{kwargs.get('port', '')}"
+
+
+def _message(topic: str, entry_id: bytes, fields: list[bytes]) -> Message:
+    # Lua returns an entry's fields as a flat list: t, time, d, data.
+    return Message(
+        topic, int(entry_id.split(b"-", 1)[0]), json.loads(fields[3]), int(fields[1]) / 1e6
+    )
