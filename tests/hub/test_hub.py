@@ -483,3 +483,31 @@ async def test_failing_callback_is_closed_alone(make_hub: MakeHub) -> None:
     await eventually(lambda: len(good) == 3)
     assert failing.closed and failing.close_reason == ERROR
     assert not other.closed
+
+
+async def test_on_close_tells_why_once(make_hub: MakeHub) -> None:
+    hub = await make_hub(TopicConfig(queue_size=2, policy=Policy.DISCONNECT))
+    name = topic()
+    reasons: list[tuple[str, str]] = []
+    slow = hub.subscribe(name, on_close=lambda reason: reasons.append(("slow", reason)))
+    callback = hub.subscribe(
+        name, on_message=lambda item: None, on_close=lambda r: reasons.append(("cb", r))
+    )
+    await slow.wait_started()
+    await callback.wait_started()
+    await publish_all(hub, name, 3)
+    await eventually(lambda: slow.closed)
+    assert reasons == [("slow", SLOW_CONSUMER)]
+    await hub.close()
+    callback.close()
+    assert reasons == [("slow", SLOW_CONSUMER), ("cb", HUB_CLOSED)]
+
+
+async def test_wait_waits_its_timeout_through_other_changes(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    name = topic()
+    sub = hub.subscribe(name, since=0)  # its start wakes waiters: wait() must go on
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    assert await sub.wait(0.1) == []
+    assert loop.time() - start >= 0.09

@@ -11,6 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    CLOSED,
+    ERROR,
+    HUB_CLOSED,
+    SLOW_CONSUMER,
     Backend,
     Gap,
     GapReason,
@@ -28,6 +32,10 @@ if TYPE_CHECKING:
     from .redis import RedisBackend
 
 __all__ = [
+    "CLOSED",
+    "ERROR",
+    "HUB_CLOSED",
+    "SLOW_CONSUMER",
     "Backend",
     "Gap",
     "GapReason",

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import fnmatch
 import functools
 import itertools
@@ -201,6 +200,7 @@ class Hub:
         since: int | None = None,
         *,
         on_message: Callable[[Message | Gap], None] | None = None,
+        on_close: Callable[[str], None] | None = None,
     ) -> Subscription:
         """Subscribe to ``topic``.
 
@@ -214,6 +214,8 @@ class Hub:
                 WebSocket transport writes to many sockets at once this way). If it raises,
                 the exception is logged and the subscription closed with reason ``"error"``.
                 Without it, queue mode: read with :meth:`Subscription.get` and friends.
+            on_close: called once with the reason when the subscription closes, whatever
+                closes it (useful in callback mode, to end a stream when the hub closes).
 
         With Redis, "from now" for a topic no subscription of this hub listens to yet means
         from when the hub has read the topic's last sequence number, one round trip later;
@@ -225,7 +227,7 @@ class Hub:
         feed = self._feeds.get(topic)
         if feed is None:
             feed = self._open_feed(topic)
-        subscription = Subscription(self, feed, self.config(topic), on_message)
+        subscription = Subscription(self, feed, self.config(topic), on_message, on_close)
         feed.subscriptions[subscription] = None
         if since is not None:
             subscription._replay_from(since)
@@ -354,7 +356,12 @@ class Subscription:
     """
 
     def __init__(
-        self, hub: Hub, feed: _Feed, config: TopicConfig, on_message: OnMessage | None
+        self,
+        hub: Hub,
+        feed: _Feed,
+        config: TopicConfig,
+        on_message: OnMessage | None,
+        on_close: Callable[[str], None] | None = None,
     ) -> None:
         #: The topic.
         self.topic = feed.topic
@@ -375,6 +382,7 @@ class Subscription:
         self._hub = hub
         self._feed = feed
         self._on_message = on_message
+        self._on_close = on_close
         # Last sequence number passed on (queued or called back), for dedup and holes.
         self._tail = 0
         # Live items received while starting; None once live.
@@ -389,10 +397,9 @@ class Subscription:
                 self._queue = _ConflatingQueue(key if key is not None else _whole_topic)
             else:
                 self._queue = _FifoQueue()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._done = asyncio.Event()
-        self._started = asyncio.Event()
+        # Futures of whoever waits for a change: queued, dequeued, started, closed. One list,
+        # not four asyncio.Events: most subscriptions (callback mode) never wait.
+        self._waiters: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
         state = f"closed {self.close_reason!r}" if self.closed else f"cursor={self.cursor}"
@@ -420,7 +427,8 @@ class Subscription:
 
     async def wait_started(self) -> None:
         """Wait until the subscription is live: replay done, starting point known."""
-        await self._started.wait()
+        while not self.started:
+            await self._wait_change()
 
     async def get(self) -> Message | Gap:
         """Wait for the next message or gap.
@@ -432,8 +440,7 @@ class Subscription:
         while not queue:
             if self.closed:
                 raise SubscriptionClosed(self.close_reason or CLOSED)
-            self._readable.clear()
-            await self._readable.wait()
+            await self._wait_change()
         return self._pop(queue)
 
     def get_nowait(self) -> list[Message | Gap]:
@@ -463,10 +470,13 @@ class Subscription:
             SubscriptionClosed: the subscription is closed and its queue drained.
         """
         queue = self._reading()
-        if not queue and not self.closed:
-            self._readable.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._readable.wait(), timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while not queue and not self.closed:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            await self._wait_change(remaining)
         return self.get_nowait()
 
     def __aiter__(self) -> AsyncIterator[Message | Gap]:
@@ -494,9 +504,32 @@ class Subscription:
 
     async def wait_closed(self) -> None:
         """Wait until the subscription is closed (useful in callback mode)."""
-        await self._done.wait()
+        while not self.closed:
+            await self._wait_change()
 
     # Internals
+
+    async def _wait_change(self, timeout: float | None = None) -> None:
+        """Wait until :meth:`_notify` or ``timeout``; callers check their condition again.
+
+        A future and a timer handle, not ``asyncio.wait_for``, which makes a task per call.
+        """
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = None if timeout is None else loop.call_later(timeout, _release, waiter)
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _notify(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                _release(waiter)
 
     def _reading(self) -> _Queue:
         if self._queue is None:
@@ -506,7 +539,7 @@ class Subscription:
     def _pop(self, queue: _Queue) -> Item:
         item = queue.popleft()
         self.cursor = item.seq if isinstance(item, Message) else item.first_available - 1
-        self._writable.set()
+        self._notify()  # a paced replay may wait for room
         return item
 
     def _close(self, reason: str) -> None:
@@ -514,19 +547,21 @@ class Subscription:
             return
         self.closed = True
         self.close_reason = reason
-        self._readable.set()
-        self._writable.set()
-        self._done.set()
-        self._started.set()
+        self._notify()
         self._hub._release(self)
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
+        if self._on_close is not None:
+            try:
+                self._on_close(reason)
+            except Exception:
+                logger.exception("on_close callback of %r failed", self.topic)
 
     def _go_live(self, last: int) -> None:
         self._pending = False
         self._tail = self.cursor = last
         self._buffer = None
-        self._started.set()
+        self._notify()
 
     def _replay_from(self, since: int) -> None:
         self._pending = False
@@ -561,7 +596,7 @@ class Subscription:
             if len(messages) < REPLAY_CHUNK and not self._overflow:
                 break
         buffer, self._buffer = self._buffer or [], None
-        self._started.set()
+        self._notify()
         for item in buffer:
             self._advance(item)
 
@@ -572,8 +607,7 @@ class Subscription:
             self._call(item)
             return
         while len(queue) >= self.config.queue_size:
-            self._writable.clear()
-            await self._writable.wait()
+            await self._wait_change()
         self._enqueue(queue, item)
 
     def _receive(self, item: Item) -> None:
@@ -619,7 +653,7 @@ class Subscription:
             conflated = queue.replace(item)
             if conflated:
                 self.conflated += conflated
-                self._readable.set()
+                self._notify()
             else:
                 self._drop_oldest(queue, item)
         else:
@@ -633,7 +667,7 @@ class Subscription:
     def _enqueue(self, queue: _Queue, item: Item) -> None:
         if not self.closed:
             queue.append(item)
-            self._readable.set()
+            self._notify()
 
     def _drop_oldest(self, queue: _Queue, item: Item) -> None:
         """Make room: drop the head of the queue and put a gap in its place."""
@@ -655,7 +689,12 @@ class Subscription:
             assert isinstance(head, Message)
             queue.appendleft(Gap(self.topic, self.cursor, head.seq, reason))
             queue.append(item)
-        self._readable.set()
+        self._notify()
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _whole_topic(data: Any) -> Hashable:
