@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .client import connect
-from .connection import Data, WebSocket
+from .connection import Data, WebSocket, WebSocketListener
 from .router import App, StreamingResponse, html_response, json_response, text_response
 from .server import Server, run, serve
 
@@ -13,6 +13,7 @@ __all__ = [
     "Server",
     "StreamingResponse",
     "WebSocket",
+    "WebSocketListener",
     "connect",
     "html_response",
     "json_response",

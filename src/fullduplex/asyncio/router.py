@@ -30,7 +30,7 @@ from typing import Any
 
 from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.http11 import Headers, Request, Response
-from .connection import WebSocket
+from .connection import WebSocket, WebSocketListener
 
 __all__ = [
     "SERVER_DEFAULT",
@@ -76,8 +76,9 @@ class StreamingResponse:
 HTTPResult = Response | StreamingResponse | dict[str, Any] | list[Any] | str | bytes
 #: An HTTP handler: takes the request, returns (or awaits to) an :data:`HTTPResult`.
 HTTPHandler = Callable[[Request], "Awaitable[HTTPResult] | HTTPResult"]
-#: A WebSocket handler: runs for the lifetime of one connection.
-WebSocketHandler = Callable[[WebSocket], Awaitable[None]]
+#: A WebSocket handler: a coroutine function run for the lifetime of one connection, or a
+#: :class:`~fullduplex.asyncio.connection.WebSocketListener` subclass (the callback API).
+WebSocketHandler = Callable[[WebSocket], Awaitable[None]] | type[WebSocketListener]
 
 
 class _ServerDefault:

@@ -38,6 +38,7 @@ from .connection import (
     DEFAULT_PING_TIMEOUT,
     DEFAULT_WRITE_LIMIT,
     WebSocket,
+    WebSocketListener,
 )
 from .router import (
     SERVER_DEFAULT,
@@ -221,10 +222,24 @@ class Server:
 class HTTPProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket."""
 
+    __slots__ = (
+        "_drain_waiter",
+        "_handler_task",
+        "_idle",
+        "_timer",
+        "_write_paused",
+        "busy",
+        "parser",
+        "server",
+        "transport",
+        "websocket",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         opts = server.options
-        self.parser = RequestParser(
+        #: The HTTP request parser; dropped once the connection is upgraded.
+        self.parser: RequestParser | None = RequestParser(
             max_head_size=opts.get("max_head_size", DEFAULT_MAX_HEAD_SIZE),
             max_body_size=opts.get("max_body_size", DEFAULT_MAX_BODY_SIZE),
         )
@@ -257,6 +272,7 @@ class HTTPProtocol(asyncio.Protocol):
             # A new request starts on a kept-alive connection: it gets open_timeout.
             self._idle = False
             self._arm_timer(self.server.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+        assert self.parser is not None
         try:
             self.parser.feed(data)
         except InvalidMessage as exc:
@@ -311,7 +327,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _next_request(self) -> None:
-        if self.busy or self.transport.is_closing():
+        if self.busy or self.transport.is_closing() or self.parser is None:
             return
         try:
             request = self.parser.next_request()
@@ -439,7 +455,9 @@ class HTTPProtocol(asyncio.Protocol):
     def _keeps_alive(self, request: Request) -> bool:
         # After a request with Upgrade that is not a WebSocket upgrade here (h2c, or an Upgrade
         # to an HTTP route), the parser has stopped: answer, then close (RFC 7230 6.7).
-        return request.keep_alive and not self.server._closing and not self.parser.upgraded
+        parser = self.parser
+        upgraded = parser is None or parser.upgraded
+        return request.keep_alive and not self.server._closing and not upgraded
 
     def _send_error(self, status: int, message: str) -> None:
         response = text_response(message.rstrip("\n") + "\n", status, [("Connection", "close")])
@@ -538,10 +556,16 @@ class HTTPProtocol(asyncio.Protocol):
         )
         self.websocket = ws
         server.websockets.add(ws)
+        assert self.parser is not None
         trailing = self.parser.trailing_data()
+        self.parser = None  # ~1.1 KiB per connection no longer needed once upgraded
         if trailing:
             ws.data_received(trailing)
-        server.run_task(self._run_ws_handler(route, ws))
+        handler = route.handler
+        if isinstance(handler, type) and issubclass(handler, WebSocketListener):
+            ws.attach(handler())  # callback API: no task for this connection
+        else:
+            server.run_task(self._run_ws_handler(route, ws))
 
     def _reject(self, request: Request, handshake: ServerHandshake, exc: InvalidHandshake) -> None:
         response = handshake.reject(exc)
@@ -552,7 +576,7 @@ class HTTPProtocol(asyncio.Protocol):
     async def _run_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
         code, reason = CloseCode.NORMAL_CLOSURE, ""
         try:
-            await route.handler(ws)
+            await route.handler(ws)  # type: ignore[call-arg,misc]  # a coroutine function here
         except ConnectionClosed:
             pass
         except asyncio.CancelledError:

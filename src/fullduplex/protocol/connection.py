@@ -101,6 +101,34 @@ class Connection:
             None sends each message in one frame.
     """
 
+    __slots__ = (
+        "_decoder",
+        "_events",
+        "_is_client",
+        "_msg_opcode",
+        "_msg_parts",
+        "_msg_size",
+        "_out",
+        "_parser",
+        "_pings",
+        "_receiving",
+        "_send_compress",
+        "_send_opcode",
+        "close_received",
+        "close_sent",
+        "close_timer_wanted",
+        "eof_received",
+        "extensions",
+        "failure",
+        "fragment_size",
+        "max_frame_size",
+        "max_message_size",
+        "side",
+        "state",
+        "stream_messages",
+        "transport_should_close",
+    )
+
     def __init__(
         self,
         side: Side,

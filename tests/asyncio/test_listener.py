@@ -1,0 +1,100 @@
+"""The low-level callback API: WebSocketListener, with no task per connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets.asyncio.client as wsclient
+from websockets.exceptions import ConnectionClosed as WSClosed
+
+import fullduplex
+
+from .conftest import start, url
+
+
+class Echo(fullduplex.WebSocketListener):
+    opened: list[str] = []
+    closed: list[int | None] = []
+
+    def on_open(self, ws: fullduplex.WebSocket) -> None:
+        self.opened.append(ws.request.path)
+
+    def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+        if message == "boom":
+            raise RuntimeError("listener failure")
+        ws.send_nowait(message)
+
+    def on_close(self, ws: fullduplex.WebSocket) -> None:
+        self.closed.append(ws.close_code)
+
+
+@pytest.fixture
+async def server() -> fullduplex.Server:
+    Echo.opened, Echo.closed = [], []
+    app = fullduplex.App()
+    app.websocket("/echo")(Echo)
+    srv = await start(app)
+    yield srv  # type: ignore[misc]
+    await srv.shutdown()
+
+
+async def test_listener_echoes_without_a_task(server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(server, "/echo")) as ws:
+        tasks_before = len(server._tasks)
+        for message in ["one", b"\x00two", "three " * 1000]:
+            await ws.send(message)
+            assert await ws.recv() == message
+        assert len(server._tasks) == tasks_before == 0
+    await asyncio.sleep(0.05)
+    assert Echo.opened == ["/echo"]
+    assert Echo.closed == [1000]
+
+
+async def test_many_messages_in_one_read_are_answered_in_order(server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(server, "/echo"), compression=None) as ws:
+        await asyncio.gather(*(ws.send(str(i)) for i in range(200)))
+        assert [await ws.recv() for _ in range(200)] == [str(i) for i in range(200)]
+
+
+async def test_listener_exception_closes_with_1011(
+    server: fullduplex.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with wsclient.connect(url(server, "/echo")) as ws:
+        await ws.send("boom")
+        with pytest.raises(WSClosed):
+            await ws.recv()
+        assert ws.close_code == 1011
+    assert "listener failure" in caplog.text
+
+
+async def test_listener_connections_get_1001_on_shutdown() -> None:
+    app = fullduplex.App()
+    app.websocket("/echo")(Echo)
+    srv = await start(app)
+    ws = await wsclient.connect(url(srv, "/echo"))
+    await srv.shutdown()
+    with pytest.raises(WSClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1001
+
+
+async def test_send_nowait_after_close_raises() -> None:
+    kept: list[fullduplex.WebSocket] = []
+
+    class Keeper(fullduplex.WebSocketListener):
+        def on_open(self, ws: fullduplex.WebSocket) -> None:
+            kept.append(ws)
+
+    app = fullduplex.App()
+    app.websocket("/keep")(Keeper)
+    srv = await start(app)
+    try:
+        async with wsclient.connect(url(srv, "/keep")):
+            pass
+        await kept[0].wait_closed()
+        with pytest.raises(fullduplex.ConnectionClosedOK):
+            kept[0].send_nowait("too late")
+        assert not srv.websockets  # forgotten by the server once closed
+    finally:
+        await srv.shutdown()
