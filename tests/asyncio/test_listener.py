@@ -98,3 +98,43 @@ async def test_send_nowait_after_close_raises() -> None:
         assert not srv.websockets  # forgotten by the server once closed
     finally:
         await srv.shutdown()
+
+
+async def test_broadcast_frames_once_and_reaches_every_open_connection() -> None:
+    app = fullduplex.App()
+    clients: set[fullduplex.WebSocket] = set()
+    counts: list[int] = []
+
+    class Relay(fullduplex.WebSocketListener):
+        def on_open(self, ws: fullduplex.WebSocket) -> None:
+            clients.add(ws)
+
+        def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+            counts.append(fullduplex.broadcast(clients - {ws}, message))
+
+        def on_close(self, ws: fullduplex.WebSocket) -> None:
+            clients.discard(ws)
+
+    app.websocket("/relay")(Relay)
+    srv = await start(app)
+    try:
+        plain = [await wsclient.connect(url(srv, "/relay"), compression=None) for _ in range(5)]
+        deflated = await wsclient.connect(url(srv, "/relay"))  # permessage-deflate
+        assert "permessage-deflate" in deflated.response.headers["Sec-WebSocket-Extensions"]
+        sender = await wsclient.connect(url(srv, "/relay"))
+        await sender.send("to all " * 50)
+        for ws in [*plain, deflated]:
+            assert await asyncio.wait_for(ws.recv(), 5) == "to all " * 50
+        await sender.send(b"\x01\x02")
+        for ws in [*plain, deflated]:
+            assert await asyncio.wait_for(ws.recv(), 5) == b"\x01\x02"
+        assert counts == [6, 6]
+        await plain[0].close()
+        await asyncio.sleep(0.05)
+        await sender.send("fewer")
+        await asyncio.wait_for(plain[1].recv(), 5)
+        assert counts[-1] == 5
+        for ws in [*plain[1:], deflated, sender]:
+            await ws.close()
+    finally:
+        await srv.shutdown()

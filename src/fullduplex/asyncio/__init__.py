@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .client import connect
-from .connection import Data, WebSocket, WebSocketListener
+from .connection import Data, WebSocket, WebSocketListener, broadcast
 from .router import App, StreamingResponse, html_response, json_response, text_response
 from .server import Server, run, serve
 
@@ -14,6 +14,7 @@ __all__ = [
     "StreamingResponse",
     "WebSocket",
     "WebSocketListener",
+    "broadcast",
     "connect",
     "html_response",
     "json_response",

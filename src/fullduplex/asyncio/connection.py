@@ -43,6 +43,7 @@ from ..protocol import (
     TextFragment,
     TextMessage,
 )
+from ..protocol.frames import serialize_frame
 from ..protocol.http11 import Request, Response
 
 __all__ = [
@@ -613,6 +614,44 @@ class WebSocket:
             self.messages_out,
             self.bytes_out,
         )
+
+
+def broadcast(websockets: Iterable[WebSocket], message: Data) -> int:
+    """Send one message to many connections, framing it once.
+
+    Server frames are never masked, so every connection without a negotiated extension gets
+    the same bytes, written straight to its transport; connections with permessage-deflate go
+    through their own compressor. Nothing is awaited: a connection that is not open, is in the
+    middle of a fragmented send, or whose write buffer is over ``write_limit`` (a slow reader)
+    is skipped, and the message is lost for it, as with ``websockets.broadcast``. Applications
+    that must not lose messages use the hub (:mod:`fullduplex.hub`), which keeps history.
+
+    Returns:
+        The number of connections the message was written to.
+    """
+    if isinstance(message, str):
+        payload = message.encode()
+        opcode = 0x1
+    else:
+        payload = bytes(message)
+        opcode = 0x2
+    frame: bytes | None = None
+    size = len(message)
+    sent = 0
+    for ws in websockets:
+        core = ws.core
+        if core.state is not _OPEN or core.sending_fragmented or ws._write_paused or ws._lost:
+            continue
+        if core.extensions or core.side is Side.CLIENT:
+            ws.send_nowait(message)
+        else:
+            if frame is None:
+                frame = serialize_frame(opcode, payload)
+            ws.transport.write(frame)
+            ws.messages_out += 1
+            ws.bytes_out += size
+        sent += 1
+    return sent
 
 
 def _wake(fut: asyncio.Future[None] | None) -> None:
