@@ -75,6 +75,7 @@ def _py(script: str, *extra: str) -> list[str]:
 SERVERS = [
     ServerSpec("fullduplex", _py("fullduplex_echo.py", "--loop", "uvloop"), "fullduplex"),
     ServerSpec("fd-asyncio", _py("fullduplex_echo.py", "--loop", "asyncio"), "fullduplex"),
+    ServerSpec("fd-listener", _py("fullduplex_echo.py", "--api", "listener"), "fullduplex"),
     ServerSpec("websockets", _py("websockets_echo.py"), "websockets"),
     ServerSpec("aiohttp", _py("aiohttp_echo.py"), "aiohttp"),
     ServerSpec("picows", _py("picows_echo.py"), "picows"),
@@ -481,19 +482,23 @@ def targets(summary: dict[str, dict[str, dict[str, float] | None]]) -> list[str]
         ("handshakes/s >= 1.5x websockets", "hs_rate", "websockets", 1.5, False),
     ]
     out = []
-    for label, key, other, factor, at_most in checks:
-        ours, theirs = med(BASELINE, key), med(other, key)
-        if ours is None or theirs is None:
-            out.append(f"  ?    {label}: not measured")
+    # The async API (BASELINE) and the WebSocketListener callback API are checked apart.
+    for ours_name in (BASELINE, "fd-listener"):
+        if ours_name not in summary:
             continue
-        ratio = ours / theirs
-        ok = ratio <= factor if at_most else ratio >= factor
-        out.append(f"  {'PASS' if ok else 'FAIL'} {label}: {ratio:.2f}x")
-    mem = med(BASELINE, "mem")
-    if mem is not None:
-        out.append(
-            f"  {'PASS' if mem < 6 else 'FAIL'} memory per idle connection < 6 KiB: {mem:.1f}"
-        )
+        out.append(f"  {ours_name}:")
+        for label, key, other, factor, at_most in checks:
+            ours, theirs = med(ours_name, key), med(other, key)
+            if ours is None or theirs is None:
+                out.append(f"    ?    {label}: not measured")
+                continue
+            ratio = ours / theirs
+            ok = ratio <= factor if at_most else ratio >= factor
+            out.append(f"    {'PASS' if ok else 'FAIL'} {label}: {ratio:.2f}x")
+        mem = med(ours_name, "mem")
+        if mem is not None:
+            verdict = "PASS" if mem < 6 else "FAIL"
+            out.append(f"    {verdict} memory per idle connection < 6 KiB: {mem:.1f}")
     return out
 
 

@@ -29,6 +29,12 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--broadcast", action="store_true", help="relay to every other connection")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--api",
+        choices=["async", "listener"],
+        default="async",
+        help="fullduplex only: async for/await send, or the WebSocketListener callbacks",
+    )
     return parser.parse_args()
 
 

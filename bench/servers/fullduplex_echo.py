@@ -1,7 +1,8 @@
-"""fullduplex: the demo app's ``/echo`` route, or a broadcast route with ``--broadcast``.
+"""fullduplex: an echo route, or a broadcast route with ``--broadcast``.
 
-fullduplex has no broadcast helper (yet): the broadcast route sends to each connection with
-``await ws.send(message)``, which frames the message once per receiver.
+``--api async`` (the default) is the demo app's ``/echo`` (``async for`` / ``await send``);
+``--api listener`` is the same echo through the low-level ``WebSocketListener`` callbacks. The
+broadcast routes relay with ``fullduplex.broadcast``, which frames each message once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,24 @@ import fullduplex
 from fullduplex.demo import create_app
 
 
+class Echo(fullduplex.WebSocketListener):
+    def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+        ws.send_nowait(message)
+
+
+class Relay(fullduplex.WebSocketListener):
+    clients: set[fullduplex.WebSocket] = set()
+
+    def on_open(self, ws: fullduplex.WebSocket) -> None:
+        self.clients.add(ws)
+
+    def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+        fullduplex.broadcast(self.clients - {ws}, message)
+
+    def on_close(self, ws: fullduplex.WebSocket) -> None:
+        self.clients.discard(ws)
+
+
 def broadcast_app() -> fullduplex.App:
     app = fullduplex.App()
     clients: set[fullduplex.WebSocket] = set()
@@ -23,20 +42,25 @@ def broadcast_app() -> fullduplex.App:
         clients.add(ws)
         try:
             async for message in ws:
-                for other in list(clients):
-                    if other is not ws:
-                        try:  # noqa: SIM105 - cheaper than contextlib.suppress in this loop
-                            await other.send(message)
-                        except fullduplex.ConnectionClosed:
-                            pass
+                fullduplex.broadcast(clients - {ws}, message)
         finally:
             clients.discard(ws)
 
     return app
 
 
+def listener_app(listener: type[fullduplex.WebSocketListener]) -> fullduplex.App:
+    app = fullduplex.App()
+    limits = {"max_message_size": _common.MAX_SIZE, "max_frame_size": _common.MAX_SIZE}
+    app.websocket("/echo", **limits)(listener)
+    return app
+
+
 async def main(args: argparse.Namespace) -> None:
-    app = broadcast_app() if args.broadcast else create_app()
+    if args.api == "listener":
+        app = listener_app(Relay if args.broadcast else Echo)
+    else:
+        app = broadcast_app() if args.broadcast else create_app()
     # serve() listens with a backlog of 1024, like the other servers here.
     server = await fullduplex.serve(
         app,
