@@ -91,6 +91,12 @@ async def _history(hub: Hub, topic: str, since: int, limit: int) -> list[Message
     return items
 
 
+def _poll_query(request: Request, rules: TopicRules, max_batch: int) -> tuple[str, int | None, int]:
+    """The topic, cursor and batch size of a polling request (both kinds share them)."""
+    topic = query_topics(request.query, rules)[0]
+    return topic, query_since(request.query), _query_limit(request, max_batch)
+
+
 def mount_poll(
     app: App,
     hub: Hub,
@@ -117,9 +123,7 @@ def mount_poll(
     @app.get(path)
     async def poll(request: Request) -> Response:
         try:
-            topic = query_topics(request.query, topic_rules)[0]
-            since = query_since(request.query)
-            limit = _query_limit(request, max_batch)
+            topic, since, limit = _poll_query(request, topic_rules, max_batch)
         except InvalidInput as exc:
             return error_response(exc)
         try:
@@ -165,9 +169,7 @@ def mount_longpoll(
     @app.get(path)
     async def longpoll(request: Request) -> Response:
         try:
-            topic = query_topics(request.query, topic_rules)[0]
-            since = query_since(request.query)
-            limit = _query_limit(request, max_batch)
+            topic, since, limit = _poll_query(request, topic_rules, max_batch)
         except InvalidInput as exc:
             return error_response(exc)
         try:
