@@ -286,3 +286,20 @@ async def test_our_client_refused_origin_and_subprotocol() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_our_client_gets_1011_when_their_handler_fails() -> None:
+    async def failing(ws: wsserver.ServerConnection) -> None:
+        await ws.recv()
+        raise RuntimeError("their handler broke")
+
+    server = await wsserver.serve(failing, "127.0.0.1", 0)
+    try:
+        async with fullduplex.connect(their_url(server)) as ws:
+            await ws.send("go")
+            with pytest.raises(fullduplex.ConnectionClosedError) as info:
+                await ws.recv()
+            assert info.value.code == 1011
+    finally:
+        server.close()
+        await server.wait_closed()

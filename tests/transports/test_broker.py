@@ -131,3 +131,54 @@ def test_workers_without_broker_are_refused() -> None:
     )
     assert result.returncode == 2
     assert "--workers > 1 needs --broker" in result.stderr
+
+
+@pytest.mark.one_loop
+async def test_publish_on_one_server_reaches_every_transport_on_another(redis_url: str) -> None:
+    import json
+
+    import websockets.asyncio.client as wsclient
+
+    port_a, port_b = free_port(), free_port()
+    with (
+        serve("--port", str(port_a), "--broker", redis_url) as a,
+        serve("--port", str(port_b), "--broker", redis_url) as b,
+    ):
+        await asyncio.to_thread(wait_port, port_a, a)
+        await asyncio.to_thread(wait_port, port_b, b)
+        cursor = (await request(port_b, "GET", "/poll?topic=chat")).json()["cursor"]
+        ws = await wsclient.connect(f"ws://127.0.0.1:{port_b}/pubsub")
+        stream = await EventStream.open(port_b, f"/sse?topic=chat&since={cursor}")
+        try:
+            await ws.send(json.dumps({"op": "subscribe", "topic": "chat", "since": cursor}))
+            longpoll = asyncio.create_task(
+                request(port_b, "GET", f"/longpoll?topic=chat&since={cursor}")
+            )
+            await asyncio.sleep(0.3)  # the long poll is held, the subscriptions are live
+            sent = (await publish(port_a, "chat", {"type": "probe", "text": "across"}))["seq"]
+
+            async def ws_seq() -> int:
+                while True:
+                    item = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                    if item.get("data", {}).get("text") == "across":
+                        return int(item["seq"])
+
+            async def sse_seq() -> int:
+                while True:
+                    event = await stream.next_event(timeout=10)
+                    assert event is not None
+                    if event.json()["data"].get("text") == "across":
+                        return int(event.json()["seq"])
+
+            held = (await asyncio.wait_for(longpoll, 10)).json()["messages"]
+            polled = (await request(port_b, "GET", f"/poll?topic=chat&since={cursor}")).json()
+            seqs = {
+                "websocket": await ws_seq(),
+                "sse": await sse_seq(),
+                "longpoll": held[-1]["seq"],
+                "poll": polled["messages"][-1]["seq"],
+            }
+            assert seqs == dict.fromkeys(seqs, sent)
+        finally:
+            await stream.close()
+            await ws.close()
