@@ -56,3 +56,30 @@ async def test_listener_example_echoes() -> None:
             assert await ws.recv() == b"\x00\x01"
     finally:
         await server.shutdown()
+
+
+async def test_pubsub_example_delivers_a_publish_to_a_poller() -> None:
+    import json
+
+    module = load("pubsub_server")
+    server = await fullduplex.serve(module.app, "127.0.0.1", 0)
+    try:
+        import asyncio
+
+        body = json.dumps({"topic": "news", "data": "hi"}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%b" % (len(body), body)
+        )
+        assert (await reader.read()).startswith(b"HTTP/1.1 2")
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /poll?topic=news&since=0 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = (await reader.read()).partition(b"\r\n\r\n")[2]
+        writer.close()
+        assert [m["data"] for m in json.loads(answer)["messages"]] == ["hi"]
+    finally:
+        await server.shutdown()
