@@ -12,6 +12,12 @@ and checks :attr:`Connection.transport_should_close` (close TCP now) and
 :attr:`Connection.close_timer_wanted` (start the close timeout; when it fires, close TCP).
 The connection never sees a clock, a socket or a thread.
 
+An I/O layer may instead take whole messages as they are parsed, by setting
+:attr:`Connection.message_handler`: it is called with each ``str`` or ``bytes`` message in place
+of a :class:`TextMessage` or :class:`BinaryMessage` event (other events still go through
+:meth:`Connection.events_received`). That saves an event object and a list round trip per
+message; the sans-I/O API is unchanged when it is not set.
+
 Violations by the peer never raise from :meth:`Connection.receive_data`: the connection *fails*
 (RFC 6455 7.1.7) with the right close code, records the exception in
 :attr:`Connection.failure`, queues the close frame and asks for the transport to be closed.
@@ -21,7 +27,8 @@ from __future__ import annotations
 
 import codecs
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .events import (
     BinaryFragment,
@@ -40,6 +47,7 @@ from .frames import (
     Frame,
     FrameParser,
     Opcode,
+    build_frame,
     parse_close,
     serialize_close,
     serialize_frame,
@@ -78,6 +86,9 @@ class State(enum.IntEnum):
 _CONT = int(Opcode.CONT)
 _TEXT = int(Opcode.TEXT)
 _OPEN = State.OPEN
+# First bytes of whole unfragmented frames: FIN + opcode.
+_FIN_TEXT = 0x81
+_FIN_BINARY = 0x82
 
 
 def _new_utf8_decoder() -> codecs.IncrementalDecoder:
@@ -104,6 +115,8 @@ class Connection:
     __slots__ = (
         "_decoder",
         "_events",
+        "_fast_receive",
+        "_fast_send",
         "_is_client",
         "_msg_opcode",
         "_msg_parts",
@@ -123,6 +136,7 @@ class Connection:
         "fragment_size",
         "max_frame_size",
         "max_message_size",
+        "message_handler",
         "side",
         "state",
         "stream_messages",
@@ -189,6 +203,16 @@ class Connection:
         # Sending: the opcode of a message being sent with send_fragment, or None.
         self._send_opcode: int | None = None
         self._send_compress = True
+        #: Called with each whole received message (``str`` or ``bytes``) instead of queueing
+        #: a :class:`TextMessage` / :class:`BinaryMessage` event, when set (None: events).
+        #: It runs inside :meth:`receive_data`, before the events of the same data are
+        #: returned by :meth:`events_received`; it may send (the frames queue as usual) but
+        #: must not raise: an exception propagates out of :meth:`receive_data`.
+        self.message_handler: Callable[[str | bytes], None] | None = None
+        # Fast paths for the commonest configuration (no extension, whole messages, no
+        # fragmentation of sent messages): see receive_data and send_binary.
+        self._fast_receive = not self.extensions and not stream_messages
+        self._fast_send = not self.extensions and fragment_size is None and not self._is_client
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -205,18 +229,49 @@ class Connection:
         parser = self._parser
         parser.feed(data)
         next_frame = parser.next_frame
+        next_simple = parser.next_simple
+        fast = self._fast_receive
         try:
-            while (frame := next_frame()) is not None:
+            while self._receiving:
+                # Fast path: a whole text or binary frame, outside a fragmented message, while
+                # open, parsed without a Frame object (in C when built) and handed to
+                # message_handler without an event. With the send fast path: listener echo
+                # of 32 B messages 9.9 -> 7.8 us per message (see FrameParser.next_simple).
+                if fast and self._msg_opcode is None and self.state is _OPEN:
+                    simple = next_simple()
+                    if simple is not None:
+                        self._receive_simple(simple[0], simple[1])
+                        continue
+                frame = next_frame()
+                if frame is None:
+                    return
                 # _handle_frame inlined: one call less per frame (+7% at 32 B, measured).
                 if frame.opcode >= 8:
                     self._handle_control(frame)
-                    if not self._receiving:
-                        return
                 elif self.state is _OPEN:
                     self._handle_data(frame)
                 # else: RFC 6455 1.4: after sending a close frame, data is discarded.
         except ProtocolError as exc:
             self.fail(exc.code, exc.public_reason, exc)
+
+    def _receive_simple(self, opcode: int, payload: bytes) -> None:
+        limit = self.max_message_size
+        if limit is not None and len(payload) > limit:
+            raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
+        handler = self.message_handler
+        if opcode == _TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                raise InvalidUTF8() from None
+            if handler is None:
+                self._events.append(TextMessage(text))
+            else:
+                handler(text)
+        elif handler is None:
+            self._events.append(BinaryMessage(payload))
+        else:
+            handler(payload)
 
     def receive_eof(self) -> None:
         """Tell the connection the peer closed its end of the TCP connection."""
@@ -355,9 +410,9 @@ class Connection:
                     text = payload.decode()
                 except UnicodeDecodeError:
                     raise InvalidUTF8() from None
-                self._events.append(TextMessage(text))
+                self._message(text, TextMessage)
             else:
-                self._events.append(BinaryMessage(payload))
+                self._message(payload, BinaryMessage)
             return
         self._msg_opcode = None if fin else opcode
         if opcode == _TEXT:
@@ -369,7 +424,13 @@ class Connection:
             parts.append(payload)
             if fin:
                 self._msg_parts = []
-                self._events.append(BinaryMessage(b"".join(parts)))
+                self._message(b"".join(parts), BinaryMessage)
+
+    def _message(self, data: Any, event: type[TextMessage] | type[BinaryMessage]) -> None:
+        if self.message_handler is None:
+            self._events.append(event(data))
+        else:
+            self.message_handler(data)
 
     def _budget(self) -> int | None:
         limit = self.max_message_size
@@ -394,7 +455,7 @@ class Connection:
         parts.append(text)
         if fin:
             self._msg_parts = []
-            self._events.append(TextMessage("".join(parts)))
+            self._message("".join(parts), TextMessage)
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -410,6 +471,10 @@ class Connection:
             LocalProtocolError: the connection is closing, or a fragmented send is open.
         """
         if isinstance(data, str):
+            if self._fast_send and self.state is _OPEN and self._send_opcode is None:
+                # Fast path: see send_binary.
+                self._out.append(build_frame(_FIN_TEXT, data.encode()))
+                return
             self._send_message(Opcode.TEXT, data.encode(), compress)
         else:
             self._send_chunks(Opcode.TEXT, (chunk.encode() for chunk in data), compress)
@@ -426,6 +491,12 @@ class Connection:
             LocalProtocolError: the connection is closing, or a fragmented send is open.
         """
         if isinstance(data, (bytes, bytearray, memoryview)):
+            if self._fast_send and self.state is _OPEN and self._send_opcode is None:
+                # Fast path (a server without extensions or fragment_size): one frame built in
+                # one call, no Frame object, no keyword arguments. With the receive fast path,
+                # listener echo of 32 B messages: 9.9 -> 7.8 us per message.
+                self._out.append(build_frame(_FIN_BINARY, data))
+                return
             self._send_message(Opcode.BINARY, bytes(data), compress)
         else:
             self._send_chunks(Opcode.BINARY, (bytes(chunk) for chunk in data), compress)

@@ -13,10 +13,18 @@ importing fullduplex to use the pure-Python path even where the accelerator is b
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
+from types import ModuleType
 
-__all__ = ["TRANSLATE_MIN", "apply_mask", "apply_mask_python", "has_accelerator"]
+__all__ = [
+    "TRANSLATE_MIN",
+    "apply_mask",
+    "apply_mask_python",
+    "has_accelerator",
+    "load_speedups",
+]
 
 # 256 translation tables, one per key byte value: _TABLES[k][b] == b ^ k.
 _TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
@@ -74,14 +82,23 @@ def apply_mask_python(data: bytes | bytearray | memoryview, key: bytes | bytearr
 _MaskFunction = Callable[[bytes | bytearray | memoryview, bytes | bytearray], bytes]
 
 
-def _load_accelerator() -> _MaskFunction | None:
+def load_speedups() -> ModuleType | None:
+    """Return the C accelerator module, or None if not built or disabled by the environment.
+
+    ``fullduplex.protocol.frames`` takes its frame fast paths from the same module, so one
+    switch (``FULLDUPLEX_NO_SPEEDUPS``) selects pure Python everywhere.
+    """
     if os.environ.get("FULLDUPLEX_NO_SPEEDUPS", "") not in ("", "0"):
         return None
     try:
-        from ._speedups import apply_mask
+        return importlib.import_module("fullduplex.protocol._speedups")
     except ImportError:  # built without a compiler: the pure-Python path, silently
         return None
-    return apply_mask
+
+
+def _load_accelerator() -> _MaskFunction | None:
+    speedups = load_speedups()
+    return None if speedups is None else speedups.apply_mask
 
 
 _c_apply_mask = _load_accelerator()

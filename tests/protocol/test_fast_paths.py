@@ -1,0 +1,291 @@
+"""The frame fast paths, both implementations (pure Python and the C accelerator), and the
+connection's message_handler and send fast path.
+
+read_simple_frame may only ever accept less than FrameParser.next_frame: every frame it returns
+must be the frame the general parser returns, and None hands the bytes to the general parser.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fullduplex.protocol import BinaryMessage, Connection, Ping, Side, State, TextMessage
+from fullduplex.protocol.extensions import Extension
+from fullduplex.protocol.frames import (
+    Frame,
+    FrameParser,
+    build_frame_python,
+    read_simple_frame_python,
+    serialize_frame,
+)
+
+KEY = bytes.fromhex("37fa213d")
+
+
+def _load_c(name: str) -> Callable[..., Any] | None:
+    try:
+        from fullduplex.protocol import _speedups
+    except ImportError:
+        return None
+    return getattr(_speedups, name)  # type: ignore[no-any-return]
+
+
+def _param(name: str) -> Any:
+    func = _load_c(name)
+    if func is not None:
+        return pytest.param(func, id="c")
+    if os.environ.get("FULLDUPLEX_REQUIRE_SPEEDUPS") == "1":  # pragma: no cover
+        return pytest.param(None, id="c", marks=pytest.mark.xfail(strict=True, reason="not built"))
+    return pytest.param(  # pragma: no cover
+        None, id="c", marks=pytest.mark.skip(reason="C accelerator not built")
+    )
+
+
+def masked(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0) -> bytes:
+    return serialize_frame(
+        opcode,
+        payload,
+        fin=fin,
+        rsv1=bool(rsv & 4),
+        rsv2=bool(rsv & 2),
+        rsv3=bool(rsv & 1),
+        mask=True,
+        mask_key=KEY,
+    )
+
+
+ReadFunction = Callable[..., "tuple[int, bytes, int] | None"]
+
+
+@pytest.mark.parametrize(
+    "read",
+    [pytest.param(read_simple_frame_python, id="python"), _param("read_simple_frame")],
+)
+class TestReadSimpleFrame:
+    def test_masked_binary_and_text(self, read: ReadFunction) -> None:
+        data = masked(2, b"x" * 32) + masked(1, "héllo".encode())
+        first = read(data, 0, True, -1)
+        assert first == (2, b"x" * 32, 38)
+        assert read(data, 38, True, -1) == (1, "héllo".encode(), len(data))
+
+    def test_unmasked_from_the_server(self, read: ReadFunction) -> None:
+        data = bytearray(serialize_frame(2, b"abc"))
+        result = read(data, 0, False, 10)
+        assert result == (2, b"abc", 5)
+        assert type(result[1]) is bytes  # type: ignore[index]
+
+    @pytest.mark.parametrize("size", [0, 125, 126, 4095, 4096, 65535, 65536, 70000])
+    def test_every_length_encoding(self, read: ReadFunction, size: int) -> None:
+        payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        data = b"\x00\x00" + masked(2, payload)
+        assert read(data, 2, True, -1) == (2, payload, len(data))
+        assert read(bytearray(data), 2, True, size) == (2, payload, len(data))
+
+    def test_incomplete_frames_wait(self, read: ReadFunction) -> None:
+        for size in (10, 300, 70000):
+            data = masked(2, b"y" * size)
+            for cut in (0, 1, 2, 3, 5, 9, len(data) - 1):
+                assert read(data[:cut], 0, True, -1) is None
+
+    def test_everything_else_goes_to_the_general_parser(self, read: ReadFunction) -> None:
+        cases = [
+            masked(2, b"a", fin=False),  # fragmented
+            masked(0, b"a"),  # continuation
+            masked(9, b"a"),  # ping
+            masked(8, b"\x03\xe8"),  # close
+            masked(3, b"a"),  # reserved opcode
+            masked(2, b"a", rsv=4),  # RSV1
+            masked(1, b"a", rsv=1),  # RSV3
+            serialize_frame(2, b"a"),  # unmasked from a client
+        ]
+        for data in cases:
+            assert read(data, 0, True, -1) is None
+        assert read(masked(2, b"a"), 0, False, -1) is None  # masked from a server
+        assert read(masked(2, b"abc"), 0, True, 2) is None  # over the limit
+        # 64-bit length with the most significant bit set: the general parser rejects it.
+        assert read(b"\x82\xff" + struct.pack("!Q", 2**63) + KEY, 0, True, -1) is None
+
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=300), st.booleans()),
+            max_size=4,
+        ),
+        st.integers(min_value=-1, max_value=300),
+    )
+    def test_agrees_with_the_general_parser(
+        self, read: ReadFunction, frames: list[tuple[int, bytes, bool]], limit: int
+    ) -> None:
+        data = b"".join(masked(op, payload, fin=fin) for op, payload, fin in frames)
+        parser = FrameParser(require_mask=True, max_frame_size=None if limit < 0 else limit)
+        parser.feed(data)
+        pos = 0
+        while True:
+            simple = read(data, pos, True, limit)
+            try:
+                frame = parser.next_frame()
+            except Exception:
+                assert simple is None
+                return
+            if frame is None:
+                assert simple is None
+                return
+            if simple is not None:
+                assert (frame.opcode, frame.payload, frame.fin) == (simple[0], simple[1], True)
+                assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
+            pos = len(data) - parser.buffered
+
+
+def test_c_argument_errors() -> None:
+    read = _load_c("read_simple_frame")
+    build = _load_c("build_frame")
+    if read is None or build is None:  # pragma: no cover
+        pytest.skip("C accelerator not built")
+    with pytest.raises(TypeError):
+        read(b"", 0, True)
+    with pytest.raises(TypeError):
+        read(b"", "0", True, -1)
+    with pytest.raises(TypeError):
+        read(b"", 0, True, None)
+    with pytest.raises(TypeError):
+        read(object(), 0, True, -1)
+    assert read(b"\x82\x80" + KEY, -1, True, -1) is None
+    with pytest.raises(TypeError):
+        build(0x82)
+    with pytest.raises(TypeError):
+        build("x", b"")
+    with pytest.raises(TypeError):
+        build(0x82, object())
+
+
+BuildFunction = Callable[[int, Any], bytes]
+
+
+@pytest.mark.parametrize(
+    "build", [pytest.param(build_frame_python, id="python"), _param("build_frame")]
+)
+class TestBuildFrame:
+    @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+    def test_matches_serialize_frame(self, build: BuildFunction, size: int) -> None:
+        payload = bytes(size % 251 for size in range(size))
+        assert build(0x82, payload) == serialize_frame(2, payload)
+        assert build(0x01, payload) == serialize_frame(1, payload, fin=False)
+        assert build(0xC1, payload) == serialize_frame(1, payload, rsv1=True)
+
+    def test_any_bytes_like_payload(self, build: BuildFunction) -> None:
+        assert build(0x82, bytearray(b"ab")) == b"\x82\x02ab"
+        view = memoryview(b"\x01\x00\x00\x00\x02\x00\x00\x00").cast("i")
+        assert build(0x82, view) == b"\x82\x08" + view.tobytes()
+
+    def test_first_byte_out_of_range(self, build: BuildFunction) -> None:
+        for bad in (256, -1):
+            with pytest.raises(ValueError):
+                build(bad, b"")
+
+
+class TestMessageHandler:
+    def setup_method(self) -> None:
+        self.conn = Connection(Side.SERVER)
+        self.received: list[str | bytes] = []
+        self.conn.message_handler = self.received.append
+
+    def test_whole_messages_skip_the_events(self) -> None:
+        self.conn.receive_data(masked(2, b"bin") + masked(9, b"p") + masked(1, b"txt"))
+        assert self.received == [b"bin", "txt"]
+        assert self.conn.events_received() == [Ping(b"p")]
+
+    def test_fragmented_messages_too(self) -> None:
+        self.conn.receive_data(masked(1, b"t", fin=False) + masked(0, b"ext"))
+        self.conn.receive_data(masked(2, b"b", fin=False) + masked(0, b"in"))
+        assert self.received == ["text", b"bin"]
+        assert self.conn.events_received() == []
+
+    def test_a_handler_that_fails_the_connection_stops_parsing(self) -> None:
+        def fail(message: str | bytes) -> None:
+            self.conn.fail(1008, "policy")
+
+        self.conn.message_handler = fail
+        self.conn.receive_data(masked(2, b"a") + masked(9, b"p") + masked(2, b"b"))
+        assert self.conn.state is State.CLOSED
+        assert self.conn.events_received() == []  # the ping after it was not parsed
+        assert self.conn.data_to_send() == b"\x88\x08\x03\xf0policy"
+
+
+class TestReceiveFastPath:
+    def test_events_without_a_handler(self) -> None:
+        conn = Connection(Side.SERVER)
+        conn.receive_data(masked(2, b"bin") + masked(1, b"txt"))
+        assert conn.events_received() == [BinaryMessage(b"bin"), TextMessage("txt")]
+
+    def test_message_size_limit(self) -> None:
+        conn = Connection(Side.SERVER, max_message_size=2, max_frame_size=10)
+        conn.receive_data(masked(2, b"abc"))
+        assert conn.failure is not None and conn.failure.code == 1009
+
+    def test_invalid_utf8(self) -> None:
+        conn = Connection(Side.SERVER)
+        conn.receive_data(masked(1, b"\xff"))
+        assert conn.failure is not None and conn.failure.code == 1007
+
+    def test_one_byte_at_a_time_through_a_large_frame(self) -> None:
+        conn = Connection(Side.SERVER)
+        data = masked(2, b"z" * 70000) + masked(2, b"next")
+        for i in range(0, len(data), 997):
+            conn.receive_data(data[i : i + 997])
+        assert conn.events_received() == [BinaryMessage(b"z" * 70000), BinaryMessage(b"next")]
+
+    def test_data_after_sending_close_is_discarded(self) -> None:
+        conn = Connection(Side.SERVER)
+        conn.send_close()
+        conn.receive_data(masked(2, b"late"))
+        assert conn.events_received() == []
+
+
+class TestSendFastPath:
+    def test_server_frames(self) -> None:
+        conn = Connection(Side.SERVER)
+        conn.send_text("hé")
+        conn.send_binary(bytearray(b"\x00\x01"))
+        assert conn.data_to_send() == b"\x81\x03h\xc3\xa9\x82\x02\x00\x01"
+
+    def test_not_while_a_fragmented_message_is_open(self) -> None:
+        conn = Connection(Side.SERVER)
+        conn.send_fragment("a", final=False)
+        with pytest.raises(Exception, match="fragmented"):
+            conn.send_text("b")
+        with pytest.raises(Exception, match="fragmented"):
+            conn.send_binary(b"b")
+
+
+class _Identity(Extension):
+    name = "x-identity"
+
+    def decode(self, frame: Frame, *, max_size: int | None) -> Frame:
+        return frame
+
+    def encode(self, frame: Frame) -> Frame:
+        return frame
+
+
+class TestGeneralPathWithAnExtension:
+    """With an extension the fast paths are off: the general path gives the same results."""
+
+    def test_messages_and_handler(self) -> None:
+        conn = Connection(Side.SERVER, extensions=[_Identity()])
+        conn.receive_data(masked(2, b"bin") + masked(1, b"txt"))
+        assert conn.events_received() == [BinaryMessage(b"bin"), TextMessage("txt")]
+        received: list[str | bytes] = []
+        conn.message_handler = received.append
+        conn.receive_data(masked(1, b"t2"))
+        assert received == ["t2"]
+
+    def test_invalid_utf8(self) -> None:
+        conn = Connection(Side.SERVER, extensions=[_Identity()])
+        conn.receive_data(masked(1, b"\xc3"))
+        assert conn.failure is not None and conn.failure.code == 1007
