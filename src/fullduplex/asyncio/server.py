@@ -4,7 +4,8 @@ Each TCP connection is an :class:`HTTPProtocol` (an ``asyncio.Protocol``). It pa
 requests (keep-alive and pipelining included) and dispatches each to the :class:`App`'s routes.
 A request for a WebSocket route completes the opening handshake; from then on the bytes read go
 straight into the connection's :class:`~fullduplex.asyncio.connection.WebSocket`, and one task
-runs the route's handler.
+runs the route's handler (or, for a :class:`~fullduplex.asyncio.connection.WebSocketListener`,
+none).
 """
 
 from __future__ import annotations
@@ -556,16 +557,21 @@ class HTTPProtocol(asyncio.Protocol):
         )
         self.websocket = ws
         server.websockets.add(ws)
+        # Not transport.set_protocol(ws): forwarding each read from data_received costs 27 ns
+        # (timeit), and echo 32 B measured 7.95 us with set_protocol against 8.0 us without (4
+        # alternating runs each, within the noise), not worth a second bookkeeping path.
         assert self.parser is not None
         trailing = self.parser.trailing_data()
         self.parser = None  # ~1.1 KiB per connection no longer needed once upgraded
-        if trailing:
-            ws.data_received(trailing)
         handler = route.handler
         if isinstance(handler, type) and issubclass(handler, WebSocketListener):
             ws.attach(handler())  # callback API: no task for this connection
         else:
             server.run_task(self._run_ws_handler(route, ws))
+        if trailing:
+            # After attach: frames sent along with the handshake reach the listener too (they
+            # used to be queued for a recv() that a listener connection never calls).
+            ws.data_received(trailing)
 
     def _reject(self, request: Request, handshake: ServerHandshake, exc: InvalidHandshake) -> None:
         response = handshake.reject(exc)
@@ -574,6 +580,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.close()
 
     async def _run_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
+        # Kept as a wrapper coroutine: running the handler's coroutine as the task with the
+        # close in a done callback measured no smaller (idle connection RSS 6.32 KiB against
+        # 6.22 KiB with this wrapper: the callback and its partial cost what the frame does).
         code, reason = CloseCode.NORMAL_CLOSURE, ""
         try:
             await route.handler(ws)  # type: ignore[call-arg,misc]  # a coroutine function here

@@ -1,0 +1,191 @@
+"""The per-message paths of the asyncio layer: messages handed straight to a waiting recv() or
+``async for`` (and kept when the reader is cancelled), handler errors, server bookkeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import websockets.asyncio.client as wsclient
+
+import fullduplex
+
+from .conftest import start, url
+
+
+async def test_cancelled_recv_keeps_a_message_handed_over(
+    demo_server: fullduplex.Server,
+) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        task = asyncio.get_running_loop().create_task(ws.recv())
+        await asyncio.sleep(0)  # waiting in recv()
+        ws._deliver("handed over")  # as the parser does
+        task.cancel()  # before the task resumed
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await ws.recv() == "handed over"
+        await ws.send("next")
+        assert await ws.recv() == "next"
+
+
+async def test_cancelled_async_for_keeps_a_message_handed_over(
+    demo_server: fullduplex.Server,
+) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        received: list[fullduplex.Data] = []
+
+        async def read() -> None:
+            async for message in ws:
+                received.append(message)  # pragma: no cover - cancelled first
+
+        task = asyncio.get_running_loop().create_task(read())
+        await asyncio.sleep(0)
+        ws._deliver("handed over")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert received == []
+        async for message in ws:
+            assert message == "handed over"
+            break
+        # Cancelled while still waiting: nothing to keep, and a new reader may wait.
+        task = asyncio.get_running_loop().create_task(ws.recv())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await ws.send("again")
+        assert await asyncio.wait_for(ws.recv(), 5) == "again"
+
+
+def test_next_message_throw_forms() -> None:
+    from fullduplex.asyncio.connection import _NextMessage
+
+    nxt = _NextMessage(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        nxt.throw(ValueError("instance"))
+    with pytest.raises(ValueError):
+        nxt.throw(ValueError, ValueError("value"))
+    with pytest.raises(ValueError):
+        nxt.throw(ValueError)
+
+
+async def test_async_for_reads_queued_messages_then_ends_on_a_normal_close(
+    demo_server: fullduplex.Server,
+) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        for i in range(5):
+            await ws.send(str(i))
+        await asyncio.sleep(0.1)  # all five echoes queued
+        received = []
+        async for message in ws:
+            received.append(message)
+            if len(received) == 5:
+                await ws.close()
+        assert received == ["0", "1", "2", "3", "4"]
+        async for _ in ws:  # pragma: no cover - closed: nothing more
+            pass
+        with pytest.raises(fullduplex.ConnectionClosedOK):
+            await ws.recv()
+
+
+async def test_async_for_raises_after_an_abnormal_close(demo_server: fullduplex.Server) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        ws.transport.abort()
+        with pytest.raises(fullduplex.ConnectionClosedError):
+            async for _ in ws:  # pragma: no cover - nothing arrives
+                pass
+
+
+async def test_two_readers_are_refused(demo_server: fullduplex.Server) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        task = asyncio.get_running_loop().create_task(ws.recv())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError):
+            await ws.recv()
+        await ws.send("x")
+        assert await task == "x"
+
+
+async def test_server_bookkeeping_after_the_protocol_switch() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await start(app)
+    try:
+        async with wsclient.connect(url(server, "/echo")) as client:
+            await client.send("hi")
+            assert await client.recv() == "hi"
+            assert len(server.websockets) == len(server.connections) == 1
+        for _ in range(100):
+            if not server.connections and not server.websockets and not server._tasks:
+                break
+            await asyncio.sleep(0.01)
+        assert not server.connections and not server.websockets and not server._tasks
+    finally:
+        await server.shutdown()
+
+
+async def test_handler_errors_close_with_1011(caplog: pytest.LogCaptureFixture) -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/raises")
+    async def raises(ws: fullduplex.WebSocket) -> None:
+        raise ValueError("bug")
+
+    def not_async(ws: fullduplex.WebSocket) -> None:
+        pass
+
+    def raises_at_call(ws: fullduplex.WebSocket) -> None:
+        raise ValueError("bug at call")
+
+    app.websocket("/sync")(not_async)  # type: ignore[arg-type]
+    app.websocket("/call")(raises_at_call)  # type: ignore[arg-type]
+    server = await start(app)
+    try:
+        with caplog.at_level(logging.ERROR, logger="fullduplex"):
+            for path in ("/raises", "/sync", "/call"):
+                async with fullduplex.connect(url(server, path)) as ws:
+                    with pytest.raises(fullduplex.ConnectionClosedError) as info:
+                        await ws.recv()
+                    assert info.value.code == 1011
+        messages = [r.getMessage() for r in caplog.records]
+        assert "WebSocket handler for /raises raised" in messages
+        assert "WebSocket handler for /sync raised" in messages  # awaiting None
+        assert "WebSocket handler for /call raised" in messages
+    finally:
+        await server.shutdown()
+
+
+async def test_listener_gets_frames_sent_with_the_handshake() -> None:
+    received: list[fullduplex.Data] = []
+
+    class Keep(fullduplex.WebSocketListener):
+        def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+            received.append(message)
+
+    app = fullduplex.App()
+    app.websocket("/keep")(Keep)
+    server = await start(app)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"GET /keep HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            b"\x82\x82abcd" + bytes(b ^ k for b, k in zip(b"hi", b"ab", strict=True))
+        )
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        assert received == [b"hi"]
+        writer.close()
+    finally:
+        await server.shutdown()
