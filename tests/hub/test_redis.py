@@ -197,3 +197,19 @@ async def test_history_is_shared(redis_server: RedisServer) -> None:
         assert gap is None
         assert [(m.seq, m.data) for m in messages] == [(3, 2), (4, 3), (5, 4)]
         assert (await two.publish("t", 5)).seq == 6
+
+
+async def test_more_concurrent_commands_than_connections_wait_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    backend = redis_backend(redis_server.url, prefix(), max_connections=4)
+    async with Hub(backend) as hub:
+        published = await asyncio.gather(*(hub.publish("burst", n) for n in range(200)))
+        assert sorted(m.seq for m in published) == list(range(1, 201))
+        histories = await asyncio.gather(*(hub.history("burst", since=190) for _ in range(200)))
+        assert all([m.seq for m in items] == list(range(191, 201)) for _, items in histories)
+
+
+def test_max_connections_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        RedisBackend("redis://127.0.0.1:1/0", max_connections=0)

@@ -70,6 +70,10 @@ DEFAULT_BLOCK = 5.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for a reply to a command (XREAD: on top of its BLOCK time).
 DEFAULT_TIMEOUT = 5.0
+#: Connections to Redis for commands (publish, history), shared by every request; when all are
+#: busy a command waits for one (up to ``timeout``) instead of failing. redis-py's default pool
+#: fails past 100 at once, which 1,000 long polls re-polling together hit (bench/hub_bench.py).
+DEFAULT_MAX_CONNECTIONS = 32
 #: Seconds between reconnection attempts of the live feed: first and most, doubling with
 #: jitter in between (redis-py's own backoff caps at 1 s too; 5 s is kinder to a Redis that is
 #: restarting under thousands of clients).
@@ -184,6 +188,8 @@ class RedisBackend(Backend):
         timeout: seconds to wait for a reply; None waits forever.
         reconnect_delay: seconds between reconnection attempts of the live feed, first and
             most.
+        max_connections: connections used for commands; more concurrent commands wait for
+            a free one (up to ``timeout``, then :class:`HubUnavailable`).
     """
 
     def __init__(
@@ -196,9 +202,13 @@ class RedisBackend(Backend):
         connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
         timeout: float | None = DEFAULT_TIMEOUT,
         reconnect_delay: tuple[float, float] = DEFAULT_RECONNECT_DELAY,
+        # Limits
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         if block <= 0:
             raise ValueError("block must be positive")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         #: The Redis URL.
         self.url = url
         #: Prefix of every key.
@@ -210,7 +220,14 @@ class RedisBackend(Backend):
             # Never retry on our behalf: a publish retried after a lost reply publishes twice.
             "retry": Retry(NoBackoff(), 0),
         }
-        self._redis = aioredis.from_url(url, socket_timeout=timeout, **options)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout,
+            socket_timeout=timeout,
+            **options,
+        )
+        self._redis = aioredis.Redis.from_pool(pool)  # the client closes the pool with itself
         read_timeout = None if timeout is None else timeout + block
         self._reader = aioredis.from_url(
             url, socket_timeout=read_timeout, single_connection_client=True, **options
