@@ -189,3 +189,34 @@ async def test_listener_gets_frames_sent_with_the_handshake() -> None:
         writer.close()
     finally:
         await server.shutdown()
+
+
+async def test_common_request_fields_are_shared_between_connections() -> None:
+    seen: list[fullduplex.WebSocket] = []
+
+    class Keep(fullduplex.WebSocketListener):
+        def on_open(self, ws: fullduplex.WebSocket) -> None:
+            seen.append(ws)
+
+    app = fullduplex.App()
+    app.websocket("/keep")(Keep)
+    server = await start(app)
+    try:
+        async with wsclient.connect(url(server, "/keep")), wsclient.connect(url(server, "/keep")):
+            first, second = (ws.request.headers.items() for ws in seen)
+            assert [p[0] for p in first] == [p[0] for p in second]
+            for a, b in zip(first, second, strict=True):
+                if a[0].lower() == "sec-websocket-key":
+                    assert a is not b and a != b
+                elif a == b and a[0].lower() in ("host", "upgrade", "connection"):
+                    assert a is b  # one tuple for both connections
+            assert seen[0].request.headers["Upgrade"] == "websocket"
+            assert seen[1].request.path == "/keep"
+        server._fields.clear()
+        request = seen[0].request
+        for i in range(5000):
+            request.headers.add("Origin", f"http://o{i}")
+        server.share_fields(request)
+        assert len(server._fields) == 4096  # bounded
+    finally:
+        await server.shutdown()
