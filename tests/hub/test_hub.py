@@ -511,3 +511,19 @@ async def test_wait_waits_its_timeout_through_other_changes(make_hub: MakeHub) -
     start = loop.time()
     assert await sub.wait(0.1) == []
     assert loop.time() - start >= 0.09
+
+
+async def test_subscribing_from_the_last_seq_goes_live_without_a_replay(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    for n in range(3):
+        await hub.publish("cursor", n)
+    first = hub.subscribe("cursor")  # opens the feed: this hub now knows the last seq
+    await first.wait_started()
+    sub = hub.subscribe("cursor", since=3)
+    assert sub._task is None  # no replay task, no history read
+    assert sub.cursor == 3
+    message = await hub.publish("cursor", "next")
+    got = await asyncio.wait_for(sub.get(), 5)
+    assert isinstance(got, Message) and got.seq == message.seq == 4
+    sub.close()
+    first.close()
