@@ -537,7 +537,12 @@ class WebSocket:
         listener = self._listener
         assert listener is not None
         if self.core.state is _OPEN:
-            self._call_listener(listener.on_message, self, message)
+            # _call_listener inlined: with the same in the core's receive loop, 1,160 -> 1,040
+            # ns per 32 B listener echo in-process (stub transport, best of 7 x 200,000).
+            try:
+                listener.on_message(self, message)
+            except Exception:
+                self._listener_failed(listener.on_message)
 
     def _flush(self) -> None:
         core = self.core
@@ -561,11 +566,14 @@ class WebSocket:
         try:
             method(*args)
         except Exception:
-            logger.exception("WebSocket listener %s raised", method.__qualname__)
-            if self.core.state is _OPEN:
-                self.core.send_close(CloseCode.INTERNAL_ERROR, "internal error")
-                if not self._dispatching:
-                    self._flush()
+            self._listener_failed(method)
+
+    def _listener_failed(self, method: Any) -> None:
+        logger.exception("WebSocket listener %s raised", method.__qualname__)
+        if self.core.state is _OPEN:
+            self.core.send_close(CloseCode.INTERNAL_ERROR, "internal error")
+            if not self._dispatching:
+                self._flush()
 
     def _update_reading(self) -> None:
         queued = len(self._queue) if self._queue is not None else 0

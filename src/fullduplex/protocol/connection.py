@@ -231,6 +231,7 @@ class Connection:
         next_frame = parser.next_frame
         next_simple = parser.next_simple
         fast = self._fast_receive
+        limit = self.max_message_size
         try:
             while self._receiving:
                 # Fast path: a whole text or binary frame, outside a fragmented message, while
@@ -240,7 +241,27 @@ class Connection:
                 if fast and self._msg_opcode is None and self.state is _OPEN:
                     simple = next_simple()
                     if simple is not None:
-                        self._receive_simple(simple[0], simple[1])
+                        # Inlined rather than a method, like _call_listener in the asyncio
+                        # layer: together 1,160 -> 1,040 ns per 32 B listener echo, measured
+                        # in-process (WebSocket.data_received with a stub transport, best of 7
+                        # x 200,000).
+                        opcode, payload, _ = simple
+                        if limit is not None and len(payload) > limit:
+                            raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
+                        if opcode == _TEXT:
+                            try:
+                                message: str | bytes = payload.decode()
+                            except UnicodeDecodeError:
+                                raise InvalidUTF8() from None
+                        else:
+                            message = payload
+                        handler = self.message_handler
+                        if handler is not None:
+                            handler(message)
+                        elif opcode == _TEXT:
+                            self._events.append(TextMessage(message))  # type: ignore[arg-type]
+                        else:
+                            self._events.append(BinaryMessage(payload))
                         continue
                 frame = next_frame()
                 if frame is None:
@@ -253,25 +274,6 @@ class Connection:
                 # else: RFC 6455 1.4: after sending a close frame, data is discarded.
         except ProtocolError as exc:
             self.fail(exc.code, exc.public_reason, exc)
-
-    def _receive_simple(self, opcode: int, payload: bytes) -> None:
-        limit = self.max_message_size
-        if limit is not None and len(payload) > limit:
-            raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
-        handler = self.message_handler
-        if opcode == _TEXT:
-            try:
-                text = payload.decode()
-            except UnicodeDecodeError:
-                raise InvalidUTF8() from None
-            if handler is None:
-                self._events.append(TextMessage(text))
-            else:
-                handler(text)
-        elif handler is None:
-            self._events.append(BinaryMessage(payload))
-        else:
-            handler(payload)
 
     def receive_eof(self) -> None:
         """Tell the connection the peer closed its end of the TCP connection."""
