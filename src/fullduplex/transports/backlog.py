@@ -201,14 +201,23 @@ class Mailbox:
         """Wait until something is waiting or ``timeout`` passes; True if something is."""
         if self or self.overflowed or self.closed:
             return True
-        self._waiter = asyncio.get_running_loop().create_future()
+        # A future and a timer, not asyncio.wait_for (which adds its own future, callbacks and,
+        # on Python 3.11, a timeout context): this runs once per held long poll.
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         try:
-            await asyncio.wait_for(self._waiter, timeout)
-        except asyncio.TimeoutError:
-            return False
+            await waiter
         finally:
             self._waiter = None
-        return True
+            if timer is not None:
+                timer.cancel()
+        return bool(self or self.overflowed or self.closed)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _key_function(config: TopicConfig) -> Callable[[Message], Hashable] | None:
