@@ -772,3 +772,16 @@ def test_valid_requests_parse_at_any_boundary(data: bytes, cuts: list[int]) -> N
 def test_arbitrary_bytes_give_messages_or_our_error(data: bytes, response: bool) -> None:
     parser = ResponseParser(**_SMALL_LIMITS) if response else RequestParser(**_SMALL_LIMITS)
     run(parser, [data], True)  # raises nothing but InvalidMessage, which run() catches
+
+
+def test_headers_share_equal_fields_through_a_table() -> None:
+    table: dict[tuple[str, str], tuple[str, str]] = {}
+    first = Headers([("Host", "example.com"), ("Sec-WebSocket-Key", "abc"), ("X-A", "1")])
+    second = Headers([("Host", "example.com"), ("Sec-WebSocket-Key", "abc"), ("X-A", "1")])
+    first.share(table, {"host", "x-a"}, limit=1)  # room for one entry only
+    second.share(table, {"host", "x-a"}, limit=1)
+    assert first.items() == second.items()  # nothing changed but identity
+    assert first.items()[0] is second.items()[0]  # Host shared
+    assert first.items()[1] is not second.items()[1]  # the key is never shared
+    assert first.items()[2] is not second.items()[2]  # the table was full
+    assert list(table) == [("Host", "example.com")]

@@ -244,15 +244,7 @@ class Server:
         (tracemalloc), mostly repeating what every other connection sent. Idle connection RSS
         (5,000 connections, async API, bench/run.py's load generator): 6.32 -> 5.44 KiB.
         """
-        cache = self._fields
-        pairs = request.headers._pairs  # the list Headers reads; same names, same values
-        for i, pair in enumerate(pairs):
-            shared = cache.get(pair)
-            if shared is None:
-                if pair[0].lower() not in _SHARED_FIELDS or len(cache) >= _MAX_SHARED_FIELDS:
-                    continue
-                cache[pair] = shared = pair
-            pairs[i] = shared
+        request.headers.share(self._fields, _SHARED_FIELDS, _MAX_SHARED_FIELDS)
 
     def run_task(self, coro: Any) -> asyncio.Task[None]:
         """Run a coroutine as a task the server tracks and cancels on shutdown."""

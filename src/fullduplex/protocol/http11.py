@@ -25,7 +25,7 @@ import abc
 import http
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +140,28 @@ class Headers:
     def copy(self) -> Headers:
         """Return an independent copy."""
         return Headers._from_wire(list(self._pairs))
+
+    def share(
+        self,
+        table: dict[tuple[str, str], tuple[str, str]],
+        names: Container[str],
+        limit: int,
+    ) -> None:
+        """Replace fields by equal ones kept in ``table``, so many messages share one copy.
+
+        A server holding thousands of requests (one per open WebSocket) keeps one copy of
+        fields every client sends alike (Host, Upgrade, User-Agent...). Only fields whose
+        lowercased name is in ``names`` enter the table, and only while it has fewer than
+        ``limit`` entries. Names, values and order are unchanged.
+        """
+        pairs = self._pairs
+        for i, pair in enumerate(pairs):
+            shared = table.get(pair)
+            if shared is None:
+                if pair[0].lower() not in names or len(table) >= limit:
+                    continue
+                table[pair] = shared = pair
+            pairs[i] = shared
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
