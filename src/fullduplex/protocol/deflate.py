@@ -450,7 +450,43 @@ def _smallest(a: int | None, b: int | None) -> int | None:
     return a if b is None else min(a, b)
 
 
-class ServerPerMessageDeflateFactory(ServerExtensionFactory):
+class _FactoryOptions:
+    """The settings both factories keep, checked once.
+
+    What each means on each side is in the factories' docstrings.
+    """
+
+    def __init__(
+        self,
+        server_no_context_takeover: bool,
+        client_no_context_takeover: bool,
+        server_max_window_bits: int | None,
+        client_max_window_bits: int | None,
+        compress_level: int,
+        compress_threshold: int,
+        mem_level: int,
+    ) -> None:
+        _check_window_bits("server_max_window_bits", server_max_window_bits)
+        _check_window_bits("client_max_window_bits", client_max_window_bits)
+        _check_zlib_options(compress_level, compress_threshold, mem_level)
+        #: The server resets its compressor between messages (server: always; client:
+        #: required of the server).
+        self.server_no_context_takeover = server_no_context_takeover
+        #: The client resets its compressor between messages (server: asked of the client).
+        self.client_no_context_takeover = client_no_context_takeover
+        #: Largest server window, in bits, or None.
+        self.server_max_window_bits = server_max_window_bits
+        #: Largest client window, in bits, or None.
+        self.client_max_window_bits = client_max_window_bits
+        #: zlib compression level.
+        self.compress_level = compress_level
+        #: Size under which whole messages are sent uncompressed, in bytes.
+        self.compress_threshold = compress_threshold
+        #: zlib memLevel.
+        self.mem_level = mem_level
+
+
+class ServerPerMessageDeflateFactory(_FactoryOptions, ServerExtensionFactory):
     """Negotiates permessage-deflate on the server (RFC 7692 7.1).
 
     Args:
@@ -483,23 +519,16 @@ class ServerPerMessageDeflateFactory(ServerExtensionFactory):
         compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
         mem_level: int = DEFAULT_MEM_LEVEL,
     ) -> None:
-        _check_window_bits("server_max_window_bits", server_max_window_bits)
-        _check_window_bits("client_max_window_bits", client_max_window_bits)
-        _check_zlib_options(compress_level, compress_threshold, mem_level)
-        #: Whether the server always resets its compressor between messages.
-        self.server_no_context_takeover = server_no_context_takeover
-        #: Whether the client is asked to reset its compressor between messages.
-        self.client_no_context_takeover = client_no_context_takeover
-        #: Largest server window, in bits, or None.
-        self.server_max_window_bits = server_max_window_bits
-        #: Largest client window, in bits, or None.
-        self.client_max_window_bits = client_max_window_bits
-        #: zlib compression level.
-        self.compress_level = compress_level
-        #: Size under which whole messages are sent uncompressed, in bytes.
-        self.compress_threshold = compress_threshold
-        #: zlib memLevel.
-        self.mem_level = mem_level
+        _FactoryOptions.__init__(
+            self,
+            server_no_context_takeover,
+            client_no_context_takeover,
+            server_max_window_bits,
+            client_max_window_bits,
+            compress_level,
+            compress_threshold,
+            mem_level,
+        )
 
     def process_request_params(
         self, params: Sequence[ExtensionParameter], accepted: Sequence[Extension]
@@ -556,7 +585,7 @@ class ServerPerMessageDeflateFactory(ServerExtensionFactory):
         return _build_params(answer), extension
 
 
-class ClientPerMessageDeflateFactory(ClientExtensionFactory):
+class ClientPerMessageDeflateFactory(_FactoryOptions, ClientExtensionFactory):
     """Offers permessage-deflate on the client and checks the server's answer (RFC 7692 7.1).
 
     The offer always includes ``client_max_window_bits``, with a value when one is
@@ -591,23 +620,16 @@ class ClientPerMessageDeflateFactory(ClientExtensionFactory):
         compress_threshold: int = DEFAULT_COMPRESS_THRESHOLD,
         mem_level: int = DEFAULT_MEM_LEVEL,
     ) -> None:
-        _check_window_bits("server_max_window_bits", server_max_window_bits)
-        _check_window_bits("client_max_window_bits", client_max_window_bits)
-        _check_zlib_options(compress_level, compress_threshold, mem_level)
-        #: Whether the server is required to reset its compressor between messages.
-        self.server_no_context_takeover = server_no_context_takeover
-        #: Whether the client resets its compressor between messages.
-        self.client_no_context_takeover = client_no_context_takeover
-        #: Largest server window required, in bits, or None.
-        self.server_max_window_bits = server_max_window_bits
-        #: Largest client window, in bits, or None.
-        self.client_max_window_bits = client_max_window_bits
-        #: zlib compression level.
-        self.compress_level = compress_level
-        #: Size under which whole messages are sent uncompressed, in bytes.
-        self.compress_threshold = compress_threshold
-        #: zlib memLevel.
-        self.mem_level = mem_level
+        _FactoryOptions.__init__(
+            self,
+            server_no_context_takeover,
+            client_no_context_takeover,
+            server_max_window_bits,
+            client_max_window_bits,
+            compress_level,
+            compress_threshold,
+            mem_level,
+        )
 
     def get_request_params(self) -> list[ExtensionParameter]:
         """Return the parameters of the offer."""
