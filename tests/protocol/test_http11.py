@@ -785,3 +785,45 @@ def test_headers_share_equal_fields_through_a_table() -> None:
     assert first.items()[1] is not second.items()[1]  # the key is never shared
     assert first.items()[2] is not second.items()[2]  # the table was full
     assert list(table) == [("Host", "example.com")]
+
+
+@pytest.mark.parametrize("split", [None, 5, 40])
+def test_whole_head_fast_path_matches_line_by_line(split: int | None) -> None:
+    raw = (
+        b"POST /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nX-Room: 1\r\n"
+        b"Content-Length: 5\r\n\r\nhello"
+    )
+    results = []
+    for limits in ({}, {"max_head_size": None, "max_line_size": None, "max_header_count": None}):
+        parser = RequestParser(**limits)  # type: ignore[arg-type]
+        chunks = [raw] if split is None else [raw[:split], raw[split:]]
+        for chunk in chunks:
+            parser.feed(chunk)
+        request = parser.next_request()
+        assert request is not None
+        results.append((request.method, request.target, request.headers.items(), request.body))
+    assert results[0] == results[1]
+    assert results[0][3] == b"hello"
+
+
+def test_whole_head_fast_path_still_enforces_header_count() -> None:
+    parser = RequestParser(max_header_count=2)
+    with pytest.raises(MessageTooBig) as info:
+        parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n")
+        parser.next_request()
+    assert info.value.status == 431
+
+
+@pytest.mark.parametrize(
+    "raw", [b"GET / HTTP/1.1\nHost: x\r\n\r\n", b"GET / HTTP/1.1\r\n\n\r\n\r\n"]
+)
+def test_whole_head_with_a_bare_lf_fails_as_line_by_line(raw: bytes) -> None:
+    errors = []
+    for chunks in ([raw], [raw[i : i + 1] for i in range(len(raw))]):
+        parser = RequestParser()
+        with pytest.raises(InvalidMessage) as info:
+            for chunk in chunks:
+                parser.feed(chunk)
+            parser.next_request()
+        errors.append((type(info.value), info.value.status))
+    assert errors[0] == errors[1]
