@@ -132,23 +132,7 @@ def loadgen(
     """Run one hub load generator and return its JSON (or {"error": ...})."""
     command = [PY, str(LOADGEN), test, "--port", str(server.port), "--server-pid", str(server.pid)]
     command += ["--redis-pid", str(redis_pid)] if redis_pid else []
-    try:
-        proc = subprocess.run(
-            command + list(args),
-            capture_output=True,
-            timeout=240,
-            preexec_fn=run._pin(cpu),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": "load generator timed out after 240 s"}
-    lines = proc.stdout.decode().strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = proc.stderr.decode().strip().splitlines()[-3:]
-        return {"error": f"load generator exit {proc.returncode}: {' | '.join(tail)}"}
-    return result
+    return run.run_json([*command, *args], cpu, timeout=240)
 
 
 def measure(

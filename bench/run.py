@@ -163,16 +163,21 @@ def loadgen(test: str, server: Server, raw: bool, cpu: int | None, *args: str) -
     """Run one load generator process and return its JSON (or {"error": ...})."""
     command = [PY, str(LOADGEN), test, "--port", str(server.port), "--server-pid", str(server.pid)]
     command += ["--raw"] if raw else []
+    return run_json([*command, *args], cpu, timeout=180)
+
+
+def run_json(command: list[str], cpu: int | None, timeout: float) -> dict[str, Any]:
+    """Run a load generator pinned to ``cpu``; return the JSON of its last line or an error."""
     try:
         proc = subprocess.run(
-            command + list(args),
+            command,
             capture_output=True,
-            timeout=180,
+            timeout=timeout,
             preexec_fn=_pin(cpu),
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return {"error": "load generator timed out after 180 s"}
+        return {"error": f"load generator timed out after {timeout:g} s"}
     lines = proc.stdout.decode().strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1])

@@ -439,20 +439,9 @@ async def open_all(
     results = await asyncio.gather(*(one() for _ in range(args.clients)), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
-        await close_all(subs)
+        await lg.close_all(subs)
         raise RuntimeError(f"{len(errors)} of {args.clients} subscribers failed: {errors[0]!r}")
     return subs
-
-
-async def close_all(subs: list[Subscriber], timeout: float = 5.0) -> None:
-    for sub in subs:
-        sub.close()
-    pending = [s.lost for s in subs if not s.lost.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=timeout)
-        for sub in subs:
-            if not sub.lost.done():
-                sub.transport.abort()
 
 
 async def warm_up(
@@ -566,7 +555,7 @@ async def run_test(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.pause)
     whole = window(first, meter.take())
     closed = sum(isinstance(s, WSSubscriber) and s.closed_by_server for s in subs)
-    await close_all([*subs])
+    await lg.close_all([*subs])
     pub.transport.close()
     return {
         "test": test,

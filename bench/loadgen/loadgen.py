@@ -35,9 +35,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 # RFC 6455 1.3: the sample nonce and its accept value; every connection sends the same key.
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -360,7 +360,16 @@ async def connect_many(
     return clients
 
 
-async def close_all(clients: list[Client], timeout: float = 5.0) -> None:
+class Closable(Protocol):
+    """What close_all needs of a client: this file's Client and hub_loadgen's Subscriber."""
+
+    lost: asyncio.Future[None]
+    transport: asyncio.Transport
+
+    def close(self) -> None: ...
+
+
+async def close_all(clients: Sequence[Closable], timeout: float = 5.0) -> None:
     for client in clients:
         client.close()
     pending = [c.lost for c in clients if not c.lost.done()]
