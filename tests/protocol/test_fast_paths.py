@@ -22,6 +22,7 @@ from fullduplex.protocol.frames import (
     Frame,
     FrameParser,
     build_frame_python,
+    read_message_python,
     read_simple_frame_python,
     serialize_frame,
 )
@@ -142,6 +143,78 @@ class TestReadSimpleFrame:
             pos = len(data) - parser.buffered
 
 
+MessageFunction = Callable[..., "str | bytes | None"]
+
+
+@pytest.mark.parametrize(
+    "read", [pytest.param(read_message_python, id="python"), _param("read_message")]
+)
+class TestReadMessage:
+    """read_message: the message when the bytes are exactly one whole data message."""
+
+    def test_binary_and_text(self, read: MessageFunction) -> None:
+        assert read(masked(2, b"\x00\xff" * 16), True, -1) == b"\x00\xff" * 16
+        assert read(masked(1, "héllo €".encode()), True, -1) == "héllo €"
+        assert read(masked(1, b""), True, -1) == ""
+        assert read(serialize_frame(1, b"from the server"), False, 20) == "from the server"
+
+    @pytest.mark.parametrize("size", [125, 126, 511, 512, 513, 65535, 65536, 70001])
+    def test_every_length_encoding_and_both_text_buffers(
+        self, read: MessageFunction, size: int
+    ) -> None:
+        text = "é" * (size // 2) + "a" * (size % 2)
+        assert read(masked(1, text.encode()), True, -1) == text
+        assert read(masked(2, text.encode()), True, size) == text.encode()
+
+    def test_anything_but_exactly_one_message_is_left_to_the_parser(
+        self, read: MessageFunction
+    ) -> None:
+        one = masked(2, b"abc")
+        assert read(one + masked(2, b"d"), True, -1) is None  # two messages
+        assert read(one[:-1], True, -1) is None  # incomplete
+        assert read(one + b"\x82", True, -1) is None  # the start of another frame
+        assert read(masked(9, b"ping"), True, -1) is None  # control
+        assert read(masked(2, b"a", fin=False), True, -1) is None  # fragmented
+        assert read(masked(2, b"a", rsv=4), True, -1) is None  # reserved bit
+        assert read(serialize_frame(2, b"abc"), True, -1) is None  # unmasked from a client
+        assert read(one, False, -1) is None  # masked from a server
+        assert read(one, True, 2) is None  # over the limit
+        assert read(one, True, 3) == b"abc"
+        assert read(b"", True, -1) is None
+
+    @pytest.mark.parametrize(
+        "payload",
+        [b"\xff", b"\xc3", b"\xed\xa0\x80", b"ok\xf4\x90\x80\x80", b"x" * 600 + b"\xc0\x80"],
+    )
+    def test_invalid_utf8_is_left_to_the_parser(
+        self, read: MessageFunction, payload: bytes
+    ) -> None:
+        assert read(masked(1, payload), True, -1) is None
+        assert read(serialize_frame(1, payload), False, -1) is None
+        assert read(masked(2, payload), True, -1) == payload  # binary is not decoded
+
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.binary(max_size=140), st.booleans()),
+            min_size=1,
+            max_size=2,
+        ),
+        st.integers(min_value=-1, max_value=150),
+    )
+    def test_agrees_with_the_connection(
+        self, read: MessageFunction, frames: list[tuple[int, bytes, bool]], limit: int
+    ) -> None:
+        data = b"".join(masked(op, payload, fin=fin) for op, payload, fin in frames)
+        message = read(data, True, limit)
+        if message is None:
+            return
+        size = None if limit < 0 else limit
+        conn = Connection(Side.SERVER, max_frame_size=size, max_message_size=size)
+        conn.receive_data(data)
+        event = TextMessage(message) if isinstance(message, str) else BinaryMessage(message)
+        assert conn.events_received() == [event]
+
+
 def test_c_argument_errors() -> None:
     read = _load_c("read_simple_frame")
     build = _load_c("build_frame")
@@ -158,6 +231,14 @@ def test_c_argument_errors() -> None:
     with pytest.raises(TypeError):
         read(object(), 0, True, -1)
     assert read(b"\x82\x80" + KEY, -1, True, -1) is None
+    one = _load_c("read_message")
+    assert one is not None
+    with pytest.raises(TypeError):
+        one(b"", True)
+    with pytest.raises(TypeError):
+        one(bytearray(b"\x82\x80" + KEY), True, -1)
+    with pytest.raises(TypeError):
+        one(b"", True, None)
     with pytest.raises(TypeError):
         build(0x82)
     with pytest.raises(TypeError):
@@ -242,11 +323,51 @@ class TestReceiveFastPath:
             conn.receive_data(data[i : i + 997])
         assert conn.events_received() == [BinaryMessage(b"z" * 70000), BinaryMessage(b"next")]
 
-    def test_data_after_sending_close_is_discarded(self) -> None:
+    def test_one_message_reads_with_a_handler(self) -> None:
         conn = Connection(Side.SERVER)
+        received: list[str | bytes] = []
+        conn.message_handler = received.append
+        frame = masked(1, "é".encode() * 3)
+        conn.receive_data(frame[:3])  # a partial frame is buffered: the general path
+        conn.receive_data(frame[3:])
+        conn.receive_data(masked(2, b"one"))  # exactly one message: the one-call path
+        conn.receive_data(bytearray(masked(2, b"two")))  # not bytes: the general path
+        conn.receive_data(masked(9, b"p"))
+        assert received == ["ééé", b"one", b"two"]
+        assert conn.events_received() == [Ping(b"p")]
+
+    @pytest.mark.parametrize(
+        ("frame_limit", "message_limit"), [(None, 2), (2, None), (2, 100), (100, 2)]
+    )
+    def test_both_limits_with_a_handler(
+        self, frame_limit: int | None, message_limit: int | None
+    ) -> None:
+        conn = Connection(Side.SERVER, max_frame_size=frame_limit, max_message_size=message_limit)
+        received: list[str | bytes] = []
+        conn.message_handler = received.append
+        conn.receive_data(masked(2, b"ab"))
+        conn.receive_data(masked(2, b"abc"))
+        assert received == [b"ab"]
+        assert conn.failure is not None and conn.failure.code == 1009
+
+    def test_invalid_utf8_with_a_handler(self) -> None:
+        conn = Connection(Side.SERVER)
+        received: list[str | bytes] = []
+        conn.message_handler = received.append
+        conn.receive_data(masked(1, b"\xed\xa0\x80"))  # an encoded surrogate
+        assert received == []
+        assert conn.failure is not None and conn.failure.code == 1007
+
+    @pytest.mark.parametrize("handler", [False, True])
+    def test_data_after_sending_close_is_discarded(self, handler: bool) -> None:
+        conn = Connection(Side.SERVER)
+        received: list[str | bytes] = []
+        if handler:
+            conn.message_handler = received.append
         conn.send_close()
         conn.receive_data(masked(2, b"late"))
         assert conn.events_received() == []
+        assert received == []
 
 
 class TestSendFastPath:

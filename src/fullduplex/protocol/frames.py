@@ -28,6 +28,8 @@ __all__ = [
     "build_frame_python",
     "is_valid_close_code",
     "parse_close",
+    "read_message",
+    "read_message_python",
     "read_simple_frame",
     "read_simple_frame_python",
     "serialize_close",
@@ -228,6 +230,28 @@ def read_simple_frame_python(
     return b0 & 0x0F, bytes(buf[start:end]), end
 
 
+def read_message_python(data: bytes, require_mask: bool, max_size: int) -> str | bytes | None:
+    """Return the message if ``data`` is exactly one whole data message; pure Python.
+
+    The receive fast path of :meth:`~fullduplex.protocol.Connection.receive_data` for the
+    commonest read: :func:`read_simple_frame_python` at position 0, accepted only when the
+    frame ends where ``data`` ends, with text decoded (strict UTF-8).
+
+    Returns:
+        ``str`` for text, ``bytes`` for binary; None for anything else, invalid UTF-8
+        included, which the general parser then handles (and reports).
+    """
+    frame = read_simple_frame_python(data, 0, require_mask, max_size)
+    if frame is None or frame[2] != len(data):
+        return None
+    if frame[0] == 0x2:
+        return frame[1]
+    try:
+        return frame[1].decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def build_frame_python(first_byte: int, payload: bytes | bytearray | memoryview) -> bytes:
     """Return an unmasked frame: ``first_byte`` (FIN, RSV, opcode), length, payload; pure Python.
 
@@ -250,6 +274,11 @@ _speedups = load_speedups()
 #: :func:`read_simple_frame_python`.
 read_simple_frame: Callable[[bytes | bytearray, int, bool, int], tuple[int, bytes, int] | None] = (
     read_simple_frame_python if _speedups is None else _speedups.read_simple_frame
+)
+#: ``read_message(data, require_mask, max_size)``: the C accelerator's when built, else
+#: :func:`read_message_python`.
+read_message: Callable[[bytes, bool, int], str | bytes | None] = (
+    read_message_python if _speedups is None else _speedups.read_message
 )
 #: ``build_frame(first_byte, payload)``: the C accelerator's when built, else
 #: :func:`build_frame_python`.
