@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 import websockets.asyncio.client as wsclient
@@ -59,16 +60,21 @@ async def test_cancelled_async_for_keeps_a_message_handed_over(
         assert await asyncio.wait_for(ws.recv(), 5) == "again"
 
 
-def test_next_message_throw_forms() -> None:
-    from fullduplex.asyncio.connection import _NextMessage
-
-    nxt = _NextMessage(None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError):
-        nxt.throw(ValueError("instance"))
-    with pytest.raises(ValueError):
-        nxt.throw(ValueError, ValueError("value"))
-    with pytest.raises(ValueError):
-        nxt.throw(ValueError)
+async def test_an_abandoned_anext_frees_the_reader_slot(demo_server: fullduplex.Server) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        waiting: Any = ws.__anext__()  # a generator-based coroutine
+        assert isinstance(next(waiting), asyncio.Future)  # waiting for a message
+        with pytest.raises(RuntimeError, match="already being awaited"):
+            await ws.recv()
+        waiting.close()  # as when a suspended task is garbage-collected
+        await ws.send("after")
+        assert await asyncio.wait_for(ws.recv(), 5) == "after"
+        # A message handed over just before the generator is closed is kept too.
+        waiting = ws.__anext__()
+        next(waiting)
+        ws._deliver("kept")
+        waiting.close()
+        assert await ws.recv() == "kept"
 
 
 async def test_async_for_reads_queued_messages_then_ends_on_a_normal_close(
