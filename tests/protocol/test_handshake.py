@@ -1128,3 +1128,33 @@ def test_wsproto_permessage_deflate_both_ways() -> None:
         ws.send(wsevents.AcceptConnection(extensions=[PerMessageDeflate()]))
     )
     assert [e.name for e in client.process_response(response).extensions] == ["permessage-deflate"]
+
+
+def _decodes_to_16_bytes(key: str) -> bool:
+    """The key rule as the base64 module states it (validate=True: no stray characters)."""
+    import binascii
+
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (binascii.Error, UnicodeEncodeError):
+        return False
+
+
+@given(
+    st.one_of(
+        st.text("ABCxyz019+/=", min_size=20, max_size=28),
+        st.text(min_size=0, max_size=30),
+        st.binary(min_size=14, max_size=18).map(lambda b: base64.b64encode(b).decode()),
+    )
+)
+def test_the_key_check_is_the_base64_rule(key: str) -> None:
+    if key.strip() != key or "\x00" in key or "\r" in key or "\n" in key:
+        return  # not a header value the parser would hand over as is
+    request = make_request(("Sec-WebSocket-Key", key), drop=["Sec-WebSocket-Key"])
+    try:
+        ServerHandshake().process_request(request)
+    except InvalidHeader as exc:
+        assert "Sec-WebSocket-Key" in str(exc)
+        assert not _decodes_to_16_bytes(key)
+    else:
+        assert _decodes_to_16_bytes(key)
