@@ -18,6 +18,14 @@ Server CPU time is read two ways at every window boundary: the process CPU clock
 (``clock_gettime`` on the pid's CPU-time clock: nanoseconds, every thread) and utime+stime from
 ``/proc/<pid>/stat`` (clock ticks). With ``--perf-events``, ``perf stat`` counts those events in
 the server over exactly the same windows (enabled and disabled through its control FIFO).
+
+With ``--callgrind``, the server runs under ``valgrind --tool=callgrind --instr-atstart=no``
+(bench/run.py --callgrind starts it so) and each window also counts the instructions the server
+executed in user space (callgrind's ``Ir``, every thread), switched on, zeroed and read through
+``vgdb``. Such a server is 20-50x slower, so the echo test then measures a fixed number of
+messages (``--count``) sent after the load has stopped, rather than a time window, and every
+window ends ``--tail`` seconds after its last reply so the server finishes the work it does after
+writing that reply.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
+import shutil
 import signal
 import statistics
 import struct
@@ -139,6 +149,48 @@ class Perf:
         return counts
 
 
+class Callgrind:
+    """User-space instruction counts of a server running under callgrind, window by window.
+
+    The server must run as ``valgrind --tool=callgrind --instr-atstart=no ...``: instrumentation
+    is off outside the windows (the server then runs ~5x slower than natively, not 50x). Commands
+    go through ``vgdb`` (what ``callgrind_control`` wraps), which wakes a server blocked in
+    ``epoll_wait`` through ptrace (after 1 ms here, not vgdb's default 100 ms). A window opens
+    with ``instrumentation on`` then ``zero``, in one vgdb call, so nothing from before the
+    window is counted; it closes with ``status internal`` (the ``Ir`` count of each thread since
+    the zero: the figure a dump's ``summary:`` line gives) then ``instrumentation off``, again
+    in one call. The load generator's traffic must be stopped during those calls (~0.1 s each):
+    the tests open and close windows only when nothing is in flight.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.vgdb = shutil.which("vgdb") or "vgdb"
+
+    def _commands(self, *commands: str) -> str:
+        """Send monitor commands to the server's gdbserver, in order, in one vgdb call."""
+        argv = [self.vgdb, f"--pid={self.pid}", "--max-invoke-ms=1"]
+        for i, command in enumerate(commands):
+            argv += (["-c"] if i else []) + command.split()
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"vgdb {' / '.join(commands)}: {proc.stderr.strip()[-200:]}")
+        return proc.stdout
+
+    def start(self) -> None:
+        self._commands("instrumentation on", "zero")
+
+    def stop(self) -> dict[str, int]:
+        """Instructions executed since start(), by thread id; instrumentation off again."""
+        status = self._commands("status internal", "instrumentation off")
+        if "instrumentation: on" not in status:
+            raise RuntimeError(f"callgrind instrumentation was not on in {self.pid}")
+        counts = re.findall(r"^events-(\d+): (\d+)", status, re.MULTILINE)
+        if not counts:
+            raise RuntimeError(f"no instruction count in vgdb's answer: {status[-200:]!r}")
+        return {tid: int(n) for tid, n in counts}
+
+
 @dataclass
 class Snapshot:
     """The state of both processes at one instant."""
@@ -195,6 +247,8 @@ class Window:
     server_stat_cpu_s: float
     loadgen_cpu_s: float
     other_cpu_s: float  # CPU time of every other process on the machine
+    instructions: int | None = None  # user-space instructions of the server (--callgrind)
+    thread_instructions: dict[str, int] | None = None  # the same by thread id ("1": main)
 
     @classmethod
     def between(cls, a: Snapshot, b: Snapshot) -> Window:
@@ -221,27 +275,48 @@ class Window:
             "loadgen_cpu_percent": 100 * self.loadgen_cpu_s / self.seconds,
             "other_cpu_percent": 100 * self.other_cpu_s / self.seconds,
         }
+        if self.instructions is not None:
+            out["instructions"] = self.instructions
+            out["instructions_per_unit"] = self.instructions / count if count else None
+            out["thread_instructions"] = self.thread_instructions
         return out
 
 
 class Meter:
-    """Takes snapshots of the server (and perf counts, if asked) around measured windows."""
+    """Takes snapshots of the server (and perf or callgrind counts, if asked) around windows."""
 
-    def __init__(self, pid: int | None, perf_events: str | None) -> None:
+    def __init__(
+        self, pid: int | None, perf_events: str | None, callgrind: bool = False, tail: float = 0.0
+    ) -> None:
         self.pid = pid or os.getpid()
         self.perf = Perf(self.pid, perf_events) if perf_events and pid else None
+        self.callgrind = Callgrind(self.pid) if callgrind and pid else None
+        self.tail_seconds = tail if self.callgrind is not None else 0.0
+        self.instructions = 0  # callgrind: the sum over every window
         self._start: Snapshot | None = None
 
     def start(self) -> None:
+        if self.callgrind is not None:
+            self.callgrind.start()  # before the snapshot: its ~0.1 s is not in the window
         self._start = Snapshot.take(self.pid)
         if self.perf is not None:
             self.perf.enable()
+
+    async def tail(self) -> None:
+        """Under callgrind, let the server finish what it does after its last write."""
+        if self.tail_seconds:
+            await asyncio.sleep(self.tail_seconds)
 
     def stop(self) -> Window:
         if self.perf is not None:
             self.perf.disable()
         assert self._start is not None
-        return Window.between(self._start, Snapshot.take(self.pid))
+        window = Window.between(self._start, Snapshot.take(self.pid))
+        if self.callgrind is not None:
+            window.thread_instructions = self.callgrind.stop()
+            window.instructions = sum(window.thread_instructions.values())
+            self.instructions += window.instructions
+        return window
 
     def close(self) -> dict[str, float | None]:
         return self.perf.finish() if self.perf is not None else {}
@@ -423,6 +498,7 @@ class EchoClient(Client):
     def __init__(self, request: bytes | None) -> None:
         super().__init__(request)
         self.count = 0
+        self.quota = 2**62  # --count: replies to wait for before stopping
         self.pending = 0
         self.checking = True  # the handshake, then the first echo
         self.checker = Checker(b"")
@@ -440,7 +516,7 @@ class EchoClient(Client):
         if self.pending >= self.expect:
             self.pending -= self.expect
             self.count += 1
-            if EchoClient.running:
+            if EchoClient.running and self.count < self.quota:
                 self.transport.write(self.frame)
             else:
                 EchoClient.in_flight -= 1
@@ -460,8 +536,21 @@ class EchoClient(Client):
         self.data_received(rest)
 
 
+async def _drain(seconds: float) -> None:
+    """Wait until every echo client has its last reply (at most ``seconds``)."""
+    for _ in range(int(seconds * 100)):
+        if EchoClient.in_flight <= 0:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_echo(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
-    """N connections, one message in flight on each: the server's cost per message."""
+    """N connections, one message in flight on each: the server's cost per message.
+
+    With ``--count``, the warm-up load stops and drains, then the measured window covers exactly
+    ``--count`` messages (rounded up to a multiple of the connections), each connection sending
+    its share one after the other, and ends when the last reply is in (plus the tail).
+    """
     frame, expected = frames(args.size, target.raw)
     EchoClient.frame, EchoClient.expect = frame, len(expected)
     deadline = time.monotonic() + args.timeout
@@ -473,16 +562,33 @@ async def test_echo(args: argparse.Namespace, target: Target, meter: Meter) -> d
     for client in echo_clients:
         client.start(checker)
     await asyncio.sleep(args.warmup)
-    start = sum(c.count for c in echo_clients)
-    meter.start()
-    await asyncio.sleep(args.duration)
-    window = meter.stop()
-    count = sum(c.count for c in echo_clients) - start
-    EchoClient.running = False
-    for _ in range(200):  # let the last replies arrive (at most 2 s)
-        if EchoClient.in_flight <= 0:
-            break
-        await asyncio.sleep(0.01)
+    if args.count:
+        EchoClient.running = False
+        await _drain(args.timeout)
+        if EchoClient.in_flight > 0:
+            raise RuntimeError("the warm-up load did not drain")
+        share = -(-args.count // len(echo_clients))
+        for client in echo_clients:
+            client.count, client.quota = 0, share
+        meter.start()
+        EchoClient.running = True
+        EchoClient.in_flight = len(echo_clients)
+        for client in echo_clients:
+            client.transport.write(frame)
+        await _drain(args.timeout)
+        if EchoClient.in_flight > 0:
+            raise RuntimeError(f"the measured {args.count} messages took over {args.timeout} s")
+        await meter.tail()
+        window = meter.stop()
+        count = sum(c.count for c in echo_clients)
+    else:
+        start = sum(c.count for c in echo_clients)
+        meter.start()
+        await asyncio.sleep(args.duration)
+        window = meter.stop()
+        count = sum(c.count for c in echo_clients) - start
+        EchoClient.running = False
+        await _drain(2.0)  # let the last replies arrive
     await close_all(clients)
     if count == 0:
         raise RuntimeError("no message echoed")
@@ -606,13 +712,19 @@ async def test_broadcast(args: argparse.Namespace, target: Target, meter: Meter)
     for client in receivers:
         checker.wrap(client, make())
     rounds = []
-    for _ in range(args.rounds):
+    for i in range(-args.warmup_rounds, args.rounds):
         state.update(delivered=0, done=loop.create_future())
+        if i < 0:  # a warm-up round: not measured
+            control.transport.write(frame)
+            await asyncio.wait_for(state["done"], args.timeout)
+            await asyncio.sleep(0.1)
+            continue
         meter.start()
         sent = time.perf_counter()
         control.transport.write(frame)
         await asyncio.wait_for(state["done"], args.timeout)
         await asyncio.sleep(0.05)  # let the server return to its loop: its CPU is measured
+        await meter.tail()
         window = meter.stop()
         result = window.per(n)
         result.update(
@@ -665,6 +777,7 @@ async def test_handshake(args: argparse.Namespace, target: Target, meter: Meter)
 
     meter.start()
     await asyncio.gather(*(one() for _ in range(args.connections)))
+    await meter.tail()
     window = meter.stop()
     ok = len(times)
     result = window.per(ok)
@@ -676,6 +789,20 @@ async def test_handshake(args: argparse.Namespace, target: Target, meter: Meter)
         open_p99_ms=_percentile(ms, 99) if ms else None,
     )
     return {"handshake": result, "units": ok}
+
+
+async def test_idle(args: argparse.Namespace, target: Target, meter: Meter) -> dict[str, Any]:
+    """No connection at all for ``--duration`` seconds: what the server does on its own.
+
+    Under callgrind this is the floor under every other window (timers, background threads).
+    """
+    meter.start()
+    await asyncio.sleep(args.duration)
+    window = meter.stop()
+    result = window.per(1)
+    if window.instructions is not None:
+        result["instructions_per_s"] = window.instructions / window.seconds
+    return {"idle": result, "units": 1}
 
 
 def _percentile(sorted_values: list[float], p: float) -> float:
@@ -693,6 +820,7 @@ TESTS = {
     "memory": test_memory,
     "broadcast": test_broadcast,
     "handshake": test_handshake,
+    "idle": test_idle,
 }
 
 
@@ -705,6 +833,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--raw", action="store_true", help="raw TCP echo: no handshake")
     p.add_argument("--server-pid", type=int, help="measure this process's CPU time and RSS")
     p.add_argument("--perf-events", help="also count these perf events in the server")
+    p.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="the server runs under callgrind (--instr-atstart=no): count its instructions",
+    )
+    p.add_argument(
+        "--tail",
+        type=float,
+        default=0.3,
+        help="--callgrind: seconds each window stays open after the last reply",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help="echo: measure exactly this many messages after the warm-up (not --duration)",
+    )
     p.add_argument("--connections", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=64, help="handshakes in flight")
     p.add_argument("--size", type=int, default=32, help="message payload bytes")
@@ -713,6 +858,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--messages", type=int, default=20_000, help="round trips measured")
     p.add_argument("--warmup-messages", type=int, default=1_000)
     p.add_argument("--rounds", type=int, default=3, help="broadcast rounds")
+    p.add_argument("--warmup-rounds", type=int, default=0, help="broadcast rounds not measured")
     p.add_argument("--settle", type=float, default=1.0, help="seconds before reading RSS")
     p.add_argument("--timeout", type=float, default=60.0, help="bound on any one wait")
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
@@ -732,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvloop
 
         factory = uvloop.new_event_loop
-    meter = Meter(args.server_pid, args.perf_events)
+    meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail)
 
     async def run() -> dict[str, Any]:
         return await TESTS[args.test](args, target, meter)
@@ -753,6 +899,11 @@ def main(argv: list[str] | None = None) -> int:
             event: value / units if value is not None and units else None
             for event, value in perf_totals.items()
         }
+    if meter.callgrind is not None:
+        # Instructions counted only inside the measured windows, as perf above.
+        units = result.get("units") or 0
+        result["instructions_total"] = meter.instructions
+        result["instructions_per_unit"] = meter.instructions / units if units else None
     print(json.dumps(result))
     return 0
 
