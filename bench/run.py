@@ -1,6 +1,7 @@
 """Server benchmarks: fullduplex against other WebSocket servers, one table with ratios.
 
     python bench/run.py [--quick] [--repeat N] [--json results.json] [--servers a,b] [--tests x,y]
+    python bench/run.py --callgrind [--repeat N] [--servers a,b]
 
 Each server under test (bench/servers/) runs pinned to CPU 0; the load generator
 (bench/loadgen/loadgen.py, one uvloop process) runs pinned to CPU 1. Tests, each repeated:
@@ -17,6 +18,14 @@ Each server under test (bench/servers/) runs pinned to CPU 0; the load generator
 
 The table shows medians, the spread (half the min-max range, relative to the median) and the
 ratio to fullduplex on uvloop. Raw results go to bench/results/<time>.json (and --json).
+
+``--callgrind`` runs instead only instruction counts, for machines without hardware counters:
+each server runs under ``valgrind --tool=callgrind --instr-atstart=no`` and the load generator
+switches counting on for its windows only (see ``Callgrind`` in loadgen.py). It reports the
+user-space instructions (callgrind's ``Ir``: the server's own code, the interpreter, C
+extensions, libc; not the kernel's work in syscalls) per echoed message, per broadcast delivery,
+per handshake, and what each server does when idle. Under valgrind a server runs 20-50x slower,
+so the echo window is a fixed number of messages rather than seconds.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +111,27 @@ class Profile:
     handshake_connections: int = 2_000
 
 
+@dataclass
+class CallgrindProfile:
+    """The --callgrind run: counts are nearly deterministic, so few and small windows do."""
+
+    repeat: int = 3
+    idle_seconds: float = 1.0
+    #: One echo run with counting off before anything is counted, so that JIT compilers
+    #: (Node's) and caches are warm: counting off, a server runs at ~5x its native cost.
+    warmup_seconds: float = 3.0
+    echo_warmup: float = 1.0  # then each echo window follows this much load, counting off
+    echo_messages: int = 5_000
+    broadcast_size: int = 2_000
+    broadcast_warmup_rounds: int = 3
+    broadcast_rounds: int = 5
+    handshake_connections: int = 500
+
+
+#: How a server is started for --callgrind: counting off until the load generator's windows.
+#: The %p keeps the (tiny) dumps written at exit apart; they go to a temporary folder.
+VALGRIND = ["valgrind", "-q", "--tool=callgrind", "--instr-atstart=no"]
+
 FULL = Profile(repeat=5)
 QUICK = Profile(
     repeat=2,
@@ -121,10 +152,23 @@ def _pin(cpu: int | None) -> Callable[[], None] | None:
 
 
 class Server:
-    """A server under test, pinned to one CPU, its port read from its first line."""
+    """A server under test, pinned to one CPU, its port read from its first line.
 
-    def __init__(self, spec: ServerSpec, broadcast: bool, cpu: int | None, log: Path) -> None:
-        command = spec.command + (["--broadcast"] if broadcast else [])
+    ``wrapper`` goes before the server's command (valgrind for --callgrind); the server then
+    gets ``ready_timeout`` seconds to print its port and as long to exit when stopped.
+    """
+
+    def __init__(
+        self,
+        spec: ServerSpec,
+        broadcast: bool,
+        cpu: int | None,
+        log: Path,
+        wrapper: list[str] | None = None,
+        ready_timeout: float = 20.0,
+    ) -> None:
+        command = (wrapper or []) + spec.command + (["--broadcast"] if broadcast else [])
+        self.stop_timeout = max(5.0, ready_timeout)
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             command,
@@ -134,7 +178,7 @@ class Server:
             preexec_fn=_pin(cpu),
         )
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 20)
+        ready, _, _ = select.select([self.proc.stdout], [], [], ready_timeout)
         line = self.proc.stdout.readline() if ready else b""
         if not line.strip().isdigit():
             self.stop()
@@ -146,7 +190,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -159,11 +203,13 @@ class Server:
         self.stop()
 
 
-def loadgen(test: str, server: Server, raw: bool, cpu: int | None, *args: str) -> dict[str, Any]:
+def loadgen(
+    test: str, server: Server, raw: bool, cpu: int | None, *args: str, timeout: float = 180
+) -> dict[str, Any]:
     """Run one load generator process and return its JSON (or {"error": ...})."""
     command = [PY, str(LOADGEN), test, "--port", str(server.port), "--server-pid", str(server.pid)]
     command += ["--raw"] if raw else []
-    return run_json([*command, *args], cpu, timeout=180)
+    return run_json([*command, *args], cpu, timeout=timeout)
 
 
 def run_json(command: list[str], cpu: int | None, timeout: float) -> dict[str, Any]:
@@ -276,6 +322,77 @@ class Runner:
         raise ValueError(test)
 
 
+@dataclass
+class CallgrindRunner:
+    """Instruction counts: each server under callgrind, counting only in the measured windows.
+
+    Per server: one server process for idle, a warm-up echo run (not counted), echo and
+    handshakes (in that order: the echo runs do the first few hundred handshakes, so the
+    handshake windows do not count first-time work), and one in broadcast mode (warm-up rounds
+    first). No retries when the machine is busy: neighbours change how long a window lasts,
+    not what the server executes in it.
+    """
+
+    profile: CallgrindProfile
+    tests: list[str]
+    cpus: tuple[int | None, int | None]
+    log_dir: Path
+    out_dir: Path  # callgrind's dumps at exit (nearly empty: counting is off by then)
+
+    def server(self, spec: ServerSpec, broadcast: bool = False) -> Server:
+        wrapper = [*VALGRIND, f"--callgrind-out-file={self.out_dir / (spec.name + '.%p')}"]
+        log = self.log_dir / f"{spec.name}.log"
+        return Server(spec, broadcast, self.cpus[0], log, wrapper, ready_timeout=120)
+
+    def _run(self, spec: ServerSpec, server: Server, test: str, *args: str) -> dict[str, Any]:
+        args = (*args, "--callgrind", "--timeout", "120")
+        result = loadgen(test, server, spec.raw, self.cpus[1], *args, timeout=600)
+        if "error" not in result and result.get("check_errors"):
+            result["error"] = f"{result['check_errors']} replies differed from the expected echo"
+        if "error" in result:
+            print(f"    ! {spec.name} {test}: {result['error']}", file=sys.stderr, flush=True)
+        return result
+
+    def bench(self, spec: ServerSpec) -> dict[str, Any]:
+        p = self.profile
+        out: dict[str, list[Any]] = {}
+        handshake = "handshake" in self.tests and not spec.raw
+        if {"idle", "echo"} & set(self.tests) or handshake:
+            with self.server(spec) as server:
+                if "idle" in self.tests:
+                    _progress(spec.name, "idle", 0, 1)
+                    args = ["--duration", str(p.idle_seconds)]
+                    out["idle"] = [self._run(spec, server, "idle", *args)]
+                _progress(spec.name, "warm-up", 0, 1)
+                args = ["--connections", "100", "--size", "32", "--warmup", "0"]
+                args += ["--duration", str(p.warmup_seconds), "--timeout", "120"]
+                warmup = loadgen("echo", server, spec.raw, self.cpus[1], *args, timeout=600)
+                if "error" in warmup:
+                    raise RuntimeError(f"warm-up echo failed: {warmup['error']}")
+                for i in range(p.repeat if "echo" in self.tests else 0):
+                    _progress(spec.name, "echo", i, p.repeat)
+                    args = ["--connections", "100", "--size", "32", "--warmup", str(p.echo_warmup)]
+                    args += ["--count", str(p.echo_messages)]
+                    out.setdefault("echo", []).append(self._run(spec, server, "echo", *args))
+                for i in range(p.repeat if handshake else 0):
+                    _progress(spec.name, "handshake", i, p.repeat)
+                    args = ["--connections", str(p.handshake_connections), "--concurrency", "64"]
+                    out.setdefault("handshake", []).append(
+                        self._run(spec, server, "handshake", *args)
+                    )
+        if "broadcast" in self.tests:
+            n = p.broadcast_size
+            _progress(spec.name, f"broadcast {n}", 0, 1)
+            with self.server(spec, broadcast=True) as server:
+                args = ["--connections", str(n), "--rounds", str(p.broadcast_rounds)]
+                args += ["--warmup-rounds", str(p.broadcast_warmup_rounds)]
+                out[f"broadcast_{n}"] = [self._run(spec, server, "broadcast", *args)]
+        return out
+
+
+CALLGRIND_TESTS = ["idle", "echo", "broadcast", "handshake"]
+
+
 #: A measurement during which other processes used more than this much CPU (percent of one
 #: CPU) is repeated, at most MAX_RETRIES times; every attempt is kept in the JSON.
 OTHER_CPU_LIMIT = 25.0
@@ -304,6 +421,7 @@ class Metric:
     unit: str
     extract: Callable[[dict[str, list[Any]]], list[float]]
     lower_is_better: bool = True
+    ratio: bool = True  # show the ratio to fullduplex
 
 
 def _values(test: str, *path: str) -> Callable[[dict[str, list[Any]]], list[float]]:
@@ -425,6 +543,39 @@ def metrics(perf: bool, sizes: tuple[int, ...]) -> list[Metric]:
     return m
 
 
+def callgrind_metrics(broadcast_size: int) -> list[Metric]:
+    """The rows of a --callgrind run: user-space instructions (thousands) per unit of work."""
+    k = f"{broadcast_size // 1000}k"
+
+    def per_unit(test: str, key: str) -> Any:
+        return _scaled(_values(test, key, "instructions_per_unit"), 1e-3)
+
+    return [
+        Metric(
+            "echo_uinstr", "echo 32B x100: user instructions/msg", "k", per_unit("echo", "echo")
+        ),
+        Metric(
+            f"bcast{k}_uinstr",
+            f"broadcast {k}: user instructions/delivery",
+            "k",
+            _scaled(_rounds(f"broadcast_{broadcast_size}", "instructions_per_unit"), 1e-3),
+        ),
+        Metric(
+            "hs_uinstr",
+            "handshake: user instructions each",
+            "k",
+            per_unit("handshake", "handshake"),
+        ),
+        Metric(
+            "idle_uinstr",
+            "idle: user instructions/s",
+            "k",
+            _scaled(_values("idle", "idle", "instructions_per_s"), 1e-3),
+            ratio=False,
+        ),
+    ]
+
+
 def summarize(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
@@ -457,7 +608,7 @@ def table(summary: dict[str, dict[str, dict[str, float] | None]], ms: list[Metri
                 continue
             med = s["median"]
             spread = 100 * (s["max"] - s["min"]) / 2 / med if med else 0.0
-            ratio = f" {med / base['median']:.2f}x" if base and base["median"] else ""
+            ratio = f" {med / base['median']:.2f}x" if m.ratio and base and base["median"] else ""
             cells.append(f"{_fmt(med)} ±{spread:.0f}%{ratio}")
         rows.append((f"{m.label} ({m.unit})", cells))
     width = 2 + max(len(c) for c in [*names, *(c for _, cells in rows for c in cells)])
@@ -469,8 +620,15 @@ def table(summary: dict[str, dict[str, dict[str, float] | None]], ms: list[Metri
     return "\n".join(lines)
 
 
-def targets(summary: dict[str, dict[str, dict[str, float] | None]]) -> list[str]:
-    """The issue's targets for fullduplex, checked on medians."""
+def targets(
+    summary: dict[str, dict[str, dict[str, float] | None]], callgrind: bool = False
+) -> list[str]:
+    """The issue's targets for fullduplex, checked on medians.
+
+    With ``callgrind``, the cost targets are checked on user-space instructions (the issue's
+    figures count the kernel's instructions too) and handshakes/s >= 1.5x websockets becomes
+    instructions per handshake <= 1/1.5 of websockets'.
+    """
 
     def med(server: str, key: str) -> float | None:
         s = summary.get(server, {}).get(key)
@@ -486,6 +644,19 @@ def targets(summary: dict[str, dict[str, dict[str, float] | None]]) -> list[str]
         (f"broadcast 2k ({bcast}) <= 1.2x raw TCP", bcast, "raw-tcp", 1.2, True),
         ("handshakes/s >= 1.5x websockets", "hs_rate", "websockets", 1.5, False),
     ]
+    if callgrind:
+        checks = [
+            ("user instructions/msg <= 0.75x aiohttp", "echo_uinstr", "aiohttp", 0.75, True),
+            ("user instructions/msg <= 1.2x picows", "echo_uinstr", "picows", 1.2, True),
+            ("broadcast 2k instructions <= 1.2x raw TCP", "bcast2k_uinstr", "raw-tcp", 1.2, True),
+            (
+                "handshake instructions <= 0.67x websockets",
+                "hs_uinstr",
+                "websockets",
+                1 / 1.5,
+                True,
+            ),
+        ]
     out = []
     # The async API (BASELINE) and the WebSocketListener callback API are checked apart.
     for ours_name in (BASELINE, "fd-listener"):
@@ -579,26 +750,69 @@ def environment(perf: bool) -> dict[str, Any]:
     }
 
 
+def run_servers(
+    bench: Callable[[ServerSpec], dict[str, Any]], wanted: list[str], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """``bench(spec)`` for every wanted server that can run here; the others go to skipped."""
+    results: dict[str, Any] = {}
+    for spec in SERVERS:
+        if spec.name not in wanted:
+            continue
+        why = skipped.get(spec.name) or spec.available()
+        if why:
+            skipped[spec.name] = why
+            print(f"  {spec.name}: skipped ({why})", file=sys.stderr)
+            continue
+        try:
+            results[spec.name] = bench(spec)
+        except RuntimeError as exc:
+            skipped[spec.name] = str(exc)
+            print(f"  {spec.name}: failed ({exc})", file=sys.stderr)
+    return results
+
+
+def write_report(report: dict[str, Any], name: str, also: Path | None) -> Path:
+    """Write the raw results to bench/results/<name>.json (and ``also``); return the path."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    text = json.dumps(report, indent=1, default=str)
+    out.write_text(text)
+    if also:
+        also.write_text(text)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="shorter windows (about 5 min)")
-    parser.add_argument("--repeat", type=int, help="repetitions of each test (5; 2 with --quick)")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="only user-space instruction counts, each server under callgrind (about 10 min)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, help="repetitions of each test (5; 2 with --quick; 3 --callgrind)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
         "--servers", help="comma-separated subset: " + ",".join(s.name for s in SERVERS)
     )
-    parser.add_argument("--tests", help="comma-separated subset: " + ",".join(TESTS))
+    parser.add_argument(
+        "--tests",
+        help=f"comma-separated subset: {','.join(TESTS)} "
+        f"(--callgrind: {','.join(CALLGRIND_TESTS)})",
+    )
     args = parser.parse_args(argv)
-    profile = QUICK if args.quick else FULL
-    if args.repeat is not None:
-        if args.repeat < 1:
-            parser.error("--repeat must be at least 1")
-        profile.repeat = args.repeat
+    if args.quick and args.callgrind:
+        parser.error("--quick and --callgrind do not go together")
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    known_tests = CALLGRIND_TESTS if args.callgrind else TESTS
     wanted = args.servers.split(",") if args.servers else [s.name for s in SERVERS]
     unknown = set(wanted) - {s.name for s in SERVERS}
-    tests = args.tests.split(",") if args.tests else TESTS
-    if unknown or set(tests) - set(TESTS):
-        parser.error(f"unknown server or test: {sorted(unknown | (set(tests) - set(TESTS)))}")
+    tests = args.tests.split(",") if args.tests else known_tests
+    if unknown or set(tests) - set(known_tests):
+        parser.error(f"unknown server or test: {sorted(unknown | (set(tests) - set(known_tests)))}")
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by Node
@@ -610,36 +824,29 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "warning: fewer than 2 CPUs: server and load generator are not pinned", file=sys.stderr
         )
-    perf = perf_instructions_supported()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = RESULTS / "logs" / stamp
     log_dir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(profile, tests, "instructions" if perf else None, pinned, log_dir)
     skipped: dict[str, str] = {}
     if "node-ws" in wanted and shutil.which("npm"):
         problem = npm_ci()
         if problem:
             skipped["node-ws"] = problem
+    if args.callgrind:
+        return main_callgrind(args, tests, wanted, skipped, pinned, stamp, log_dir)
+
+    profile = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        profile.repeat = args.repeat
+    perf = perf_instructions_supported()
+    runner = Runner(profile, tests, "instructions" if perf else None, pinned, log_dir)
     started = time.monotonic()
     print(
         f"server on CPU {pinned[0]}, load generator on CPU {pinned[1]}; "
         f"perf instructions: {'yes' if perf else 'not supported here: CPU time only'}",
         file=sys.stderr,
     )
-    results: dict[str, Any] = {}
-    for spec in SERVERS:
-        if spec.name not in wanted:
-            continue
-        why = skipped.get(spec.name) or spec.available()
-        if why:
-            skipped[spec.name] = why
-            print(f"  {spec.name}: skipped ({why})", file=sys.stderr)
-            continue
-        try:
-            results[spec.name] = runner.bench(spec)
-        except RuntimeError as exc:
-            skipped[spec.name] = str(exc)
-            print(f"  {spec.name}: failed ({exc})", file=sys.stderr)
+    results = run_servers(runner.bench, wanted, skipped)
     ms = metrics(perf, profile.broadcast_sizes)
     summary = {name: {m.key: summarize(m.extract(r)) for m in ms} for name, r in results.items()}
     report = {
@@ -654,12 +861,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "raw": results,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
-    text = json.dumps(report, indent=1, default=str)
-    out.write_text(text)
-    if args.json:
-        args.json.write_text(text)
+    out = write_report(report, f"{stamp}{'-quick' if args.quick else ''}", args.json)
     print()
     print(table(summary, ms))
     print()
@@ -678,6 +880,74 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {name}: {why}")
     print("Targets (fullduplex on uvloop):")
     print("\n".join(targets(summary)))
+    print(f"raw results: {out.relative_to(BENCH.parent)}  ({report['seconds']:.0f} s)")
+    return 0
+
+
+def main_callgrind(
+    args: argparse.Namespace,
+    tests: list[str],
+    wanted: list[str],
+    skipped: dict[str, str],
+    pinned: tuple[int | None, int | None],
+    stamp: str,
+    log_dir: Path,
+) -> int:
+    """``--callgrind``: user-space instruction counts for every server, one table."""
+    for tool in ("valgrind", "vgdb"):
+        if shutil.which(tool) is None:
+            print(f"--callgrind needs {tool} (apt-get install valgrind)", file=sys.stderr)
+            return 2
+    profile = CallgrindProfile()
+    if args.repeat is not None:
+        profile.repeat = args.repeat
+    print(
+        f"server under callgrind on CPU {pinned[0]}, load generator on CPU {pinned[1]}",
+        file=sys.stderr,
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="fdbench-callgrind-") as out_dir:
+        runner = CallgrindRunner(profile, tests, pinned, log_dir, Path(out_dir))
+        results = run_servers(runner.bench, wanted, skipped)
+    ms = callgrind_metrics(profile.broadcast_size)
+    summary = {name: {m.key: summarize(m.extract(r)) for m in ms} for name, r in results.items()}
+    valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
+    report = {
+        "environment": {
+            **environment(False),
+            "valgrind": valgrind.stdout.strip(),
+            "pythonpath": os.environ.get("PYTHONPATH"),  # e.g. a clean checkout's src/
+        },
+        "profile": vars(profile),
+        "valgrind_command": VALGRIND,
+        "seconds": time.monotonic() - started,
+        "skipped": skipped,
+        "summary": summary,
+        "metrics": {
+            m.key: {"label": m.label, "unit": m.unit, "lower_is_better": m.lower_is_better}
+            for m in ms
+        },
+        "raw": results,
+    }
+    out = write_report(report, f"{stamp}-callgrind", args.json)
+    print()
+    print(table(summary, ms))
+    print()
+    print(
+        "User-space instructions of the server process (callgrind's Ir, every thread: its code, "
+        "the interpreter,\nC extensions, libc), counted only inside the measured windows; the "
+        "kernel's work in syscalls\n(TCP on loopback: most of a raw TCP echo's cost) is not "
+        "counted."
+    )
+    print(
+        f"Medians of {profile.repeat} runs ({profile.echo_messages:,} echoes, "
+        f"{profile.handshake_connections} handshakes; broadcast: {profile.broadcast_rounds} "
+        "rounds); ±: half the min-max range; ratios to fullduplex (uvloop)."
+    )
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print("Targets on user-space instructions (fullduplex on uvloop):")
+    print("\n".join(targets(summary, callgrind=True)))
     print(f"raw results: {out.relative_to(BENCH.parent)}  ({report['seconds']:.0f} s)")
     return 0
 
