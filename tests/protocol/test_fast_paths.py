@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fullduplex.protocol import BinaryMessage, Connection, Ping, Side, State, TextMessage
+from fullduplex.protocol.connection import LARGE_PAYLOAD_SIZE
 from fullduplex.protocol.extensions import Extension
 from fullduplex.protocol.frames import (
     Frame,
@@ -377,6 +378,20 @@ class TestSendFastPath:
         conn.send_binary(bytearray(b"\x00\x01"))
         assert conn.data_to_send() == b"\x81\x03h\xc3\xa9\x82\x02\x00\x01"
 
+    def test_large_payloads_are_queued_after_their_own_header(self) -> None:
+        conn = Connection(Side.SERVER)
+        big = b"b" * LARGE_PAYLOAD_SIZE
+        text = "t" * LARGE_PAYLOAD_SIZE
+        conn.send_binary(big)
+        assert conn._out[-1] is big  # not copied
+        conn.send_text(text)
+        conn.send_binary(bytearray(big))  # mutable: copied into one frame at once
+        assert len(conn._out) == 5
+        expected = (
+            serialize_frame(2, big) + serialize_frame(1, text.encode()) + serialize_frame(2, big)
+        )
+        assert conn.data_to_send() == expected
+
     def test_not_while_a_fragmented_message_is_open(self) -> None:
         conn = Connection(Side.SERVER)
         conn.send_fragment("a", final=False)
@@ -412,3 +427,146 @@ class TestGeneralPathWithAnExtension:
         conn = Connection(Side.SERVER, extensions=[_Identity()])
         conn.receive_data(masked(1, b"\xc3"))
         assert conn.failure is not None and conn.failure.code == 1007
+
+
+# -- large frames: assembled in a PayloadBuffer ---------------------------------------------------
+
+from fullduplex.protocol.frames import (  # noqa: E402
+    ASSEMBLE_MIN_SIZE,
+    PayloadBufferPython,
+    apply_mask,
+)
+
+BufferFactory = Callable[..., Any]
+
+
+@pytest.mark.parametrize(
+    "factory", [pytest.param(PayloadBufferPython, id="python"), _param("PayloadBuffer")]
+)
+class TestPayloadBuffer:
+    @pytest.mark.parametrize("key", [None, KEY])
+    def test_filled_in_pieces_at_every_key_phase(
+        self, factory: BufferFactory, key: bytes | None
+    ) -> None:
+        payload = bytes(range(256)) * 40 + b"tail"
+        wire = payload if key is None else apply_mask(payload, key)
+        buffer = factory(len(payload), key)
+        assert buffer.missing == len(payload)
+        pos = 0
+        for step in (1, 2, 3, 5, 7, 4096, 1, 6000):
+            data = b"junk" + wire[pos : pos + step]
+            taken = buffer.write(data, 4)
+            assert taken == len(data) - 4
+            pos += taken
+        assert buffer.write(b"xx" + wire[pos:] + b"next frame", 2) == len(wire) - pos
+        assert buffer.missing == 0
+        assert buffer.take() == payload
+        with pytest.raises(ValueError, match="taken"):
+            buffer.take()
+        with pytest.raises(ValueError, match="taken"):
+            buffer.write(b"x", 0)
+
+    def test_errors(self, factory: BufferFactory) -> None:
+        with pytest.raises(ValueError, match="negative"):
+            factory(-1, None)
+        with pytest.raises(ValueError, match="4 bytes"):
+            factory(10, b"abc")
+        buffer = factory(10, None)
+        with pytest.raises(ValueError, match="incomplete: 0 of 10"):
+            buffer.take()
+        for bad in (-1, 4):
+            with pytest.raises(ValueError, match="pos"):
+                buffer.write(b"abc", bad)
+        assert buffer.write(bytearray(b"abc"), 3) == 0
+        assert buffer.write(memoryview(b"0123456789ab"), 0) == 10
+        assert buffer.take() == b"0123456789"
+        empty = factory(0, KEY)
+        assert empty.missing == 0 and empty.take() == b""
+
+
+def test_c_payload_buffer_argument_errors() -> None:
+    factory = _load_c("PayloadBuffer")
+    assert factory is not None
+    with pytest.raises(TypeError):
+        factory(10)
+    with pytest.raises(TypeError):
+        factory(size=10, key=None)
+    with pytest.raises(TypeError):
+        factory(10, 1234)
+    buffer = factory(4, None)
+    with pytest.raises(TypeError):
+        buffer.write(b"x")
+    with pytest.raises(TypeError):
+        buffer.write(b"x", "0")
+    with pytest.raises(TypeError):
+        buffer.write(object(), 0)
+
+
+LARGE = ASSEMBLE_MIN_SIZE + 12345
+
+
+class TestLargeFrames:
+    """A large frame arriving in pieces is assembled; the frames come out as from one feed."""
+
+    def stream(self) -> tuple[bytes, list[Frame]]:
+        big = bytes(i % 251 for i in range(LARGE))
+        frames = [
+            Frame(2, b"small"),
+            Frame(2, big),
+            Frame(9, b"ping"),
+            Frame(1, "é".encode() * (LARGE // 2), fin=False),
+            Frame(0, b"!" * 10),
+            Frame(2, big[::-1], rsv1=True),
+            Frame(2, b"after"),
+        ]
+        data = b"".join(
+            serialize_frame(f.opcode, f.payload, fin=f.fin, rsv1=f.rsv1, mask=True, mask_key=KEY)
+            for f in frames
+        )
+        return data, frames
+
+    @pytest.mark.parametrize("chunk", [1000, 16 * 1024 + 7, 65536, 200_000, 10**7])
+    def test_any_chunking(self, chunk: int) -> None:
+        data, frames = self.stream()
+        parser = FrameParser(require_mask=True, rsv_mask=0x40)
+        got: list[Frame] = []
+        fed = 0
+        for i in range(0, len(data), chunk):
+            parser.feed(data[i : i + chunk])
+            fed += len(data[i : i + chunk])
+            while (frame := parser.next_frame()) is not None:
+                got.append(frame)
+            consumed = sum(len(serialize_frame(f.opcode, f.payload, mask=True)) for f in got)
+            assert parser.buffered == fed - consumed
+            assert parser.idle is (fed == consumed)
+        assert got == frames
+
+    def test_a_header_alone_allocates_nothing(self) -> None:
+        parser = FrameParser(require_mask=True)
+        frame = serialize_frame(2, b"z" * LARGE, mask=True, mask_key=KEY)
+        parser.feed(frame[: 14 + 16 * 1024 - 1])
+        assert parser.next_frame() is None
+        assert parser._assembly is None  # still buffered the usual way
+        parser.feed(frame[14 + 16 * 1024 - 1 : 14 + 16 * 1024])
+        assert parser.next_frame() is None
+        assert parser._assembly is not None
+        assert parser.next_simple() is None  # never reads past the frame being assembled
+        parser.feed(frame[14 + 16 * 1024 :] + masked(2, b"next"))
+        assert parser.next_simple() is None
+        assert parser.next_frame() == Frame(2, b"z" * LARGE)
+        assert parser.next_simple() == (2, b"next", 10)
+
+    def test_through_a_connection_with_a_handler(self) -> None:
+        # A read in the middle of a large payload that looks like a whole message is payload.
+        looks_like_a_message = masked(2, b"x")
+        wire = b"q" * 39_986 + looks_like_a_message + b"q" * (LARGE - 39_986 - 7)
+        frame = b"\x82\xff" + struct.pack("!Q", LARGE) + KEY + wire
+        conn = Connection(Side.SERVER, max_message_size=None, max_frame_size=None)
+        received: list[str | bytes] = []
+        conn.message_handler = received.append
+        conn.receive_data(frame[:40_000])
+        conn.receive_data(frame[40_000:40_007])
+        assert frame[40_000:40_007] == looks_like_a_message
+        assert received == []
+        conn.receive_data(frame[40_007:] + masked(1, b"then"))
+        assert received == [apply_mask(wire, KEY), "then"]

@@ -573,8 +573,14 @@ class WebSocket:
         transport = self.transport
         if out:
             core._out = []
-            if not transport.is_closing():
-                transport.write(out[0] if len(out) == 1 else b"".join(out))
+            if transport.is_closing():
+                pass
+            elif len(out) == 1:
+                transport.write(out[0])
+            else:
+                # No join: a large payload is its own piece (see LARGE_PAYLOAD_SIZE), and
+                # uvloop writes the pieces in one writev.
+                transport.writelines(out)
         if core.transport_should_close:
             # close() flushes the write buffer first; a peer that stopped reading would hold
             # it open forever, so the close timer aborts it.
