@@ -485,12 +485,13 @@ class WebSocket:
             if not waiter.done():
                 waiter.set_exception(self._end_of_messages())
         _wake(self._drain_waiter)
-        closed = self._closed_exception()
-        for _, fut in self._pings.values():
-            if not fut.done():
-                fut.set_exception(closed)
-                fut.exception()  # retrieved: an unawaited keepalive ping must not warn
-        self._pings.clear()
+        if self._pings:
+            closed = self._closed_exception()
+            for _, fut in self._pings.values():
+                if not fut.done():
+                    fut.set_exception(closed)
+                    fut.exception()  # retrieved: an unawaited keepalive ping must not warn
+            self._pings.clear()
         self._log_closed()
         if self._listener is not None:
             self._call_listener(self._listener.on_close, self)

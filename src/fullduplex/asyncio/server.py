@@ -501,6 +501,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.close()
 
     def _log_access(self, request: Request, status: int, size: int) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return  # before _peer(): a getpeername and a str per request otherwise
         access_logger.info(
             '%s "%s %s HTTP/%s" %d %d',
             self._peer(),
