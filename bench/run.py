@@ -595,7 +595,10 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}"
 
 
-def table(summary: dict[str, dict[str, dict[str, float] | None]], ms: list[Metric]) -> str:
+def table(
+    summary: dict[str, dict[str, dict[str, float] | None]], ms: list[Metric], fine: bool = False
+) -> str:
+    """Medians, spreads and ratios; ``fine`` shows spreads under 10% to a tenth of a percent."""
     names = list(summary)
     rows = []
     for m in ms:
@@ -609,7 +612,8 @@ def table(summary: dict[str, dict[str, dict[str, float] | None]], ms: list[Metri
             med = s["median"]
             spread = 100 * (s["max"] - s["min"]) / 2 / med if med else 0.0
             ratio = f" {med / base['median']:.2f}x" if m.ratio and base and base["median"] else ""
-            cells.append(f"{_fmt(med)} ±{spread:.0f}%{ratio}")
+            digits = 1 if fine and spread < 10 else 0
+            cells.append(f"{_fmt(med)} ±{spread:.{digits}f}%{ratio}")
         rows.append((f"{m.label} ({m.unit})", cells))
     width = 2 + max(len(c) for c in [*names, *(c for _, cells in rows for c in cells)])
     label_w = max(len(label) for label, _ in rows) + 1
@@ -733,8 +737,15 @@ def environment(perf: bool) -> dict[str, Any]:
         cwd=BENCH,
         check=False,
     )
+    where = subprocess.run(  # which fullduplex the servers import (PYTHONPATH may change it)
+        [PY, "-c", "import fullduplex; print(fullduplex.__file__)"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "fullduplex_imported_from": where.stdout.strip() or None,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "git_commit": commit.stdout.strip(),
         "python": platform.python_version(),
@@ -931,7 +942,7 @@ def main_callgrind(
     }
     out = write_report(report, f"{stamp}-callgrind", args.json)
     print()
-    print(table(summary, ms))
+    print(table(summary, ms, fine=True))
     print()
     print(
         "User-space instructions of the server process (callgrind's Ir, every thread: its code, "
