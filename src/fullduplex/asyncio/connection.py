@@ -98,7 +98,7 @@ class WebSocketListener:
         """The TCP connection is closed; ``ws.close_code`` and ``ws.close_reason`` are final."""
 
 
-class WebSocket:
+class WebSocket(asyncio.Protocol):
     """An open WebSocket connection, on the server or the client side.
 
     Server handlers receive one; :func:`fullduplex.connect` returns one. Iterate over it to
@@ -134,6 +134,7 @@ class WebSocket:
         "_loop",
         "_lost",
         "_low",
+        "_owner",
         "_pings",
         "_pong_deadline",
         "_queue",
@@ -217,6 +218,9 @@ class WebSocket:
         self._lost = False
         self._listener: WebSocketListener | None = None
         self._dispatching = False
+        # Told when TCP closes, if the transport calls this WebSocket directly (the server's
+        # protocol hands the transport over at the upgrade: see HTTPProtocol._upgrade).
+        self._owner: Any = None
         # Whole messages come straight from the parser, without event objects.
         core.message_handler = self._deliver
         transport.set_write_buffer_limits(high=write_limit)
@@ -463,10 +467,14 @@ class WebSocket:
             self._dispatching = False
         self._flush()
 
-    def eof_received(self) -> None:
-        """The peer closed its end of the TCP connection."""
+    def eof_received(self) -> bool:
+        """The peer closed its end of the TCP connection.
+
+        Returns True: the WebSocket closes the transport itself, after its close frame.
+        """
         self.core.receive_eof()
         self._process_events()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The TCP connection is closed."""
@@ -495,6 +503,10 @@ class WebSocket:
         self._log_closed()
         if self._listener is not None:
             self._call_listener(self._listener.on_close, self)
+        owner = self._owner
+        if owner is not None:
+            self._owner = None
+            owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
         """The transport's write buffer went above the high-water mark."""
