@@ -1158,3 +1158,13 @@ def test_the_key_check_is_the_base64_rule(key: str) -> None:
         assert not _decodes_to_16_bytes(key)
     else:
         assert _decodes_to_16_bytes(key)
+
+
+def test_the_server_header_is_checked_once_and_read_only() -> None:
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        ServerHandshake(server_header="x\r\nSet-Cookie: a=b")
+    handshake = ServerHandshake(server_header="demo/1.0")
+    assert handshake.server_header == "demo/1.0"
+    assert handshake.process_request(make_request()).response.headers["Server"] == "demo/1.0"
+    with pytest.raises(AttributeError):
+        handshake.server_header = "x\r\ny"  # type: ignore[misc]

@@ -304,11 +304,12 @@ def _has_framing(headers: Headers) -> bool:
     return "Content-Length" in headers or "Transfer-Encoding" in headers
 
 
+# Looked up once: HTTPStatus(status) is an enum call, ~3k instructions per response.
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 def _reason_phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return _REASONS.get(status, "")
 
 
 @dataclass
