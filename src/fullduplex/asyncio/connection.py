@@ -596,9 +596,12 @@ class WebSocket(asyncio.Protocol):
                 transport.writelines(out)
         if core.transport_should_close:
             # close() flushes the write buffer first; a peer that stopped reading would hold
-            # it open forever, so the close timer aborts it.
+            # it open forever, so the close timer aborts it. With nothing left to write the
+            # transport closes at once (TLS: within its own shutdown timeout): no timer to arm
+            # and cancel in the commonest case.
             transport.close()
-            self._start_close_timer()
+            if transport.get_write_buffer_size():
+                self._start_close_timer()
         elif core.close_timer_wanted:
             self._start_close_timer()
 

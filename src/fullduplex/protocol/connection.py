@@ -224,8 +224,11 @@ class Connection:
         self._fast_send = not self.extensions and fragment_size is None and not self._is_client
         # The size limit of read_message (-1: none): both limits apply to a one-frame message.
         # Like the parser's, the limits are read here, at construction.
-        limits = [n for n in (max_frame_size, max_message_size) if n is not None]
-        self._one_limit = min(limits) if limits else -1
+        if max_frame_size is None or max_message_size is None:
+            one_limit = max_message_size if max_frame_size is None else max_frame_size
+        else:
+            one_limit = min(max_frame_size, max_message_size)
+        self._one_limit = -1 if one_limit is None else one_limit
 
     # -- receiving ----------------------------------------------------------------------------
 

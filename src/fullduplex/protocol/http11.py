@@ -369,6 +369,7 @@ class _Message:
         self.url = bytearray()
         self.reason = bytearray()
         self.fields: list[tuple[str, str]] = []
+        self.hosts = 0  # Host fields, counted as they arrive (RFC 7230 5.4)
         self.body = bytearray()
         self.headers_complete = False
         self.complete = False
@@ -389,6 +390,8 @@ class _Message:
         # RFC 7230 3.2.4: OWS around the value is not part of it; llhttp strips the leading OWS.
         # Values are latin-1 (RFC 7230 3.2.4: obs-text is opaque data).
         self.fields.append((name.decode("latin-1"), value.decode("latin-1").rstrip(" \t")))
+        if len(name) == 4 and name.lower() == b"host":
+            self.hosts += 1
 
     def on_headers_complete(self) -> None:
         self.headers_complete = True
@@ -747,7 +750,7 @@ class RequestParser(_Parser):
         # RFC 7230 5.4: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field".
-        hosts = len(headers.get_all("Host"))
+        hosts = m.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing Host header" if hosts == 0 else "duplicate Host header")
         return Request(
