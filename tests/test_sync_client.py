@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +110,77 @@ def test_against_websockets_sync_server() -> None:
         finally:
             server.shutdown()
             thread.join(5)
+
+
+def test_keepalive_pings_measure_latency_against_websockets() -> None:
+    def echo(ws: wssync.ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    with wssync.serve(echo, "127.0.0.1", 0) as server:
+        port = server.socket.getsockname()[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with fullduplex.sync.connect(
+            f"ws://127.0.0.1:{port}/", ping_interval=0.05, ping_timeout=5
+        ) as ws:
+            deadline = time.monotonic() + 5
+            while ws.latency == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert 0 < ws.latency < 5
+            ws.send("still open")
+            assert ws.recv(timeout=5) == "still open"
+        server.shutdown()
+
+
+def _silent_server(received: list[bytes]) -> tuple[socket.socket, threading.Thread]:
+    """Accepts one WebSocket handshake (RFC 6455 4.2.2, by hand), then never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", head)
+            assert key is not None
+            digest = hashlib.sha1(key.group(1) + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11")
+            accept = base64.b64encode(digest.digest())
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
+            while data := conn.recv(4096):
+                received.append(data)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_a_peer_that_stops_answering_pings_is_closed_with_1011() -> None:
+    received: list[bytes] = []
+    listener, thread = _silent_server(received)
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    ws = fullduplex.sync.connect(
+        f"ws://127.0.0.1:{port}/", compression=False, ping_interval=0.1, ping_timeout=0.2
+    )
+    with pytest.raises(fullduplex.ConnectionClosedError):
+        ws.recv(timeout=10)
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 5
+    assert ws.close_code == 1011
+    thread.join(5)
+    listener.close()
+    data = b"".join(received)
+    frames = []  # (first byte, unmasked payload): every client frame is masked and short here
+    while data:
+        length = data[1] & 0x7F
+        key, payload = data[2:6], data[6 : 6 + length]
+        frames.append((data[0], bytes(b ^ key[i % 4] for i, b in enumerate(payload))))
+        data = data[6 + length :]
+    # Pings (FIN + opcode 9), then one close frame (FIN + opcode 8) with 1011 and the reason.
+    assert frames[0][0] == 0x89
+    assert frames[-1] == (0x88, (1011).to_bytes(2, "big") + b"keepalive ping timeout")
+    assert all(first == 0x89 for first, _ in frames[:-1])

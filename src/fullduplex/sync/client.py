@@ -8,7 +8,10 @@ Same names as the asyncio client, without ``await``::
 
 One background thread per connection reads the socket and feeds the sans-I/O core; received
 messages wait in a bounded queue (the reader stops reading when it is full, so TCP holds the
-peer back), and :meth:`ClientConnection.recv` takes them.
+peer back), and :meth:`ClientConnection.recv` takes them. With ``ping_interval`` set (20 s by
+default, as in the asyncio client), a second thread sends a keepalive ping at that interval and
+closes the connection with 1011 when its pong takes longer than ``ping_timeout``: a server or
+a network path that died silently is noticed, and NAT or proxy idle timeouts are kept at bay.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class ClientConnection:
         close_timeout: seconds to wait for the closing handshake.
         max_queue: received messages held before the reader thread stops reading.
         trailing: bytes received right after the handshake response.
+        ping_interval: seconds between keepalive pings, None for none.
+        ping_timeout: seconds to wait for a keepalive pong before closing with 1011, None to
+            wait forever.
     """
 
     def __init__(
@@ -74,6 +80,8 @@ class ClientConnection:
         close_timeout: float | None,
         max_queue: int,
         trailing: bytes = b"",
+        ping_interval: float | None = None,
+        ping_timeout: float | None = None,
     ) -> None:
         self.sock = sock
         self.core = core
@@ -86,6 +94,10 @@ class ClientConnection:
         #: The server's address.
         self.remote_address: Any = sock.getpeername()
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        #: Round-trip time of the last ping, in seconds (0 until one completes).
+        self.latency = 0.0
         self._messages: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
         self._lock = threading.Lock()
         self._pings: dict[bytes, tuple[float, threading.Event, list[float]]] = {}
@@ -94,6 +106,12 @@ class ClientConnection:
             target=self._read_loop, args=(trailing,), name="fullduplex-reader", daemon=True
         )
         self._reader.start()
+        self._keepalive: threading.Thread | None = None
+        if ping_interval is not None:
+            self._keepalive = threading.Thread(
+                target=self._keepalive_loop, name="fullduplex-keepalive", daemon=True
+            )
+            self._keepalive.start()
 
     @property
     def state(self) -> State:
@@ -175,9 +193,12 @@ class ClientConnection:
             self._pings[payload] = (time.monotonic(), done, result)
             self._flush()
         if not done.wait(timeout):
+            with self._lock:
+                self._pings.pop(payload, None)
             raise TimeoutError(f"no pong within {timeout}s")
         if not result:
             raise self._closed_exception()
+        self.latency = result[0]
         return result[0]
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
@@ -205,6 +226,24 @@ class ClientConnection:
                 self.sock.sendall(data)
         if self.core.transport_should_close:
             self._shutdown()
+
+    def _keepalive_loop(self) -> None:
+        interval = self.ping_interval
+        assert interval is not None
+        while not self._closed.wait(interval):
+            try:
+                self.ping(timeout=self.ping_timeout)
+            except TimeoutError:
+                # RFC 6455 7.4.1: 1011, "encountered an unexpected condition" (as the asyncio
+                # client and websockets do).
+                with self._lock:
+                    if self.core.state is not State.CLOSED:
+                        self.core.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                    self._flush()
+                self._shutdown()
+                return
+            except ConnectionClosed:
+                return
 
     def _shutdown(self) -> None:
         with contextlib.suppress(OSError):
@@ -280,10 +319,14 @@ def connect(
     max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
     max_queue: int = 16,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
 ) -> ClientConnection:
     """Open a WebSocket connection in a background thread.
 
-    Arguments mean what they mean for :func:`fullduplex.connect`.
+    Arguments mean what they mean for :func:`fullduplex.connect`: ``ping_interval`` seconds
+    between keepalive pings (None: none), ``ping_timeout`` seconds to wait for each pong before
+    closing with 1011.
 
     Raises:
         OSError: the TCP connection failed.
@@ -339,6 +382,8 @@ def connect(
             close_timeout=close_timeout,
             max_queue=max_queue,
             trailing=parser.trailing_data(),
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
         )
     except BaseException:
         sock.close()
