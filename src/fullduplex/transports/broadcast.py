@@ -36,7 +36,7 @@ from ..hub import Gap, Message, TopicConfig
 from ..protocol import CloseCode, State
 from ..protocol.frames import Opcode, serialize_frame
 from .backlog import Backlog
-from .common import EnvelopeCache, dumps, gap_envelope
+from .common import EnvelopeCache, dumps, gap_envelope, same_message
 
 __all__ = ["BACKLOG_RETRY", "FrameCache", "WebSocketSink"]
 
@@ -56,7 +56,7 @@ class FrameCache:
     def __init__(self, envelopes: EnvelopeCache | None = None) -> None:
         #: The JSON cache.
         self.envelopes = envelopes or EnvelopeCache()
-        self._last: dict[str, tuple[int, bytes]] = {}
+        self._last: dict[str, tuple[Message, bytes]] = {}
         #: Frames serialized (one per message, not per subscriber).
         self.framed = 0
 
@@ -64,7 +64,7 @@ class FrameCache:
         """The JSON text and the frame of ``message``, each built at most once."""
         text = self.envelopes.text(message)
         entry = self._last.get(message.topic)
-        if entry is not None and entry[0] == message.seq:
+        if entry is not None and same_message(entry[0], message):
             return text, entry[1]
         frame = serialize_frame(Opcode.TEXT, text.encode())
         self.framed += 1
@@ -72,7 +72,7 @@ class FrameCache:
         last.pop(message.topic, None)
         if len(last) >= self.envelopes.max_topics:
             del last[next(iter(last))]
-        last[message.topic] = (message.seq, frame)
+        last[message.topic] = (message, frame)
         return text, frame
 
 

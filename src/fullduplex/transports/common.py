@@ -43,6 +43,7 @@ __all__ = [
     "query_one",
     "query_since",
     "query_topics",
+    "same_message",
 ]
 
 #: Longest topic name, in characters (Redis keys hold more, but a name is also an SSE id part
@@ -227,20 +228,23 @@ class EnvelopeCache:
     topic's subscribers in a row, so one entry per topic is enough. At most ``max_topics``
     topics are remembered (the oldest entry goes first).
 
+    An entry is checked against the message itself, not its sequence number alone: a topic
+    reset by a broker that lost its data numbers its messages from 1 again.
+
     Args:
         max_topics: topics remembered.
     """
 
     def __init__(self, max_topics: int = 1024) -> None:
         self.max_topics = max_topics
-        self._last: dict[str, tuple[int, str]] = {}
+        self._last: dict[str, tuple[Message, str]] = {}
         #: Messages serialized (for tests and metrics: one per message, not per subscriber).
         self.encoded = 0
 
     def text(self, message: Message) -> str:
         """The JSON envelope of ``message``, serialized at most once per message."""
         entry = self._last.get(message.topic)
-        if entry is not None and entry[0] == message.seq:
+        if entry is not None and same_message(entry[0], message):
             return entry[1]
         text = dumps(message_envelope(message))
         self.encoded += 1
@@ -248,5 +252,10 @@ class EnvelopeCache:
         last.pop(message.topic, None)
         if len(last) >= self.max_topics:
             del last[next(iter(last))]
-        last[message.topic] = (message.seq, text)
+        last[message.topic] = (message, text)
         return text
+
+
+def same_message(cached: Message, message: Message) -> bool:
+    """Whether ``cached`` is ``message``: the same object (live fan-out), else equal fields."""
+    return cached is message or (cached.seq == message.seq and cached == message)
