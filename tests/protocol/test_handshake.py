@@ -1168,3 +1168,29 @@ def test_the_server_header_is_checked_once_and_read_only() -> None:
     assert handshake.process_request(make_request()).response.headers["Server"] == "demo/1.0"
     with pytest.raises(AttributeError):
         handshake.server_header = "x\r\ny"  # type: ignore[misc]
+
+
+def test_large_compressed_messages_with_wsproto_both_ways() -> None:
+    """Compressed frames over ASSEMBLE_MIN_SIZE are assembled; large sends are split."""
+    import os
+
+    from fullduplex.protocol import BinaryMessage, Connection, Side
+    from fullduplex.protocol.deflate import ServerPerMessageDeflateFactory
+
+    ws = WSConnection(ConnectionType.CLIENT)
+    data = ws.send(wsevents.Request(host="h", target="/", extensions=[PerMessageDeflate()]))
+    server = ServerHandshake(extensions=[ServerPerMessageDeflateFactory()])
+    accepted = server.process_request(parse_request(data))
+    ws.receive_data(accepted.response.serialize())
+    list(ws.events())
+    ours = Connection(Side.SERVER, extensions=accepted.extensions, max_message_size=None)
+    payload = os.urandom(300_000)  # incompressible: the compressed frame stays ~300 KB
+    wire = ws.send(wsevents.BytesMessage(data=payload))
+    assert len(wire) > 2 * 65536
+    for i in range(0, len(wire), 40_000):
+        ours.receive_data(wire[i : i + 40_000])
+    assert ours.events_received() == [BinaryMessage(payload)]
+    ours.send_binary(payload)
+    ws.receive_data(ours.data_to_send())
+    (echo,) = list(ws.events())
+    assert isinstance(echo, wsevents.BytesMessage) and echo.data == payload
