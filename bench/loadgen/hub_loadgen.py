@@ -487,6 +487,21 @@ def check_payloads(subs: list[Subscriber], test: str, topic: str, seqs: list[int
     return errors
 
 
+async def sweep(pub: HTTPClient, path: str, args: argparse.Namespace) -> None:
+    """Make the server notice the event streams and long polls just closed.
+
+    While a handler runs, the server does not read its connection, so a client's close goes
+    unseen until a write fails: without this, each SSE or long-poll test left its 1,000
+    connections open in the server (event streams forever, as heartbeats are off), and the
+    open-file limit (20,000 here) later failed the floor's 10,000 connections. One publish
+    answers the long polls (whose connections are then read again and closed); an event stream
+    needs two writes: the first draws the peer's RST, the second fails.
+    """
+    for _ in range(2):
+        await pub.json("POST", path, {"topic": args.topic, "data": {"end": True}}, args.timeout)
+        await asyncio.sleep(0.1)
+
+
 async def run_test(args: argparse.Namespace) -> dict[str, Any]:
     test = args.test
     plan = PLANS[test]
@@ -556,6 +571,8 @@ async def run_test(args: argparse.Namespace) -> dict[str, Any]:
     whole = window(first, meter.take())
     closed = sum(isinstance(s, WSSubscriber) and s.closed_by_server for s in subs)
     await lg.close_all([*subs])
+    if plan.kind != "ws":
+        await sweep(pub, plan.publish_path, args)
     pub.transport.close()
     return {
         "test": test,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from ..asyncio.router import App
 from ..hub import Hub
-from .broadcast import FrameCache, WebSocketSink
+from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
 from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, mount_sse
 from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
@@ -39,6 +39,7 @@ from .websocket import mount_websocket
 
 __all__ = [
     "EnvelopeCache",
+    "Fanout",
     "FrameCache",
     "InvalidInput",
     "OpenRequests",
@@ -62,10 +63,12 @@ class Transports:
         frames: the JSON and frame cache shared by every transport (its counters say how
             many times messages were serialized and framed).
         requests: the event streams and long polls held open.
+        fanout: the WebSocket route's connections, topic by topic.
     """
 
     frames: FrameCache
     requests: OpenRequests
+    fanout: Fanout | None = None
 
     def close(self) -> None:
         """End every event stream and long poll now (call it before a server shutdown)."""
@@ -97,13 +100,13 @@ def mount_all(
         longpoll_timeout: seconds a long poll is held.
 
     Returns:
-        The shared cache and the requests held open.
+        The shared cache, the WebSocket fan-out and the requests held open.
     """
     frames = FrameCache()
     envelopes = frames.envelopes
     held = OpenRequests()
     prefix = prefix.rstrip("/")
-    mount_websocket(
+    fanout = mount_websocket(
         app, hub, f"{prefix}/pubsub", rules=rules, frames=frames, compression=compression
     )
     mount_sse(
@@ -126,4 +129,4 @@ def mount_all(
     )
     mount_poll(app, hub, f"{prefix}/poll", rules=rules, envelopes=envelopes)
     mount_publish(app, hub, f"{prefix}/publish", rules=rules)
-    return Transports(frames, held)
+    return Transports(frames, held, fanout)

@@ -41,9 +41,9 @@ from typing import Any
 
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import App
-from ..hub import Hub, HubUnavailable, Subscription
+from ..hub import Hub, HubUnavailable
 from ..protocol import CloseCode
-from .broadcast import FrameCache, WebSocketSink
+from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import InvalidInput, TopicRules, check_since, check_topic, dumps
 
 __all__ = [
@@ -76,18 +76,18 @@ class _Session:
         self,
         ws: WebSocket,
         hub: Hub,
-        frames: FrameCache,
+        fanout: Fanout,
         rules: TopicRules,
         max_subs: int,
         on_publish: OnPublish | None,
     ) -> None:
         self.ws = ws
         self.hub = hub
+        self.fanout = fanout
         self.rules = rules
         self.max_subs = max_subs
         self.on_publish = on_publish
-        self.sink = WebSocketSink(ws, frames)
-        self.subscriptions: dict[str, Subscription] = {}
+        self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.release)
 
     async def handle(self, text: str) -> None:
         try:
@@ -132,20 +132,18 @@ class _Session:
             raise _ProtocolAbuse("too many subscriptions")
         backlog = sink.add(topic, self.hub.config(topic), since)
         try:
-            self.subscriptions[topic] = self.hub.subscribe(
-                topic, since=since, on_message=sink.callback(backlog)
-            )
+            self.fanout.subscribe(sink, backlog, since)
         except ValueError:
             sink.remove(topic)
             raise InvalidInput("unknown topic") from None
 
     def unsubscribe(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
-        subscription = self.subscriptions.pop(topic, None)
-        if subscription is None:
+        backlog = self.sink.topics.get(topic)
+        if backlog is None:
             raise InvalidInput("not subscribed")
+        self.fanout.unsubscribe(backlog)
         self.sink.remove(topic)
-        subscription.close()
 
     async def publish(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
@@ -161,11 +159,14 @@ class _Session:
         except HubUnavailable:
             raise InvalidInput("hub unavailable") from None
 
+    def release(self, sink: WebSocketSink | None = None) -> None:
+        """Leave every topic's fan-out (at the end, or when closed as a slow consumer)."""
+        for backlog in self.sink.topics.values():
+            self.fanout.unsubscribe(backlog)
+
     def close(self) -> None:
+        self.release()
         self.sink.close()
-        for subscription in self.subscriptions.values():
-            subscription.close()
-        self.subscriptions.clear()
 
 
 def mount_websocket(
@@ -182,7 +183,7 @@ def mount_websocket(
     # Limits
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
-) -> None:
+) -> Fanout:
     """Serve the topic protocol (see the module docstring) at ``path``.
 
     Args:
@@ -201,9 +202,12 @@ def mount_websocket(
         on_disconnect: awaited when a connection ends (e.g. to announce a leave).
         max_subscriptions: topics one connection may subscribe to (1008 above it).
         max_message_size: largest client message (1009 above it), None for no limit.
+
+    Returns:
+        The route's fan-out: its connections, topic by topic.
     """
     topic_rules = rules or TopicRules()
-    cache = frames or FrameCache()
+    fanout = Fanout(hub, frames or FrameCache())
 
     @app.websocket(
         path,
@@ -213,7 +217,7 @@ def mount_websocket(
         max_frame_size=max_message_size,
     )
     async def pubsub(ws: WebSocket) -> None:
-        session = _Session(ws, hub, cache, topic_rules, max_subscriptions, on_publish)
+        session = _Session(ws, hub, fanout, topic_rules, max_subscriptions, on_publish)
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -226,3 +230,5 @@ def mount_websocket(
             session.close()
             if on_disconnect is not None:
                 await on_disconnect(ws)
+
+    return fanout
