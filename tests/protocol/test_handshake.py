@@ -1171,7 +1171,7 @@ def test_the_server_header_is_checked_once_and_read_only() -> None:
 
 
 def test_large_compressed_messages_with_wsproto_both_ways() -> None:
-    """Compressed frames over ASSEMBLE_MIN_SIZE are assembled; large sends are split."""
+    """Compressed frames over ASSEMBLE_MIN_SIZE are assembled in a PayloadBuffer, then inflated."""
     import os
 
     from fullduplex.protocol import BinaryMessage, Connection, Side
