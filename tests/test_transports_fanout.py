@@ -17,6 +17,7 @@ from fullduplex.asyncio.connection import WebSocket
 from fullduplex.hub import Gap, Hub, Policy, TopicConfig
 from fullduplex.protocol import Connection, Side, State
 from fullduplex.protocol.http11 import Headers, Request, Response
+from fullduplex.transports import broadcast
 from fullduplex.transports.broadcast import Fanout, FrameCache, WebSocketSink
 
 LIMIT = 1024
@@ -241,10 +242,49 @@ async def test_a_stalled_member_gets_a_backlog_the_others_do_not_wait(hub: Hub) 
     assert slow.seqs() == [1]
     assert slow.sink.dropped == 3
     slow.drain()
-    await asyncio.sleep(0.2)  # the backlog timer
+    await asyncio.sleep(0)  # the backlog task runs once, woken by resume_writing
+    await asyncio.sleep(0)
     assert slow.seqs() == [1, (1, 5), 5, 6, 7]
+    assert slow.sink._flusher is None  # done: no task once the backlog is empty
     await publish(hub, "t", 1)
     assert slow.seqs()[-1] == 8
+
+
+async def test_backlog_is_written_on_resume_not_on_a_timer(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(broadcast, "BACKLOG_RETRY", 3600.0)  # a poll would never come
+    fanout = fanout_of(hub)
+    client = Client(fanout)
+    client.subscribe("t")
+    client.stall()
+    await publish(hub, "t", 3)
+    flusher = client.sink._flusher
+    assert flusher is not None and not flusher.done()
+    await asyncio.sleep(0.05)
+    assert client.seqs() == []  # still paused: nothing written, nothing polled
+    loop = asyncio.get_running_loop()
+    resumed = loop.time()
+    client.drain()
+    await asyncio.wait_for(flusher, 1.0)
+    assert loop.time() - resumed < 0.5
+    assert client.seqs() == [1, 2, 3]
+
+
+async def test_idle_and_keeping_up_connections_have_no_task(hub: Hub) -> None:
+    fanout = fanout_of(hub)
+    before = len(asyncio.all_tasks())
+    clients = [Client(fanout) for _ in range(20)]
+    for client in clients:
+        client.subscribe("t")
+    await publish(hub, "t", 3)
+    assert len(asyncio.all_tasks()) == before
+    clients[0].stall()
+    await publish(hub, "t", 1)
+    assert len(asyncio.all_tasks()) == before + 1  # only while a backlog exists
+    clients[0].drain()
+    await asyncio.sleep(0.01)
+    assert len(asyncio.all_tasks()) == before
 
 
 async def test_disconnect_policy_closes_1013_and_leaves_the_loop(hub: Hub) -> None:

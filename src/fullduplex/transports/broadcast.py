@@ -23,12 +23,13 @@ is being sent on it, and its transport's write buffer is at or below its high-wa
 (the server's ``write_limit``). Otherwise the message waits in the topic's
 :class:`~fullduplex.transports.backlog.Backlog` (at most ``queue_size`` messages, under the
 topic's :class:`~fullduplex.hub.Policy`: drop-oldest with a gap, conflate, or disconnect), and
-the backlog is retried by a loop timer every :data:`BACKLOG_RETRY` seconds while not empty
-(``WebSocket`` has no public drain callback). Under ``disconnect``, a full backlog closes the
-connection with 1013 (try again later): the client is healthy but slower than the feed, and may
-reconnect and resume from its cursor (``{"op":"subscribe","since":N}``). So a slow connection
-holds at most its write buffer plus ``queue_size`` messages per topic, and never delays the
-others: a write to a transport never blocks.
+while a backlog is not empty, one task per such connection awaits ``ws.wait_drain()`` (the
+transport's ``resume_writing``) and writes the backlog: an idle or keeping-up connection has no
+task and no timer. Under ``disconnect``, a full backlog closes the connection with 1013 (try
+again later): the client is healthy but slower than the feed, and may reconnect and resume from
+its cursor (``{"op":"subscribe","since":N}``). So a slow connection holds at most its write
+buffer plus ``queue_size`` messages per topic, and never delays the others: a write to a
+transport never blocks.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from collections.abc import Callable
 
 from ..asyncio.connection import DEFAULT_WRITE_LIMIT, WebSocket
 from ..hub import CLOSED, Gap, Hub, Message, Subscription, TopicConfig
-from ..protocol import CloseCode, Connection, State
+from ..protocol import CloseCode, Connection, ConnectionClosed, State
 from ..protocol.frames import Opcode, serialize_frame
 from .backlog import Backlog
 from .common import EnvelopeCache, dumps, gap_envelope, same_message
@@ -48,7 +49,9 @@ __all__ = ["BACKLOG_RETRY", "Fanout", "FrameCache", "WebSocketSink"]
 
 logger = logging.getLogger("fullduplex.transports")
 
-#: Seconds between attempts to flush a slow connection's backlog.
+#: Seconds between attempts to write a backlog when the connection is not paused yet cannot
+#: take a frame (a fragmented send in progress: the core has no event for its end). A paused
+#: connection is resumed by its transport instead (``ws.wait_drain()``).
 BACKLOG_RETRY = 0.05
 
 _OPEN = State.OPEN
@@ -96,7 +99,7 @@ class WebSocketSink:
         on_slow: called once when the connection is closed as a slow consumer.
     """
 
-    __slots__ = ("_limit", "_on_slow", "_timer", "dropped", "frames", "slow", "topics", "ws")
+    __slots__ = ("_flusher", "_limit", "_on_slow", "dropped", "frames", "slow", "topics", "ws")
 
     def __init__(
         self,
@@ -116,7 +119,9 @@ class WebSocketSink:
         #: True once closed as a slow consumer.
         self.slow = False
         self._on_slow = on_slow
-        self._timer: asyncio.TimerHandle | None = None
+        # The task writing backlogs as the write buffer drains; None while every backlog is
+        # empty (an idle connection has no task: ~5 KiB per idle connection is the budget).
+        self._flusher: asyncio.Task[None] | None = None
         try:
             self._limit = ws.transport.get_write_buffer_limits()[1]
         except (AttributeError, NotImplementedError):  # pragma: no cover - exotic transports
@@ -141,8 +146,8 @@ class WebSocketSink:
         return on_message
 
     def close(self) -> None:
-        """Stop delivering: cancel the backlog timer, forget every topic."""
-        self._stop_timer()
+        """Stop delivering: stop writing backlogs, forget every topic."""
+        self._stop_flusher()
         self.topics.clear()
 
     # -- delivery -----------------------------------------------------------------------------
@@ -170,8 +175,8 @@ class WebSocketSink:
             self._close_slow()
             return
         self.dropped = sum(b.dropped for b in self.topics.values())
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(BACKLOG_RETRY, self._flush)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_when_drained())
 
     def _write(self, item: Message | Gap) -> None:
         if isinstance(item, Gap):
@@ -192,10 +197,10 @@ class WebSocketSink:
         ws.messages_out += 1
         ws.bytes_out += len(text)
 
-    def _flush(self) -> None:
-        self._timer = None
+    def _write_backlogs(self) -> bool:
+        """Write what the connection takes now; True if something still waits."""
         if self.slow or self.ws.core.state is not _OPEN:
-            return
+            return False
         waiting = False
         for backlog in list(self.topics.values()):
             while backlog and self.writable():
@@ -203,20 +208,40 @@ class WebSocketSink:
                 if item is not None:
                     self._write(item)
             waiting = waiting or bool(backlog)
-        if waiting:
-            self._timer = asyncio.get_running_loop().call_later(BACKLOG_RETRY, self._flush)
+        return waiting
 
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    async def _flush_when_drained(self) -> None:
+        # Runs only while a backlog is not empty. The transport's resume_writing (below its
+        # low-water mark) ends wait_drain(), instead of a 50 ms timer that kept polling: a
+        # backlog now goes out as soon as the socket takes it.
+        ws = self.ws
+        try:
+            while self._write_backlogs():
+                if ws.writable:
+                    # Not paused, yet not writable (a fragmented send, a transport closing):
+                    # no event says when that ends, so look again later.
+                    await asyncio.sleep(BACKLOG_RETRY)
+                else:
+                    await ws.wait_drain()
+        except ConnectionClosed:
+            pass
+        except Exception:  # pragma: no cover - a bug: log it rather than lose it in the task
+            logger.exception("writing the backlog of %s failed", ws.request.path)
+        finally:
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
+
+    def _stop_flusher(self) -> None:
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.cancel()
 
     def _close_slow(self) -> None:
         if self.slow:
             return
         self.slow = True
         logger.info("closing slow WebSocket consumer on %s with 1013", self.ws.request.path)
-        self._stop_timer()
+        self._stop_flusher()
         # The close frame waits behind the full buffer; fail() closes TCP after flushing what
         # it can, and the connection's close timer aborts it if the peer never reads.
         self.ws.fail(CloseCode.TRY_AGAIN_LATER, "slow consumer")

@@ -107,16 +107,20 @@ class _Session:
             else:
                 raise InvalidInput("unknown op")
         except InvalidInput as exc:
-            await self.error(str(exc), op, request.get("topic"))
+            self.error(str(exc), op, request.get("topic"))
 
-    async def error(self, message: str, op: object, topic: object) -> None:
+    def error(self, message: str, op: object, topic: object) -> None:
         reply: dict[str, Any] = {"error": message}
         if isinstance(op, str) and len(op) <= 32:
             reply["op"] = op
         if isinstance(topic, str):
             with contextlib.suppress(InvalidInput):
                 reply["topic"] = check_topic(topic)
-        await self.ws.send(dumps(reply))
+        # send_nowait, not send: the sink's backlog task is then the only one waiting for
+        # the write buffer to drain (WebSocket.wait_drain() wakes a single waiter). Bounded
+        # all the same: while the buffer is over write_limit the connection stops reading,
+        # so no more requests, hence no more replies, come in.
+        self.ws.send_nowait(dumps(reply))
 
     def subscribe(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
