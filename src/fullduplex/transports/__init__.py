@@ -32,13 +32,14 @@ from ..asyncio.router import App
 from ..hub import Hub
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
-from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, mount_sse
+from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, EventCache, mount_sse
 from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
 from .publish import mount_publish
 from .websocket import mount_websocket
 
 __all__ = [
     "EnvelopeCache",
+    "EventCache",
     "Fanout",
     "FrameCache",
     "InvalidInput",
@@ -64,11 +65,14 @@ class Transports:
             many times messages were serialized and framed).
         requests: the event streams and long polls held open.
         fanout: the WebSocket route's connections, topic by topic.
+        events: the encoded SSE events shared by every event stream (its counter says how
+            many times events were encoded).
     """
 
     frames: FrameCache
     requests: OpenRequests
     fanout: Fanout | None = None
+    events: EventCache | None = None
 
     def close(self) -> None:
         """End every event stream and long poll now (call it before a server shutdown)."""
@@ -100,10 +104,11 @@ def mount_all(
         longpoll_timeout: seconds a long poll is held.
 
     Returns:
-        The shared cache, the WebSocket fan-out and the requests held open.
+        The shared caches, the WebSocket fan-out and the requests held open.
     """
     frames = FrameCache()
     envelopes = frames.envelopes
+    events = EventCache(envelopes)
     held = OpenRequests()
     prefix = prefix.rstrip("/")
     fanout = mount_websocket(
@@ -114,7 +119,7 @@ def mount_all(
         hub,
         f"{prefix}/sse",
         rules=rules,
-        envelopes=envelopes,
+        events=events,
         requests=held,
         heartbeat_interval=heartbeat_interval,
     )
@@ -129,4 +134,4 @@ def mount_all(
     )
     mount_poll(app, hub, f"{prefix}/poll", rules=rules, envelopes=envelopes)
     mount_publish(app, hub, f"{prefix}/publish", rules=rules)
-    return Transports(frames, held, fanout)
+    return Transports(frames, held, fanout, events)
