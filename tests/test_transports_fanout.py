@@ -327,3 +327,23 @@ async def test_hub_gap_reaches_every_member_with_its_cursor(hub: Hub) -> None:
     assert a.seqs() == [1, 2, (2, 5), 5]
     assert b.seqs() == [(2, 5), 5]
     assert a.sink.topics["t"].sent == b.sink.topics["t"].sent == 5
+
+
+async def test_a_replaying_connection_closed_as_slow_leaves_cleanly(
+    hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub.configure("t", TopicConfig(queue_size=2, policy=Policy.DISCONNECT))
+    fanout = fanout_of(hub)
+    await publish(hub, "t", 3)
+    live = Client(fanout)
+    live.subscribe("t")  # the loop stands at 3
+    slow = Client(fanout)
+    slow.stall()
+    slow.subscribe("t", since=0)  # replays 1-3: overflows on 3, where the loop stands
+    await asyncio.sleep(0.05)
+    assert slow.ws.core.close_sent == (1013, "slow consumer")
+    assert fanout.subscribers("t") == 1
+    assert hub_subscriptions(hub, "t") == 1
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    await publish(hub, "t", 1)
+    assert live.seqs() == [4]

@@ -362,6 +362,8 @@ class _TopicFanout:
             if entry is None:
                 return  # joined the loop (or left): what the replay still passes is old
             sink.deliver(backlog, item)
+            if self.joining.get(backlog) is not entry:
+                return  # it left meanwhile (closed as a slow consumer)
             own = self.subscription
             # The loop already passed this item on (it comes first in the hub's order).
             if own.started and own.cursor == entry[1].cursor and entry[1].started:
