@@ -399,7 +399,8 @@ class _TopicFanout:
             # Measured: 17,100 -> 3,410 user-space instructions per delivery (callgrind,
             # 1,000 connections on Python null transports); 1,340 -> 210 ns in-process with
             # 10,000 (broadcast(): 200-250 ns); bench/hub_bench.py, /pubsub 10k on the memory
-            # hub: 12.7 -> 9.3 us of server CPU per delivery, the broadcast() floor's 9.4.
+            # hub: 12.5 -> 9.55 us of server CPU per delivery, the broadcast() floor's 9.1-9.55
+            # (medians of 27 publishes, docs/transports.md).
             # Subscribed, a connection also costs 655 B per topic instead of 1,192 (tracemalloc):
             # no Subscription and no closure of its own.
             for member in members:
