@@ -739,9 +739,9 @@ def broadcast(websockets: Iterable[WebSocket], message: Data) -> int:
     sent = 0
     for ws in websockets:
         core = ws.core
-        # Private fields of the same package rather than properties: a Python call less per
-        # connection (core._send_opcode is core.sending_fragmented).
-        if core.state is not _OPEN or core._send_opcode is not None or ws._write_paused or ws._lost:
+        # Attributes, no property: a Python call per connection costs ~670 of ~3.4k user-space
+        # instructions per delivery (callgrind).
+        if core.state is not _OPEN or core.sending_fragmented or ws._write_paused or ws._lost:
             continue
         if not core._fast_send:
             # An extension (its own compressor), a client (masked frames) or fragment_size.

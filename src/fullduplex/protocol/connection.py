@@ -146,6 +146,7 @@ class Connection:
         "max_frame_size",
         "max_message_size",
         "message_handler",
+        "sending_fragmented",
         "side",
         "state",
         "stream_messages",
@@ -211,6 +212,11 @@ class Connection:
         self._decoder: codecs.IncrementalDecoder | None = None
         # Sending: the opcode of a message being sent with send_fragment, or None.
         self._send_opcode: int | None = None
+        #: True while a message started with :meth:`send_fragment` is unfinished (read-only).
+        #: No other data frame may be sent until it ends (RFC 6455 5.4: fragments of different
+        #: messages must not be interleaved); a broadcaster writing prepared frames checks it.
+        #: An attribute, not a property: broadcasters read it once per connection per message.
+        self.sending_fragmented = False
         self._send_compress = True
         #: Called with each whole received message (``str`` or ``bytes``) instead of queueing
         #: a :class:`TextMessage` / :class:`BinaryMessage` event, when set (None: events).
@@ -337,15 +343,6 @@ class Connection:
             return b""
         self._out = []
         return out[0] if len(out) == 1 else b"".join(out)
-
-    @property
-    def sending_fragmented(self) -> bool:
-        """True while a message started with :meth:`send_fragment` is unfinished.
-
-        No other data frame may be sent until it ends (RFC 6455 5.4: fragments of different
-        messages must not be interleaved); a broadcaster writing prepared frames checks this.
-        """
-        return self._send_opcode is not None
 
     @property
     def close_code(self) -> int:
@@ -565,6 +562,7 @@ class Connection:
         if self._send_opcode is None:
             self._send_compress = compress
             self._send_opcode = opcode
+            self.sending_fragmented = True
             frame_opcode = int(opcode)
         elif self._send_opcode != opcode:
             raise LocalProtocolError("fragment type differs from the message being sent")
@@ -572,6 +570,7 @@ class Connection:
             frame_opcode = Opcode.CONT
         if final:
             self._send_opcode = None
+            self.sending_fragmented = False
         self._send_data_frame(Frame(frame_opcode, payload, final), self._send_compress)
 
     def send_ping(self, payload: bytes = b"") -> None:
