@@ -318,3 +318,54 @@ async def test_wait_drain_and_writable() -> None:
         }
     finally:
         await server.shutdown()
+
+
+@pytest.mark.parametrize("peer", ["reads", "goes away"])
+async def test_every_drain_waiter_wakes(peer: str) -> None:
+    app = fullduplex.App()
+    results: list[str] = []
+    waiting = asyncio.Event()
+
+    @app.websocket("/drain")
+    async def drain(ws: fullduplex.WebSocket) -> None:
+        ws.core.send_binary(b"y" * 8_000_000)  # straight into the buffer, past write_limit
+        ws._flush()
+
+        async def wait(name: str) -> None:
+            try:
+                await ws.wait_drain()
+                results.append(f"{name} drained")
+            except fullduplex.ConnectionClosed:
+                results.append(f"{name} closed")
+
+        tasks = [asyncio.create_task(wait(name)) for name in ("a", "b", "c")]
+        await asyncio.sleep(0.05)
+        tasks[1].cancel()  # one waiter gives up: the others still wake
+        waiting.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    server = await start(app, write_limit=16 * 1024)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(HANDSHAKE.format(path="/drain", key=key).encode())
+        await asyncio.wait_for(waiting.wait(), 5)
+        await asyncio.sleep(0.1)
+        assert results == []  # all still waiting
+        if peer == "reads":
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await asyncio.wait_for(read_frame(reader), 10)
+        else:
+            writer.transport.abort()
+        for _ in range(100):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.05)
+        outcome = "drained" if peer == "reads" else "closed"
+        assert sorted(results) == [f"a {outcome}", f"c {outcome}"]
+        writer.close()
+    finally:
+        await server.shutdown()

@@ -126,7 +126,7 @@ class WebSocket(asyncio.Protocol):
         "_close_timer",
         "_closed",
         "_dispatching",
-        "_drain_waiter",
+        "_drain_waiters",
         "_fragments",
         "_high",
         "_keepalive",
@@ -206,7 +206,8 @@ class WebSocket(asyncio.Protocol):
         self._high = max_queue
         self._low = max(1, max_queue // 4)
         self._recv_waiter: asyncio.Future[Data] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        # One future per coroutine waiting for the write buffer to drain (None: no waiter).
+        self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._write_paused = False
         self._read_paused = False
         self._fragments: list[Data] | None = None
@@ -492,7 +493,7 @@ class WebSocket(asyncio.Protocol):
             self._recv_waiter = None
             if not waiter.done():
                 waiter.set_exception(self._end_of_messages())
-        _wake(self._drain_waiter)
+        self._wake_drain_waiters()
         if self._pings:
             closed = self._closed_exception()
             for _, fut in self._pings.values():
@@ -516,7 +517,7 @@ class WebSocket(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The transport's write buffer went below the low-water mark."""
         self._write_paused = False
-        _wake(self._drain_waiter)
+        self._wake_drain_waiters()
         self._update_reading()
 
     # -- internals ----------------------------------------------------------------------------
@@ -638,13 +639,25 @@ class WebSocket(asyncio.Protocol):
 
     async def _wait_drain(self) -> None:
         while self._write_paused and not self._lost:
-            self._drain_waiter = self._loop.create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            if self._drain_waiters is None:
+                self._drain_waiters = []
+            self._drain_waiters.append(waiter)
             try:
-                await self._drain_waiter
+                await waiter
             finally:
-                self._drain_waiter = None
+                if self._drain_waiters is not None and waiter in self._drain_waiters:
+                    self._drain_waiters.remove(waiter)  # cancelled: not woken
         if self._lost:
             raise self._closed_exception()
+
+    def _wake_drain_waiters(self) -> None:
+        waiters = self._drain_waiters
+        if waiters is not None:
+            self._drain_waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _send_ping(self, data: bytes) -> asyncio.Future[float]:
         self.core.send_ping(data)
@@ -756,9 +769,6 @@ def broadcast(websockets: Iterable[WebSocket], message: Data) -> int:
     return sent
 
 
-def _wake(fut: asyncio.Future[None] | None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(None)
 
 
 def _join(parts: list[Data]) -> Data:
