@@ -245,3 +245,75 @@ async def test_upgrade_to_an_http_route_is_answered_then_closed(
     status, headers, _ = split(await http(demo_server.port, raw))  # returns at EOF
     assert status.startswith("HTTP/1.1 200")
     assert headers["connection"] == "close"
+
+
+async def test_a_client_that_leaves_ends_its_long_poll_and_its_silent_stream_at_once() -> None:
+    """No write is needed to notice: the connection reads on during a handler, for EOF."""
+    app = fullduplex.App()
+    ended: dict[str, float] = {}
+
+    @app.get("/poll")
+    async def poll(request: object) -> dict[str, str]:
+        try:
+            await asyncio.sleep(30)  # a long poll with nothing to say
+        finally:
+            ended["poll"] = asyncio.get_running_loop().time()
+        return {}  # pragma: no cover - cancelled first
+
+    async def silence() -> AsyncIterator[bytes]:
+        try:
+            yield b": hello\n\n"
+            await asyncio.sleep(30)  # an event stream with no event and no heartbeat
+            yield b"never"  # pragma: no cover
+        finally:
+            ended["stream"] = asyncio.get_running_loop().time()
+
+    @app.get("/stream")
+    def stream(request: object) -> fullduplex.StreamingResponse:
+        headers = fullduplex.protocol.http11.Headers([("Content-Type", "text/event-stream")])
+        return fullduplex.StreamingResponse(200, headers, silence())
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        for path in ("/poll", "/stream"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            if path == "/stream":
+                await asyncio.wait_for(reader.readuntil(b"hello\n\n\r\n"), 5)
+            else:
+                await asyncio.sleep(0.1)
+            left = asyncio.get_running_loop().time()
+            writer.close()
+            for _ in range(100):
+                if path.strip("/") in ended:
+                    break
+                await asyncio.sleep(0.02)
+            assert ended[path.strip("/")] - left < 1
+        assert not server.connections
+    finally:
+        await server.shutdown()
+
+
+async def test_a_request_pipelined_during_a_slow_handler_is_answered_after_it() -> None:
+    app = fullduplex.App()
+
+    @app.get("/slow")
+    async def slow(request: object) -> dict[str, str]:
+        await asyncio.sleep(0.2)
+        return {"answer": "slow"}
+
+    @app.get("/fast")
+    async def fast(request: object) -> dict[str, str]:
+        return {"answer": "fast"}
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)  # the slow handler runs: these bytes wait for it
+        writer.write(b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\nNOT HTTP\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.index(b'"slow"') < answer.index(b'"fast"') < answer.index(b" 400 ")
+        writer.close()
+    finally:
+        await server.shutdown()

@@ -261,6 +261,7 @@ class HTTPProtocol(asyncio.Protocol):
         "_drain_waiter",
         "_handler_task",
         "_idle",
+        "_pending",
         "_timer",
         "_write_paused",
         "busy",
@@ -288,6 +289,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._idle = False
+        # Bytes that arrived while a handler ran (a pipelined request), parsed after it.
+        self._pending: bytes | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -299,6 +302,13 @@ class HTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes of HTTP requests arrived (once upgraded, the transport calls the WebSocket)."""
+        if self.busy:
+            # The connection reads on while a handler runs, to notice a client that goes away
+            # (EOF) during a long poll or an event stream. Bytes sent meanwhile (a pipelined
+            # request) wait, unparsed, and reading pauses until the handler is done.
+            self._pending = data if self._pending is None else self._pending + data
+            self.transport.pause_reading()
+            return
         if self._idle:
             # A new request starts on a kept-alive connection: it gets open_timeout.
             self._idle = False
@@ -312,7 +322,11 @@ class HTTPProtocol(asyncio.Protocol):
         self._next_request()
 
     def eof_received(self) -> bool | None:
-        """The client closed its sending side: close the connection."""
+        """The client closed its sending side: close the connection.
+
+        During a handler too: the connection is lost at once, which cancels the handler (a
+        long poll or an event stream whose client left stops now, not at its next write).
+        """
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -351,6 +365,10 @@ class HTTPProtocol(asyncio.Protocol):
         if self.busy or self.transport.is_closing() or self.parser is None:
             return
         try:
+            pending = self._pending
+            if pending is not None:
+                self._pending = None
+                self.parser.feed(pending)
             request = self.parser.next_request()
         except InvalidMessage as exc:
             self._send_error(exc.status, str(exc))
@@ -375,8 +393,7 @@ class HTTPProtocol(asyncio.Protocol):
                     request, text_response("method not allowed\n", 405, [("Allow", allow)])
                 )
                 return
-            self.busy = True
-            self.transport.pause_reading()
+            self.busy = True  # reading goes on: see data_received
             self._handler_task = self.server.run_task(
                 self._run_http_handler(route.handler, request)
             )
