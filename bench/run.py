@@ -782,6 +782,30 @@ def run_servers(
     return results
 
 
+def build_report(
+    env: dict[str, Any],
+    profile: Any,
+    started: float,
+    skipped: dict[str, str],
+    summary: dict[str, Any],
+    ms: list[Any],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """The raw-results document both modes write: settings, summary, metrics, every run."""
+    return {
+        "environment": env,
+        "profile": vars(profile),
+        "seconds": time.monotonic() - started,
+        "skipped": skipped,
+        "summary": summary,
+        "metrics": {
+            m.key: {"label": m.label, "unit": m.unit, "lower_is_better": m.lower_is_better}
+            for m in ms
+        },
+        "raw": results,
+    }
+
+
 def write_report(report: dict[str, Any], name: str, also: Path | None) -> Path:
     """Write the raw results to bench/results/<name>.json (and ``also``); return the path."""
     RESULTS.mkdir(exist_ok=True)
@@ -860,18 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_servers(runner.bench, wanted, skipped)
     ms = metrics(perf, profile.broadcast_sizes)
     summary = {name: {m.key: summarize(m.extract(r)) for m in ms} for name, r in results.items()}
-    report = {
-        "environment": environment(perf),
-        "profile": vars(profile),
-        "seconds": time.monotonic() - started,
-        "skipped": skipped,
-        "summary": summary,
-        "metrics": {
-            m.key: {"label": m.label, "unit": m.unit, "lower_is_better": m.lower_is_better}
-            for m in ms
-        },
-        "raw": results,
-    }
+    report = build_report(environment(perf), profile, started, skipped, summary, ms, results)
     out = write_report(report, f"{stamp}{'-quick' if args.quick else ''}", args.json)
     print()
     print(table(summary, ms))
@@ -923,23 +936,13 @@ def main_callgrind(
     ms = callgrind_metrics(profile.broadcast_size)
     summary = {name: {m.key: summarize(m.extract(r)) for m in ms} for name, r in results.items()}
     valgrind = subprocess.run(["valgrind", "--version"], capture_output=True, text=True)
-    report = {
-        "environment": {
-            **environment(False),
-            "valgrind": valgrind.stdout.strip(),
-            "pythonpath": os.environ.get("PYTHONPATH"),  # e.g. a clean checkout's src/
-        },
-        "profile": vars(profile),
-        "valgrind_command": VALGRIND,
-        "seconds": time.monotonic() - started,
-        "skipped": skipped,
-        "summary": summary,
-        "metrics": {
-            m.key: {"label": m.label, "unit": m.unit, "lower_is_better": m.lower_is_better}
-            for m in ms
-        },
-        "raw": results,
+    env = {
+        **environment(False),
+        "valgrind": valgrind.stdout.strip(),
+        "pythonpath": os.environ.get("PYTHONPATH"),  # e.g. a clean checkout's src/
     }
+    report = build_report(env, profile, started, skipped, summary, ms, results)
+    report["valgrind_command"] = VALGRIND
     out = write_report(report, f"{stamp}-callgrind", args.json)
     print()
     print(table(summary, ms, fine=True))
