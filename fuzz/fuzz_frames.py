@@ -10,9 +10,15 @@ stream is cut into receive_data() chunks; the rest is the stream. Checked, for b
 * every event is one of the documented event types;
 * feeding the stream in the fuzzer's chunks and in one piece gives the same events and the same
   failure code (the parsers are incremental);
+* with a ``message_handler`` (the fast paths: ``read_message`` for a chunk that is one whole
+  message, ``next_simple`` otherwise), the same messages reach the handler, the other events
+  and the failure code are the same, as without one;
 * ``FrameParser.next_frame`` raises nothing but ``ProtocolError`` (``PayloadTooBig`` included),
   gives the same frames in chunks as in one piece, and every frame it returns serializes back
   to bytes that parse to the same frame.
+
+One option bit lowers the parser's large-frame thresholds (``ASSEMBLE_MIN_SIZE``, 64 KiB) to a
+few bytes for that input, so that inputs of fuzzer size reach the ``PayloadBuffer`` assembly.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ with atheris.instrument_imports():
         TextMessage,
         serialize_frame,
     )
+    from fullduplex.protocol import frames as frames_module
 
 EVENT_TYPES = (
     BinaryFragment,
@@ -49,6 +56,7 @@ EVENT_TYPES = (
     TextMessage,
 )
 FAILURE_CODES = {1002, 1007, 1009}
+DEFAULT_ASSEMBLY = (frames_module.ASSEMBLE_MIN_SIZE, frames_module._ASSEMBLE_AFTER)
 LIMITS = (None, 0, 1, 125, 126, 1024, 2**16, 2**20)
 
 
@@ -57,9 +65,19 @@ def split(stream: bytes, cuts: list[int]) -> list[bytes]:
     return [stream[a:b] for a, b in itertools.pairwise(points)]
 
 
-def run_connection(side: Side, chunks: list[bytes], **kwargs: object) -> tuple[list[object], int]:
+def run_connection(
+    side: Side, chunks: list[bytes], handler: bool = False, **kwargs: object
+) -> tuple[list[object], int]:
     conn = Connection(side, **kwargs)  # type: ignore[arg-type]
     events: list[object] = []
+    if handler:
+        # Handler messages first, then the other events: within one chunk the handler runs
+        # before events_received() returns; across chunks both keep their order.
+        messages: list[object] = []
+        conn.message_handler = lambda m: messages.append(
+            TextMessage(m) if isinstance(m, str) else BinaryMessage(m)
+        )
+        events.append(messages)
     for chunk in chunks:
         conn.receive_data(chunk)
         for event in conn.events_received():
@@ -122,9 +140,21 @@ def TestOneInput(data: bytes) -> None:
         "max_message_size": max_message_size,
         "stream_messages": bool(options & 2),
     }
+    if options & 128:
+        frames_module.ASSEMBLE_MIN_SIZE, frames_module._ASSEMBLE_AFTER = 8, 3
+    else:
+        frames_module.ASSEMBLE_MIN_SIZE, frames_module._ASSEMBLE_AFTER = DEFAULT_ASSEMBLY
     chunked = run_connection(side, chunks, **kwargs)
     whole = run_connection(side, [stream], **kwargs)
     assert chunked == whole, (chunked, whole)
+    if not kwargs["stream_messages"]:
+        handled_events, handled_code = run_connection(side, chunks, handler=True, **kwargs)
+        handled_messages = handled_events.pop(0)
+        messages = [e for e in chunked[0] if isinstance(e, (TextMessage, BinaryMessage))]
+        others = [e for e in chunked[0] if not isinstance(e, (TextMessage, BinaryMessage))]
+        assert handled_messages == messages, (handled_messages, messages)
+        assert handled_events == others, (handled_events, others)
+        assert handled_code == chunked[1], (handled_code, chunked[1])
 
     require_mask = side is Side.SERVER
     rsv_mask = (options >> 2) & 0x70

@@ -556,6 +556,26 @@ class TestLargeFrames:
         assert parser.next_frame() == Frame(2, b"z" * LARGE)
         assert parser.next_simple() == (2, b"next", 10)
 
+    def test_a_huge_declared_length_is_buffered_as_it_arrives(self) -> None:
+        # No max_frame_size: the header claims 2**40 bytes. Nothing is allocated at that size;
+        # the payload is buffered as it arrives, as before the assembly existed.
+        parser = FrameParser(require_mask=True, max_frame_size=None)
+        parser.feed(b"\x82\xff" + struct.pack("!Q", 2**40) + KEY)
+        for _ in range(10):
+            parser.feed(b"p" * 65536)
+            assert parser.next_frame() is None
+        assert parser._assembly is None
+        assert parser.buffered == 14 + 10 * 65536
+        # A frame of 1 MiB is assembled once 1/16 of it (64 KiB) is here.
+        parser = FrameParser(require_mask=True, max_frame_size=None)
+        frame = serialize_frame(2, b"m" * 2**20, mask=True, mask_key=KEY)
+        parser.feed(frame[: 14 + 65535])
+        assert parser.next_frame() is None and parser._assembly is None
+        parser.feed(frame[14 + 65535 : 14 + 65536])
+        assert parser.next_frame() is None and parser._assembly is not None
+        parser.feed(frame[14 + 65536 :])
+        assert parser.next_frame() == Frame(2, b"m" * 2**20)
+
     def test_through_a_connection_with_a_handler(self) -> None:
         # A read in the middle of a large payload that looks like a whole message is payload.
         looks_like_a_message = masked(2, b"x")

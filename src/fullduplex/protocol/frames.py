@@ -407,6 +407,8 @@ ASSEMBLE_MIN_SIZE = 64 * 1024
 # ... once this much of the payload has arrived: a peer that sends only a header claiming a
 # large frame makes the parser allocate nothing.
 _ASSEMBLE_AFTER = 16 * 1024
+# ... and at least 1/_ASSEMBLE_RATIO of it (the buffer is allocated at the declared size).
+_ASSEMBLE_RATIO = 16
 # FrameParser._need while a frame is assembled: more than can ever be buffered.
 _ASSEMBLING = sys.maxsize
 
@@ -583,10 +585,17 @@ class FrameParser:
         if avail < total:
             if length < ASSEMBLE_MIN_SIZE:
                 self._wait(total)
-            elif avail - head >= _ASSEMBLE_AFTER:
+                return None
+            # Assembled once enough of it is here: at least _ASSEMBLE_AFTER bytes, and a
+            # 1/_ASSEMBLE_RATIO share, so that the buffer allocated at the declared size is
+            # never more than _ASSEMBLE_RATIO times what the peer sent (a header claiming 2**62
+            # bytes with no max_frame_size is buffered as it arrives, as any frame used to be).
+            arrived = avail - head
+            start_at = max(_ASSEMBLE_AFTER, -(-length // _ASSEMBLE_RATIO))
+            if arrived >= start_at:
                 self._assemble(b0, buf, pos + head, length, head, masked)
             else:
-                self._wait(head + _ASSEMBLE_AFTER)  # then parse the header again, and assemble
+                self._wait(min(total, head + start_at))  # then parse the header again
             return None
         start = pos + head
         end = start + length
