@@ -285,9 +285,12 @@ class WebSocket(asyncio.Protocol):
                 self._update_reading()
             return message
         waiter = self._recv_waiter
-        if self._lost or (waiter is not None and not waiter.done()):
-            # Closed (the end of messages, or an error), or another reader (RuntimeError).
-            return self._wait_message().result()
+        if waiter is not None and not waiter.done():
+            raise RuntimeError("recv() is already being awaited by another coroutine")
+        if self._lost:
+            # StopAsyncIteration after a normal close, else ConnectionClosedError: once TCP is
+            # closed, so that the close code is final.
+            raise self._end_of_messages()
         # _deliver hands the next message straight to this future (no queue round trip).
         fut: asyncio.Future[Data] = self._loop.create_future()
         self._recv_waiter = fut
@@ -308,16 +311,6 @@ class WebSocket(asyncio.Protocol):
         if self._queue is None:
             self._queue = collections.deque()
         self._queue.appendleft(message)
-
-    def _wait_message(self) -> asyncio.Future[Data]:
-        # A done future: StopAsyncIteration after a normal close, ConnectionClosedError once
-        # TCP is closed after anything else; RuntimeError if another reader waits.
-        waiter = self._recv_waiter
-        if waiter is not None and not waiter.done():
-            raise RuntimeError("recv() is already being awaited by another coroutine")
-        fut: asyncio.Future[Data] = self._loop.create_future()
-        fut.set_exception(self._end_of_messages())
-        return fut
 
     def _end_of_messages(self) -> BaseException:
         exc = self._closed_exception()
