@@ -289,22 +289,24 @@ class PayloadBufferPython:
     accelerator's when built, which also unmasks as it copies) instead of growing its buffer.
     """
 
-    __slots__ = ("_data", "_filled", "_key", "_taken")
+    __slots__ = ("_data", "_key", "_size", "_taken")
 
     def __init__(self, size: int, key: bytes | None, /) -> None:
         if size < 0:
             raise ValueError("size must not be negative")
         if key is not None and len(key) != 4:
             raise ValueError("masking key must be 4 bytes")
-        self._data = bytearray(size)
-        self._filled = 0
+        # Grown as bytes arrive, not allocated (and zeroed) at ``size`` up front: memory
+        # follows what the peer sent, as with the C version's untouched pages.
+        self._data = bytearray()
+        self._size = size
         self._key = key
         self._taken = False
 
     @property
     def missing(self) -> int:
         """Bytes still to write."""
-        return len(self._data) - self._filled
+        return self._size - len(self._data)
 
     def write(self, data: bytes | bytearray | memoryview, pos: int, /) -> int:
         """Copy what fits from ``data[pos:]``; return the number of bytes taken."""
@@ -313,8 +315,7 @@ class PayloadBufferPython:
         if not 0 <= pos <= len(data):
             raise ValueError("pos out of range")
         n = min(len(data) - pos, self.missing)
-        self._data[self._filled : self._filled + n] = memoryview(data)[pos : pos + n]
-        self._filled += n
+        self._data += memoryview(data)[pos : pos + n]
         return n
 
     def take(self) -> bytes:
@@ -322,9 +323,7 @@ class PayloadBufferPython:
         if self._taken:
             raise ValueError("the payload was taken already")
         if self.missing:
-            raise ValueError(
-                f"the payload is incomplete: {self._filled} of {len(self._data)} bytes"
-            )
+            raise ValueError(f"the payload is incomplete: {len(self._data)} of {self._size} bytes")
         self._taken = True
         data, self._data = self._data, bytearray()
         return bytes(data) if self._key is None else apply_mask(data, self._key)
