@@ -47,10 +47,7 @@ SERVER = BENCH / "servers" / "hub_server.py"
 RESULTS = BENCH / "results"
 PY = sys.executable
 REDIS_SERVER = "/usr/bin/redis-server"
-#: A run during which other processes used more than this much CPU (percent of one CPU) is
-#: repeated, at most MAX_RETRIES times; every attempt is kept in the JSON.
-OTHER_CPU_LIMIT = 25.0
-MAX_RETRIES = 2
+# A run while other processes kept the machine busy is repeated: run.retry_while_busy.
 
 
 @dataclass
@@ -145,22 +142,20 @@ def measure(
     rounds: int,
 ) -> dict[str, Any]:
     """One load generator run, repeated when other processes kept the machine busy."""
-    args = ["--clients", str(n), "--rounds", str(rounds), "--topic", topic]
-    result = loadgen(test, server, cpu, redis_pid, *args)
-    for attempt in range(MAX_RETRIES):
-        busy = result.get("other_cpu_percent")
-        if busy is None or busy <= OTHER_CPU_LIMIT:
-            break
-        print(f"    other processes used {busy:.0f}% CPU, again", file=sys.stderr, flush=True)
-        retry = loadgen(test, server, cpu, redis_pid, *args[:-1], f"{topic}.r{attempt + 1}")
-        retry["retried_after"] = [*result.get("retried_after", []), result]
-        result = retry
-    if "error" in result:
-        print(f"    ! {test} {n}: {result['error']}", file=sys.stderr, flush=True)
-    elif result.get("check_errors"):
-        result["error"] = f"{result['check_errors']} warm-up messages were not as published"
-        print(f"    ! {test} {n}: {result['error']}", file=sys.stderr, flush=True)
-    return result
+    args = ["--clients", str(n), "--rounds", str(rounds)]
+
+    def attempt(k: int) -> dict[str, Any]:
+        # A fresh topic per attempt: a retry must not see the first attempt's messages.
+        return loadgen(
+            test, server, cpu, redis_pid, *args, "--topic", topic + (f".r{k}" if k else "")
+        )
+
+    return run.retry_while_busy(
+        attempt,
+        f"{test} {n}",
+        "warm-up messages were not as published",
+        lambda result: result.get("other_cpu_percent"),
+    )
 
 
 # -- the table ------------------------------------------------------------------------------

@@ -212,6 +212,37 @@ def loadgen(
     return run_json([*command, *args], cpu, timeout=timeout)
 
 
+def retry_while_busy(
+    attempt: Callable[[int], dict[str, Any]],
+    label: str,
+    mismatch: str,
+    other_cpu: Callable[[dict[str, Any]], float | None],
+) -> dict[str, Any]:
+    """Run ``attempt(0)``, and again (``attempt(1)``, ...) while the machine was busy.
+
+    Busy: other processes used more than OTHER_CPU_LIMIT% of a CPU (``other_cpu(result)``);
+    at most MAX_RETRIES more attempts, each earlier one kept in ``retried_after``. Errors and
+    check errors (``mismatch`` describes them) are printed and left in the result.
+    """
+    result = attempt(0)
+    for n in range(1, MAX_RETRIES + 1):
+        busy = other_cpu(result)
+        if busy is None or busy <= OTHER_CPU_LIMIT:
+            break
+        print(
+            f"    {label}: other processes used {busy:.0f}% CPU, again", file=sys.stderr, flush=True
+        )
+        retry = attempt(n)
+        retry["retried_after"] = [*result.get("retried_after", []), result]
+        result = retry
+    if "error" in result:
+        print(f"    ! {label}: {result['error']}", file=sys.stderr, flush=True)
+    elif result.get("check_errors"):
+        result["error"] = f"{result['check_errors']} {mismatch}"
+        print(f"    ! {label}: {result['error']}", file=sys.stderr, flush=True)
+    return result
+
+
 def run_json(command: list[str], cpu: int | None, timeout: float) -> dict[str, Any]:
     """Run a load generator pinned to ``cpu``; return the JSON of its last line or an error."""
     try:
@@ -249,25 +280,12 @@ class Runner:
         return ["--perf-events", self.perf_events] if self.perf_events else []
 
     def _run(self, spec: ServerSpec, server: Server, test: str, *args: str) -> dict[str, Any]:
-        result = loadgen(test, server, spec.raw, self.cpus[1], *args)
-        for _ in range(MAX_RETRIES):  # the machine may be shared: retry when it was busy
-            busy = _other_cpu(result)
-            if busy is None or busy <= OTHER_CPU_LIMIT:
-                break
-            print(
-                f"    {spec.name} {test}: other processes used {busy:.0f}% CPU, again",
-                file=sys.stderr,
-                flush=True,
-            )
-            retry = loadgen(test, server, spec.raw, self.cpus[1], *args)
-            retry["retried_after"] = [*result.get("retried_after", []), result]
-            result = retry
-        if "error" in result:
-            print(f"    ! {spec.name} {test}: {result['error']}", file=sys.stderr, flush=True)
-        elif result.get("check_errors"):
-            result["error"] = f"{result['check_errors']} replies differed from the expected echo"
-            print(f"    ! {spec.name} {test}: {result['error']}", file=sys.stderr, flush=True)
-        return result
+        return retry_while_busy(
+            lambda _: loadgen(test, server, spec.raw, self.cpus[1], *args),
+            f"{spec.name} {test}",
+            "replies differed from the expected echo",
+            _other_cpu,
+        )
 
     def server(self, spec: ServerSpec, broadcast: bool = False) -> Server:
         return Server(spec, broadcast, self.cpus[0], self.log_dir / f"{spec.name}.log")
