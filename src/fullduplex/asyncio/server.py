@@ -379,6 +379,12 @@ class HTTPProtocol(asyncio.Protocol):
         self._dispatch(request)
 
     def _dispatch(self, request: Request) -> None:
+        transport = self.transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            request.client = (str(peer[0]), int(peer[1]))
+        if transport.get_extra_info("sslcontext") is not None:
+            request.scheme = "https"
         app = self.server.app
         path = request.path
         ws_route = app.websocket_routes.get(path)

@@ -238,6 +238,10 @@ class Request:
         headers: the header fields.
         body: the body, de-chunked.
         version: the HTTP version, ``"1.1"`` or ``"1.0"``.
+        client: the client's address ``(host, port)`` as the server sees it (the TCP peer, or
+            the address a trusted proxy reported), None when unknown. Set by the I/O layer.
+        scheme: ``"http"`` or ``"https"`` (``"ws"``/``"wss"`` are implied by an upgrade), as
+            the connection or a trusted proxy says. Set by the I/O layer.
     """
 
     method: str
@@ -245,6 +249,8 @@ class Request:
     headers: Headers
     body: bytes = b""
     version: str = "1.1"
+    client: tuple[str, int] | None = None
+    scheme: str = "http"
 
     def _split_target(self) -> tuple[str, str]:
         target = self.target
