@@ -161,7 +161,7 @@ async def test_one_hub_subscription_and_one_frame_per_message(hub: Hub) -> None:
     for client in clients:
         assert client.seqs() == [1, 2, 3, 4, 5]
         assert client.sink.topics["t"].sent == 5
-        assert client.ws.messages_out == 5
+        assert client.ws.messages_sent == 5
     assert fanout.frames.framed == 5
     assert fanout.frames.envelopes.encoded == 5
 

@@ -71,6 +71,8 @@ DEFAULT_WRITE_LIMIT = 64 * 1024
 Data = str | bytes
 
 logger = logging.getLogger("fullduplex")
+#: One line per request and per WebSocket connection (shared with the server's HTTP lines).
+access_logger = logging.getLogger("fullduplex.access")
 
 _OPEN = State.OPEN
 
@@ -141,13 +143,13 @@ class WebSocket(asyncio.Protocol):
         "_read_paused",
         "_recv_waiter",
         "_write_paused",
-        "bytes_in",
-        "bytes_out",
+        "bytes_received",
+        "bytes_sent",
         "close_timeout",
         "core",
         "latency",
-        "messages_in",
-        "messages_out",
+        "messages_received",
+        "messages_sent",
         "opened_at",
         "ping_interval",
         "ping_timeout",
@@ -190,11 +192,13 @@ class WebSocket(asyncio.Protocol):
         self.remote_address: Any = transport.get_extra_info("peername")
         #: Round-trip time of the last keepalive ping, in seconds (0 until one completes).
         self.latency = 0.0
-        #: Messages received / sent and payload bytes received / sent, for logs and metrics.
-        self.messages_in = 0
-        self.messages_out = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
+        #: Messages received / sent and payload sizes received / sent (bytes for binary
+        #: messages, characters for text), for logs and metrics: one integer add each per
+        #: message, read by the close log line and :mod:`fullduplex.metrics`.
+        self.messages_received = 0
+        self.messages_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
         #: When the connection opened (``time.monotonic()``).
         self.opened_at = time.monotonic()
         self.ping_interval = ping_interval
@@ -330,17 +334,17 @@ class WebSocket(asyncio.Protocol):
             raise self._closed_exception()
         if isinstance(message, str):
             core.send_text(message)
-            self.bytes_out += len(message)
+            self.bytes_sent += len(message)
         elif isinstance(message, (bytes, bytearray, memoryview)):
             core.send_binary(message)
-            self.bytes_out += len(message)
+            self.bytes_sent += len(message)
         elif isinstance(message, AsyncIterable):
             await self._send_async_fragments(message)
         elif isinstance(message, Iterable):
             await self._send_async_fragments(_aiter(message))
         else:
             raise TypeError(f"cannot send {type(message).__name__}")
-        self.messages_out += 1
+        self.messages_sent += 1
         self._flush()
         if self._write_paused:
             await self._wait_drain()
@@ -356,7 +360,7 @@ class WebSocket(asyncio.Protocol):
                 if self._write_paused:
                     await self._wait_drain()
             pending = chunk if isinstance(chunk, str) else bytes(chunk)
-            self.bytes_out += len(chunk)
+            self.bytes_sent += len(chunk)
         if pending is None:
             raise TypeError("cannot send an empty iterable")
         self.core.send_fragment(pending, final=True)
@@ -413,8 +417,8 @@ class WebSocket(asyncio.Protocol):
             core.send_text(message)
         else:
             core.send_binary(message)
-        self.messages_out += 1
-        self.bytes_out += len(message)
+        self.messages_sent += 1
+        self.bytes_sent += len(message)
         if not self._dispatching:
             self._flush()
 
@@ -543,8 +547,8 @@ class WebSocket(asyncio.Protocol):
                 pass  # the core answered it; the close code is read from the core
 
     def _deliver(self, message: Data) -> None:
-        self.messages_in += 1
-        self.bytes_in += len(message)
+        self.messages_received += 1
+        self.bytes_received += len(message)
         waiter = self._recv_waiter
         if waiter is not None:
             # Handed straight to the waiting recv() / async for: no queue round trip.
@@ -560,8 +564,8 @@ class WebSocket(asyncio.Protocol):
             self._update_reading()
 
     def _deliver_to_listener(self, message: Data) -> None:
-        self.messages_in += 1
-        self.bytes_in += len(message)
+        self.messages_received += 1
+        self.bytes_received += len(message)
         listener = self._listener
         assert listener is not None
         if self.core.state is _OPEN:
@@ -704,21 +708,42 @@ class WebSocket(asyncio.Protocol):
         return ConnectionClosedError(code, reason)
 
     def _log_closed(self) -> None:
-        # One INFO line per connection on the server; clients log at DEBUG.
-        level = logging.INFO if self.core.side is Side.SERVER else logging.DEBUG
-        if not logger.isEnabledFor(level):
+        # One INFO line per connection on the server, on the access logger; clients log at
+        # DEBUG. The level test comes first: with the logger off this costs one call.
+        if self.core.side is Side.SERVER:
+            log, level = access_logger, logging.INFO
+        else:
+            log, level = logger, logging.DEBUG
+        if not log.isEnabledFor(level):
             return
-        logger.log(
+        client = self.request.client
+        peer = client[0] if client is not None else "-"
+        duration = time.monotonic() - self.opened_at
+        fields = {
+            "peer": peer,
+            "route": self.request.path,
+            "transport": "websocket",
+            "close_code": self.core.close_code,
+            "close_reason": self.core.close_reason,
+            "duration": duration,
+            "messages_received": self.messages_received,
+            "bytes_received": self.bytes_received,
+            "messages_sent": self.messages_sent,
+            "bytes_sent": self.bytes_sent,
+        }
+        log.log(
             level,
-            "websocket %s closed %d %s in %.3fs: %d msgs / %d B in, %d msgs / %d B out",
+            "%s websocket %s closed %d %s in %.3fs: %d msgs / %d B in, %d msgs / %d B out",
+            peer,
             self.request.path,
             self.core.close_code,
             self.core.close_reason or "-",
-            time.monotonic() - self.opened_at,
-            self.messages_in,
-            self.bytes_in,
-            self.messages_out,
-            self.bytes_out,
+            duration,
+            self.messages_received,
+            self.bytes_received,
+            self.messages_sent,
+            self.bytes_sent,
+            extra={"connection": fields},
         )
 
 
@@ -758,8 +783,8 @@ def broadcast(websockets: Iterable[WebSocket], message: Data) -> int:
             if frame is None:
                 frame = serialize_frame(opcode, payload)
             ws.transport.write(frame)
-            ws.messages_out += 1
-            ws.bytes_out += size
+            ws.messages_sent += 1
+            ws.bytes_sent += size
         sent += 1
     return sent
 

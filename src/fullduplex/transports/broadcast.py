@@ -194,8 +194,8 @@ class WebSocketSink:
         else:
             data = frame
         ws.transport.write(data)
-        ws.messages_out += 1
-        ws.bytes_out += len(text)
+        ws.messages_sent += 1
+        ws.bytes_sent += len(text)
 
     def _write_backlogs(self) -> bool:
         """Write what the connection takes now; True if something still waits."""
@@ -420,8 +420,8 @@ class _TopicFanout:
                         continue
                     transport.write(frame)
                     backlog.sent = seq
-                    ws.messages_out += 1
-                    ws.bytes_out += size
+                    ws.messages_sent += 1
+                    ws.bytes_sent += size
                 except Exception:
                     self._failed(member)
         else:
