@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import ssl
 import sys
 import threading
@@ -21,6 +22,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import __version__
+from .asyncio.proxies import DEFAULT_FORWARDED_ALLOW_IPS, TrustedProxies
 
 __all__ = ["main"]
 
@@ -74,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="processes sharing the port with SO_REUSEPORT (needs --broker; default 1)",
     )
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    _add_proxy_arguments(serve)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -112,6 +115,24 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
+    # uvicorn's names and defaults, so that a deployment moves over unchanged.
+    parser.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take the client address and scheme from X-Forwarded-For / X-Forwarded-Proto "
+        "when the peer is a trusted proxy (default on)",
+    )
+    parser.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS),
+        help="comma-separated trusted proxy IPs or networks, '*' for all (default "
+        "$FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    )
+
+
 # -- serve ------------------------------------------------------------------------------------
 
 
@@ -133,6 +154,11 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.broker and not args.broker.startswith(("redis://", "rediss://", "unix://")):
         print(f"fullduplex: --broker wants a redis:// URL, got {args.broker!r}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        TrustedProxies(args.forwarded_allow_ips)
+    except ValueError as exc:
+        print(f"fullduplex: --forwarded-allow-ips: {exc}", file=sys.stderr)
         return EXIT_FAILED
     ctx = None
     if args.certfile:
@@ -173,7 +199,15 @@ async def _serve_main(args: argparse.Namespace, ctx: ssl.SSLContext | None) -> N
     app = create_app(args.broker, ticker=args.worker_index == 0)
     await app.start()
     try:
-        server = await serve(app, args.host, args.port, ssl=ctx, reuse_port=args.workers > 1)
+        server = await serve(
+            app,
+            args.host,
+            args.port,
+            ssl=ctx,
+            reuse_port=args.workers > 1,
+            proxy_headers=args.proxy_headers,
+            forwarded_allow_ips=args.forwarded_allow_ips,
+        )
     except BaseException:
         await app.stop()
         raise
@@ -205,7 +239,8 @@ def _run_workers(args: argparse.Namespace) -> int:
 
     argv = [sys.executable, "-m", "fullduplex", "serve", "--host", args.host]
     argv += ["--port", str(args.port), "--broker", args.broker, "--workers", str(args.workers)]
-    argv += ["--log-level", args.log_level]
+    argv += ["--log-level", args.log_level, "--forwarded-allow-ips", args.forwarded_allow_ips]
+    argv += ["--proxy-headers" if args.proxy_headers else "--no-proxy-headers"]
     if args.certfile:
         argv += ["--certfile", args.certfile] + (
             ["--keyfile", args.keyfile] if args.keyfile else []

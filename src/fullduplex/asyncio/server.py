@@ -41,6 +41,7 @@ from .connection import (
     WebSocket,
     WebSocketListener,
 )
+from .proxies import DEFAULT_FORWARDED_ALLOW_IPS, TrustedProxies, apply_proxy_headers
 from .router import (
     SERVER_DEFAULT,
     App,
@@ -119,6 +120,11 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._closing = False
         self._closed = asyncio.get_running_loop().create_future()
+        #: Proxies whose X-Forwarded-For / -Proto are believed; None when proxy_headers is off.
+        self.trusted_proxies: TrustedProxies | None = None
+        if options.get("proxy_headers", True):
+            allowed = options.get("forwarded_allow_ips", DEFAULT_FORWARDED_ALLOW_IPS)
+            self.trusted_proxies = TrustedProxies(allowed)
 
     @property
     def sockets(self) -> Sequence[Any]:
@@ -385,6 +391,9 @@ class HTTPProtocol(asyncio.Protocol):
             request.client = (str(peer[0]), int(peer[1]))
         if transport.get_extra_info("sslcontext") is not None:
             request.scheme = "https"
+        trusted = self.server.trusted_proxies
+        if trusted is not None:
+            apply_proxy_headers(request, trusted)
         app = self.server.app
         path = request.path
         ws_route = app.websocket_routes.get(path)
@@ -511,10 +520,11 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _log_access(self, request: Request, status: int, size: int) -> None:
         if not access_logger.isEnabledFor(logging.INFO):
-            return  # before _peer(): a getpeername and a str per request otherwise
+            return  # before reading the peer: a str per request otherwise
+        client = request.client  # the proxy's client when proxy headers are trusted
         access_logger.info(
             '%s "%s %s HTTP/%s" %d %d',
-            self._peer(),
+            client[0] if client is not None else self._peer(),
             request.method,
             request.target,
             request.version,
@@ -654,6 +664,8 @@ async def serve(
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
     compression: bool = True,
+    proxy_headers: bool = True,
+    forwarded_allow_ips: str | Sequence[str] = DEFAULT_FORWARDED_ALLOW_IPS,
     # Timeouts
     open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
     close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
@@ -679,6 +691,11 @@ async def serve(
         ssl: a server-side TLS context for https:// and wss://.
         reuse_port: set SO_REUSEPORT so several processes share the port.
         compression: accept permessage-deflate on routes that allow it.
+        proxy_headers: take ``request.client`` and ``request.scheme`` from X-Forwarded-For
+            and X-Forwarded-Proto when the TCP peer is a trusted proxy (uvicorn's default:
+            on; see :mod:`fullduplex.asyncio.proxies`).
+        forwarded_allow_ips: the trusted proxies: IPs, networks (``10.0.0.0/8``) or ``*``,
+            as a comma-separated string or a sequence (uvicorn's default: ``127.0.0.1``).
         open_timeout: seconds for a new connection to send a complete request head.
         close_timeout: seconds to wait for a closing handshake.
         ping_interval: seconds between keepalive pings; None disables them.
@@ -695,6 +712,8 @@ async def serve(
     """
     options = {
         "compression": compression,
+        "proxy_headers": proxy_headers,
+        "forwarded_allow_ips": forwarded_allow_ips,
         "open_timeout": open_timeout,
         "close_timeout": close_timeout,
         "ping_interval": ping_interval,
