@@ -14,33 +14,40 @@ import ssl as ssl_module
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from typing import Any
 
+from ..config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_OPEN_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_WRITE_LIMIT,
+    UNSET,
+    Config,
+    resolve_alias,
+)
 from ..protocol import Connection, Side
-from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.deflate import ClientPerMessageDeflateFactory
 from ..protocol.exceptions import InvalidHandshake, InvalidMessage
 from ..protocol.handshake import ClientHandshake
 from ..protocol.http11 import Request, ResponseParser
-from .connection import (
-    DEFAULT_CLOSE_TIMEOUT,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_PING_INTERVAL,
-    DEFAULT_PING_TIMEOUT,
-    DEFAULT_WRITE_LIMIT,
-    WebSocket,
-)
+from .connection import WebSocket
 
 __all__ = ["DEFAULT_OPEN_TIMEOUT", "ClientProtocol", "connect"]
 
-#: Seconds allowed to connect and complete the opening handshake.
-DEFAULT_OPEN_TIMEOUT = 10.0
-
 
 class ClientProtocol(asyncio.Protocol):
-    """The client's TCP connection: the opening handshake, then a WebSocket."""
+    """The client's TCP connection: the opening handshake, then a WebSocket.
 
-    def __init__(self, handshake: ClientHandshake, options: dict[str, Any]) -> None:
+    Args:
+        handshake: the opening handshake to perform.
+        config: the limits and timeouts of the connection.
+    """
+
+    def __init__(self, handshake: ClientHandshake, config: Config) -> None:
         self.handshake = handshake
-        self.options = options
+        self.config = config
         self.parser = ResponseParser()
         self.request: Request | None = None
         self.websocket: WebSocket | None = None
@@ -75,12 +82,12 @@ class ClientProtocol(asyncio.Protocol):
         except InvalidHandshake as exc:
             self._fail(exc)
             return
-        opts = self.options
+        config = self.config
         core = Connection(
             Side.CLIENT,
             extensions=accepted.extensions,
-            max_frame_size=opts["max_frame_size"],
-            max_message_size=opts["max_size"],
+            max_frame_size=config.max_frame_size,
+            max_message_size=config.max_message_size,
         )
         assert self.request is not None
         ws = WebSocket(
@@ -89,11 +96,11 @@ class ClientProtocol(asyncio.Protocol):
             request=self.request,
             response=response,
             subprotocol=accepted.subprotocol,
-            ping_interval=opts["ping_interval"],
-            ping_timeout=opts["ping_timeout"],
-            close_timeout=opts["close_timeout"],
-            max_queue=opts["max_queue"],
-            write_limit=opts["write_limit"],
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+            max_queue=config.max_queue,
+            write_limit=config.write_limit,
         )
         self.websocket = ws
         if not self.opened.done():
@@ -154,10 +161,11 @@ class connect:
         close_timeout: seconds to wait for the closing handshake.
         ping_interval: seconds between keepalive pings, None to disable.
         ping_timeout: seconds to wait for the keepalive pong before closing with 1011.
-        max_size: received message limit (1009 above it), None for no limit.
+        max_message_size: received message limit (1009 above it), None for no limit.
         max_frame_size: received frame limit (1009 above it), None for no limit.
         max_queue: received messages buffered before reading pauses.
         write_limit: write buffer size above which ``send`` waits.
+        max_size: the former name of ``max_message_size`` (websockets' name), still accepted.
 
     Raises:
         OSError: the TCP connection failed (for example, connection refused).
@@ -165,6 +173,8 @@ class connect:
             and body are kept on the exception).
         InvalidHandshake: the 101 response is not valid (bad Accept, unexpected subprotocol).
         TimeoutError: the handshake took longer than ``open_timeout``.
+        ValueError: a limit or timeout is out of range (raised at once, before connecting).
+        TypeError: both ``max_message_size`` and ``max_size`` were given.
     """
 
     def __init__(
@@ -182,26 +192,31 @@ class connect:
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
         ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
         # Limits
-        max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
         max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
         max_queue: int = DEFAULT_MAX_QUEUE,
         write_limit: int = DEFAULT_WRITE_LIMIT,
+        max_size: int | None = UNSET,
     ) -> None:
         factories = [ClientPerMessageDeflateFactory()] if compression else []
         self.handshake = ClientHandshake(
             uri, subprotocols=subprotocols, extensions=factories, origin=origin, headers=headers
         )
         self.ssl = ssl
+        #: The limits and timeouts of the connection.
+        self.config = Config(
+            open_timeout=open_timeout,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_message_size=resolve_alias(
+                "max_message_size", max_message_size, "max_size", max_size, DEFAULT_MAX_MESSAGE_SIZE
+            ),
+            max_frame_size=max_frame_size,
+            max_queue=max_queue,
+            write_limit=write_limit,
+        )
         self.open_timeout = open_timeout
-        self.options: dict[str, Any] = {
-            "close_timeout": close_timeout,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "max_size": max_size,
-            "max_frame_size": max_frame_size,
-            "max_queue": max_queue,
-            "write_limit": write_limit,
-        }
         self._ws: WebSocket | None = None
 
     async def _open(self) -> WebSocket:
@@ -211,7 +226,7 @@ class connect:
         if hs.secure:
             ssl_ctx = self.ssl if self.ssl is not None else ssl_module.create_default_context()
         _, protocol = await loop.create_connection(
-            lambda: ClientProtocol(hs, self.options),
+            lambda: ClientProtocol(hs, self.config),
             hs.host,
             hs.port,
             ssl=ssl_ctx,

@@ -29,6 +29,13 @@ import types
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import Any
 
+from ..config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_WRITE_LIMIT,
+)
 from ..protocol import (
     BinaryFragment,
     CloseCode,
@@ -55,17 +62,6 @@ __all__ = [
     "WebSocket",
     "WebSocketListener",
 ]
-
-#: Seconds between keepalive pings (websockets and Node's ws examples use 20-30 s).
-DEFAULT_PING_INTERVAL = 20.0
-#: Seconds to wait for a keepalive pong before closing with 1011.
-DEFAULT_PING_TIMEOUT = 20.0
-#: Seconds to wait for the closing handshake before dropping the TCP connection.
-DEFAULT_CLOSE_TIMEOUT = 10.0
-#: Received messages held before reading pauses (websockets' max_queue is 16 too).
-DEFAULT_MAX_QUEUE = 16
-#: Write buffer high-water mark in bytes; send() waits above it (asyncio's default is 64 KiB).
-DEFAULT_WRITE_LIMIT = 64 * 1024
 
 #: A WebSocket message: ``str`` for text, ``bytes`` for binary.
 Data = str | bytes

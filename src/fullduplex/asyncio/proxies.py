@@ -23,13 +23,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from ..config import DEFAULT_FORWARDED_ALLOW_IPS
 from ..protocol.http11 import Request
 
 __all__ = ["DEFAULT_FORWARDED_ALLOW_IPS", "TrustedProxies", "apply_proxy_headers"]
 
-#: Proxies trusted by default: this machine only (uvicorn's default, also read from the
-#: ``FORWARDED_ALLOW_IPS`` environment variable by ``fullduplex serve``).
-DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1"
 
 # RFC 7239 predates these; X-Forwarded-Proto's values are a scheme, and ws/wss are what a
 # WebSocket-aware proxy may write.

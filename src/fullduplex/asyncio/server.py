@@ -15,33 +15,37 @@ import contextlib
 import inspect
 import logging
 import signal
+import socket
 import ssl as ssl_module
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..protocol import CloseCode, Connection, ConnectionClosed, Side
-from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
-from ..protocol.deflate import ServerPerMessageDeflateFactory
-from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationError
-from ..protocol.handshake import ServerHandshake
-from ..protocol.http11 import (
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_MAX_HEAD_SIZE,
-    Request,
-    RequestParser,
-    Response,
-)
-from .connection import (
+from ..config import (
+    DEFAULT_BACKLOG,
     DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_FORWARDED_ALLOW_IPS,
+    DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_HEAD_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_OPEN_TIMEOUT,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
     DEFAULT_WRITE_LIMIT,
-    WebSocket,
-    WebSocketListener,
+    DEFAULT_WRITE_TIMEOUT,
+    Config,
 )
-from .proxies import DEFAULT_FORWARDED_ALLOW_IPS, TrustedProxies, apply_proxy_headers
+from ..protocol import CloseCode, Connection, ConnectionClosed, Side
+from ..protocol.deflate import ServerPerMessageDeflateFactory
+from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationError
+from ..protocol.handshake import ServerHandshake
+from ..protocol.http11 import Request, RequestParser, Response
+from .connection import WebSocket, WebSocketListener
+from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
     SERVER_DEFAULT,
     App,
@@ -64,17 +68,6 @@ __all__ = [
 
 logger = logging.getLogger("fullduplex")
 access_logger = logging.getLogger("fullduplex.access")
-
-#: Seconds a new connection has to send a complete request head (websockets: 10 s).
-DEFAULT_OPEN_TIMEOUT = 10.0
-#: Seconds an idle HTTP keep-alive connection is kept (nginx keepalive_timeout: 75 s).
-DEFAULT_KEEPALIVE_TIMEOUT = 30.0
-#: Seconds a streaming response may wait for a client that stopped reading before it is
-#: dropped (nginx's send_timeout is 60 s).
-DEFAULT_WRITE_TIMEOUT = 60.0
-#: Open WebSocket connections accepted; further upgrades get 503. A 2-core machine with the
-#: default limits holds this many idle connections in well under 1 GiB.
-DEFAULT_MAX_CONNECTIONS = 10_000
 
 
 # Request header fields whose values most connections share (the same Host, Upgrade, Origin,
@@ -104,13 +97,17 @@ class Server:
     """A running server; created by :func:`serve`.
 
     Use it as an async context manager, or call :meth:`close` and :meth:`wait_closed`.
-    Options are those of :func:`serve`.
+
+    Args:
+        app: the routes.
+        config: the limits and timeouts (the defaults when None).
     """
 
-    def __init__(self, app: App, **options: Any) -> None:
+    def __init__(self, app: App, config: Config | None = None) -> None:
         #: The application.
         self.app = app
-        self.options = options
+        #: The limits and timeouts, read by every connection.
+        self.config = config if config is not None else Config()
         #: Open TCP connections.
         self.connections: set[HTTPProtocol] = set()
         #: Open WebSocket connections.
@@ -122,9 +119,8 @@ class Server:
         self._closed = asyncio.get_running_loop().create_future()
         #: Proxies whose X-Forwarded-For / -Proto are believed; None when proxy_headers is off.
         self.trusted_proxies: TrustedProxies | None = None
-        if options.get("proxy_headers", True):
-            allowed = options.get("forwarded_allow_ips", DEFAULT_FORWARDED_ALLOW_IPS)
-            self.trusted_proxies = TrustedProxies(allowed)
+        if self.config.proxy_headers:
+            self.trusted_proxies = TrustedProxies(self.config.forwarded_allow_ips)
 
     @property
     def sockets(self) -> Sequence[Any]:
@@ -145,14 +141,30 @@ class Server:
         *,
         ssl: ssl_module.SSLContext | None = None,
         reuse_port: bool = False,
-        backlog: int = 1024,
+        sock: socket.socket | None = None,
+        uds: str | None = None,
     ) -> None:
-        """Run the app's startup hooks, then start listening."""
+        """Run the app's startup hooks, then start listening.
+
+        Listens on ``host`` and ``port``, or on ``sock`` (a bound socket, for example one
+        inherited from a supervisor), or on the Unix socket ``uds``.
+        """
         for hook in self.app.startup_hooks:
             result = hook()
             if inspect.isawaitable(result):
                 await result
         loop = asyncio.get_running_loop()
+        backlog = self.config.backlog
+        if uds is not None:
+            self._server = await loop.create_unix_server(
+                lambda: HTTPProtocol(self), uds, ssl=ssl, backlog=backlog
+            )
+            return
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: HTTPProtocol(self), sock=sock, ssl=ssl, backlog=backlog
+            )
+            return
         self._server = await loop.create_server(
             lambda: HTTPProtocol(self),
             host,
@@ -194,7 +206,7 @@ class Server:
         ``close_timeout``, then cancels the handlers and drops what is left.
         """
         self.close(code, reason)
-        timeout = self.options.get("close_timeout", DEFAULT_CLOSE_TIMEOUT)
+        timeout = self.config.close_timeout
         try:
             await asyncio.wait_for(self.wait_closed(), timeout)
         except asyncio.TimeoutError:
@@ -231,7 +243,7 @@ class Server:
         """The handshake processor of a route, built once."""
         if route.handshake is None:
             factories = [ServerPerMessageDeflateFactory()] if route.compression else []
-            if not self.options.get("compression", True):
+            if not self.config.compression:
                 factories = []
             route.handshake = ServerHandshake(
                 subprotocols=route.subprotocols,
@@ -279,11 +291,10 @@ class HTTPProtocol(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        opts = server.options
+        config = server.config
         #: The HTTP request parser; dropped once the connection is upgraded.
         self.parser: RequestParser | None = RequestParser(
-            max_head_size=opts.get("max_head_size", DEFAULT_MAX_HEAD_SIZE),
-            max_body_size=opts.get("max_body_size", DEFAULT_MAX_BODY_SIZE),
+            max_head_size=config.max_head_size, max_body_size=config.max_body_size
         )
         #: The WebSocket once upgraded, else None.
         self.websocket: WebSocket | None = None
@@ -304,7 +315,7 @@ class HTTPProtocol(asyncio.Protocol):
         """A client connected."""
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
-        self._arm_timer(self.server.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+        self._arm_timer(self.server.config.open_timeout)
 
     def data_received(self, data: bytes) -> None:
         """Bytes of HTTP requests arrived (once upgraded, the transport calls the WebSocket)."""
@@ -318,7 +329,7 @@ class HTTPProtocol(asyncio.Protocol):
         if self._idle:
             # A new request starts on a kept-alive connection: it gets open_timeout.
             self._idle = False
-            self._arm_timer(self.server.options.get("open_timeout", DEFAULT_OPEN_TIMEOUT))
+            self._arm_timer(self.server.config.open_timeout)
         assert self.parser is not None
         try:
             self.parser.feed(data)
@@ -471,11 +482,11 @@ class HTTPProtocol(asyncio.Protocol):
             return
         transport.resume_reading()
         self._idle = True
-        self._arm_timer(self.server.options.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
     async def _drain(self) -> None:
-        timeout = self.server.options.get("write_timeout", DEFAULT_WRITE_TIMEOUT)
+        timeout = self.server.config.write_timeout
         while self._write_paused and not self.transport.is_closing():
             self._drain_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -502,7 +513,7 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.close()
             return
         self._idle = True
-        self._arm_timer(self.server.options.get("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT))
+        self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
     def _keeps_alive(self, request: Request) -> bool:
@@ -571,7 +582,8 @@ class HTTPProtocol(asyncio.Protocol):
         if server._closing:
             self._reject(request, handshake, InvalidHandshake("server is shutting down", 503))
             return
-        max_conn = server.options.get("max_connections", DEFAULT_MAX_CONNECTIONS)
+        config = server.config
+        max_conn = config.max_connections
         if max_conn is not None and len(server.websockets) >= max_conn:
             self._reject(request, handshake, InvalidHandshake("too many connections", 503))
             return
@@ -583,13 +595,12 @@ class HTTPProtocol(asyncio.Protocol):
         except InvalidHandshake as exc:
             self._reject(request, handshake, exc)
             return
-        opts = server.options
         max_msg = route.max_message_size
         max_frame = route.max_frame_size
         if max_msg is SERVER_DEFAULT:
-            max_msg = opts.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+            max_msg = config.max_message_size
         if max_frame is SERVER_DEFAULT:
-            max_frame = opts.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE)
+            max_frame = config.max_frame_size
         core = Connection(
             Side.SERVER,
             extensions=accepted.extensions,
@@ -605,11 +616,11 @@ class HTTPProtocol(asyncio.Protocol):
             request=request,
             response=accepted.response,
             subprotocol=accepted.subprotocol,
-            ping_interval=opts.get("ping_interval", DEFAULT_PING_INTERVAL),
-            ping_timeout=opts.get("ping_timeout", DEFAULT_PING_TIMEOUT),
-            close_timeout=opts.get("close_timeout", DEFAULT_CLOSE_TIMEOUT),
-            max_queue=opts.get("max_queue", DEFAULT_MAX_QUEUE),
-            write_limit=opts.get("write_limit", DEFAULT_WRITE_LIMIT),
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
+            close_timeout=config.close_timeout,
+            max_queue=config.max_queue,
+            write_limit=config.write_limit,
         )
         self.websocket = ws
         server.websockets.add(ws)
@@ -663,7 +674,10 @@ async def serve(
     *,
     ssl: ssl_module.SSLContext | None = None,
     reuse_port: bool = False,
+    sock: socket.socket | None = None,
+    uds: str | None = None,
     compression: bool = True,
+    root_path: str = "",
     proxy_headers: bool = True,
     forwarded_allow_ips: str | Sequence[str] = DEFAULT_FORWARDED_ALLOW_IPS,
     # Timeouts
@@ -681,8 +695,12 @@ async def serve(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     max_head_size: int | None = DEFAULT_MAX_HEAD_SIZE,
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+    backlog: int = DEFAULT_BACKLOG,
 ) -> Server:
     """Start a server for ``app`` and return it, listening.
+
+    The limits and timeouts become one :class:`~fullduplex.config.Config`, validated here
+    and read by every connection (``server.config``).
 
     Args:
         app: the routes.
@@ -690,12 +708,17 @@ async def serve(
         port: the port; 0 picks a free one (see :attr:`Server.port`).
         ssl: a server-side TLS context for https:// and wss://.
         reuse_port: set SO_REUSEPORT so several processes share the port.
+        sock: an already bound socket to listen on instead of ``host`` and ``port`` (one
+            inherited from ``fullduplex serve --workers``, or from systemd).
+        uds: the path of a Unix domain socket to listen on instead of ``host`` and ``port``.
         compression: accept permessage-deflate on routes that allow it.
         proxy_headers: take ``request.client`` and ``request.scheme`` from X-Forwarded-For
             and X-Forwarded-Proto when the TCP peer is a trusted proxy (uvicorn's default:
             on; see :mod:`fullduplex.asyncio.proxies`).
         forwarded_allow_ips: the trusted proxies: IPs, networks (``10.0.0.0/8``) or ``*``,
             as a comma-separated string or a sequence (uvicorn's default: ``127.0.0.1``).
+        root_path: the path prefix the app is mounted under behind a proxy (ASGI's
+            ``root_path``).
         open_timeout: seconds for a new connection to send a complete request head.
         close_timeout: seconds to wait for a closing handshake.
         ping_interval: seconds between keepalive pings; None disables them.
@@ -709,27 +732,35 @@ async def serve(
         write_limit: write buffer size above which ``send`` waits.
         max_head_size: HTTP request head limit (431 above it).
         max_body_size: HTTP request body limit (413 above it).
+        backlog: connections the kernel queues for ``accept()``.
+
+    Raises:
+        ValueError: a limit or timeout is out of range.
+        TypeError: a limit or timeout has the wrong type.
+        OSError: the address cannot be bound.
     """
-    options = {
-        "compression": compression,
-        "proxy_headers": proxy_headers,
-        "forwarded_allow_ips": forwarded_allow_ips,
-        "open_timeout": open_timeout,
-        "close_timeout": close_timeout,
-        "ping_interval": ping_interval,
-        "ping_timeout": ping_timeout,
-        "keepalive_timeout": keepalive_timeout,
-        "write_timeout": write_timeout,
-        "max_connections": max_connections,
-        "max_message_size": max_message_size,
-        "max_frame_size": max_frame_size,
-        "max_queue": max_queue,
-        "write_limit": write_limit,
-        "max_head_size": max_head_size,
-        "max_body_size": max_body_size,
-    }
-    server = Server(app, **options)
-    await server.start(host, port, ssl=ssl, reuse_port=reuse_port)
+    config = Config(
+        compression=compression,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        root_path=root_path,
+        open_timeout=open_timeout,
+        close_timeout=close_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        keepalive_timeout=keepalive_timeout,
+        write_timeout=write_timeout,
+        max_connections=max_connections,
+        max_message_size=max_message_size,
+        max_frame_size=max_frame_size,
+        max_queue=max_queue,
+        write_limit=write_limit,
+        max_head_size=max_head_size,
+        max_body_size=max_body_size,
+        backlog=backlog,
+    )
+    server = Server(app, config)
+    await server.start(host, port, ssl=ssl, reuse_port=reuse_port, sock=sock, uds=uds)
     return server
 
 

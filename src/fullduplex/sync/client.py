@@ -26,6 +26,18 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from ..config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_OPEN_TIMEOUT,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    UNSET,
+    Config,
+    resolve_alias,
+)
 from ..protocol import (
     BinaryMessage,
     CloseCode,
@@ -38,7 +50,6 @@ from ..protocol import (
     State,
     TextMessage,
 )
-from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.deflate import ClientPerMessageDeflateFactory
 from ..protocol.exceptions import InvalidMessage
 from ..protocol.handshake import ClientHandshake
@@ -313,27 +324,41 @@ def connect(
     compression: bool = True,
     ssl: ssl_module.SSLContext | None = None,
     # Timeouts
-    open_timeout: float | None = 10.0,
-    close_timeout: float | None = 10.0,
+    open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
+    close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    ping_interval: float | None = DEFAULT_PING_INTERVAL,
+    ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
     # Limits
-    max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+    max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE,
-    max_queue: int = 16,
-    ping_interval: float | None = 20.0,
-    ping_timeout: float | None = 20.0,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_size: int | None = UNSET,
 ) -> ClientConnection:
     """Open a WebSocket connection in a background thread.
 
     Arguments mean what they mean for :func:`fullduplex.connect`: ``ping_interval`` seconds
     between keepalive pings (None: none), ``ping_timeout`` seconds to wait for each pong before
-    closing with 1011.
+    closing with 1011; ``max_size`` is the former name of ``max_message_size``.
 
     Raises:
         OSError: the TCP connection failed.
         InvalidStatus: the server answered another status than 101.
         InvalidHandshake: the 101 response is invalid.
         TimeoutError: the handshake took longer than ``open_timeout``.
+        ValueError: a limit or timeout is out of range (raised at once, before connecting).
+        TypeError: both ``max_message_size`` and ``max_size`` were given.
     """
+    config = Config(
+        open_timeout=open_timeout,
+        close_timeout=close_timeout,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        max_message_size=resolve_alias(
+            "max_message_size", max_message_size, "max_size", max_size, DEFAULT_MAX_MESSAGE_SIZE
+        ),
+        max_frame_size=max_frame_size,
+        max_queue=max_queue,
+    )
     factories = [ClientPerMessageDeflateFactory()] if compression else []
     hs = ClientHandshake(
         uri, subprotocols=subprotocols, extensions=factories, origin=origin, headers=headers
@@ -370,8 +395,8 @@ def connect(
         core = Connection(
             Side.CLIENT,
             extensions=accepted.extensions,
-            max_frame_size=max_frame_size,
-            max_message_size=max_size,
+            max_frame_size=config.max_frame_size,
+            max_message_size=config.max_message_size,
         )
         return ClientConnection(
             sock,
@@ -379,11 +404,11 @@ def connect(
             request=request,
             response=response,
             subprotocol=accepted.subprotocol,
-            close_timeout=close_timeout,
-            max_queue=max_queue,
+            close_timeout=config.close_timeout,
+            max_queue=config.max_queue,
             trailing=parser.trailing_data(),
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
+            ping_interval=config.ping_interval,
+            ping_timeout=config.ping_timeout,
         )
     except BaseException:
         sock.close()
