@@ -225,6 +225,10 @@ class StaticRoute:
 class App:
     """Routes of one server: WebSocket endpoints, HTTP handlers and static folders."""
 
+    #: Builds the ``asyncio.Protocol`` of each connection from the server, instead of the
+    #: native HTTP protocol (None); :class:`~fullduplex.asgi.ASGIAdapter` sets it.
+    protocol_factory: Callable[[Any], Any] | None = None
+
     def __init__(self) -> None:
         #: WebSocket routes by path.
         self.websocket_routes: dict[str, WebSocketRoute] = {}

@@ -19,7 +19,7 @@ import socket
 import ssl as ssl_module
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import (
     DEFAULT_BACKLOG,
@@ -54,6 +54,9 @@ from .router import (
     text_response,
     to_response,
 )
+
+if TYPE_CHECKING:
+    from ..asgi.types import ASGIApplication
 
 __all__ = [
     "DEFAULT_KEEPALIVE_TIMEOUT",
@@ -130,6 +133,11 @@ class Server:
         return sockets
 
     @property
+    def closing(self) -> bool:
+        """True once :meth:`close` was called (new WebSockets get 503)."""
+        return self._closing
+
+    @property
     def port(self) -> int:
         """The port of the first listening socket (useful with ``port=0``)."""
         return int(self.sockets[0].getsockname()[1])
@@ -155,18 +163,19 @@ class Server:
                 await result
         loop = asyncio.get_running_loop()
         backlog = self.config.backlog
+        factory = self.app.protocol_factory or HTTPProtocol  # ASGI: asgi.http.ASGIHTTPProtocol
         if uds is not None:
             self._server = await loop.create_unix_server(
-                lambda: HTTPProtocol(self), uds, ssl=ssl, backlog=backlog
+                lambda: factory(self), uds, ssl=ssl, backlog=backlog
             )
             return
         if sock is not None:
             self._server = await loop.create_server(
-                lambda: HTTPProtocol(self), sock=sock, ssl=ssl, backlog=backlog
+                lambda: factory(self), sock=sock, ssl=ssl, backlog=backlog
             )
             return
         self._server = await loop.create_server(
-            lambda: HTTPProtocol(self),
+            lambda: factory(self),
             host,
             port,
             ssl=ssl,
@@ -668,7 +677,7 @@ class HTTPProtocol(asyncio.Protocol):
 
 
 async def serve(
-    app: App,
+    app: App | ASGIApplication,
     host: str | None = "127.0.0.1",
     port: int = 8000,
     *,
@@ -703,7 +712,8 @@ async def serve(
     and read by every connection (``server.config``).
 
     Args:
-        app: the routes.
+        app: the routes, or an ASGI 3 application (FastAPI, Starlette...), served through
+            :class:`fullduplex.asgi.ASGIAdapter` (pass one to set its own options).
         host: the address to bind; None for every interface.
         port: the port; 0 picks a free one (see :attr:`Server.port`).
         ssl: a server-side TLS context for https:// and wss://.
@@ -759,12 +769,18 @@ async def serve(
         max_body_size=max_body_size,
         backlog=backlog,
     )
+    if not isinstance(app, App):
+        from ..asgi.server import ASGIAdapter  # only ASGI users import it
+
+        app = ASGIAdapter(app)
     server = Server(app, config)
     await server.start(host, port, ssl=ssl, reuse_port=reuse_port, sock=sock, uds=uds)
     return server
 
 
-def run(app: App, host: str | None = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+def run(
+    app: App | ASGIApplication, host: str | None = "127.0.0.1", port: int = 8000, **options: Any
+) -> None:
     """Run a server until SIGINT or SIGTERM, then shut down gracefully (1001 to every client).
 
     Uses uvloop when it is installed. Options are those of :func:`serve`.

@@ -1,0 +1,621 @@
+"""HTTP/1.1 for ASGI applications: one :class:`ASGIHTTPProtocol` per TCP connection.
+
+The protocol parses requests with llhttp (``httptools``) as its callbacks fire, so the
+application gets the request as soon as its head is complete and the body as it arrives
+(``http.request`` events with ``more_body``), the shape of uvicorn's ``httptools_impl``. Each
+request is a :class:`_Cycle` holding the ASGI ``receive``/``send`` pair of one exchange. A
+WebSocket upgrade is checked by fullduplex's :class:`~fullduplex.protocol.ServerHandshake` and
+handed to :class:`~fullduplex.asgi.websocket.ASGIWebSocketSession`; once the application accepts,
+the socket belongs to a plain :class:`~fullduplex.asyncio.WebSocket`, the engine native routes
+use (same limits, compression, keepalive and flow control).
+
+Limits come from the server's :class:`~fullduplex.config.Config`, as for native routes:
+``max_head_size`` (431), ``max_body_size`` (413, checked against ``Content-Length`` before the
+body is read and as a chunked body grows), ``open_timeout`` for a request head,
+``keepalive_timeout`` between requests. ``scope["client"]`` and ``scope["scheme"]`` follow the
+server's trusted proxy settings (``proxy_headers``, ``forwarded_allow_ips``), as
+``request.client`` does on native routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import re
+import urllib.parse
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from ..asyncio.proxies import apply_proxy_headers
+from ..protocol.exceptions import InvalidMessage, MessageTooBig
+from ..protocol.http11 import DEFAULT_MAX_HEADER_COUNT, Headers, Request
+
+if TYPE_CHECKING:
+    from ..asyncio.connection import WebSocket
+    from ..asyncio.server import Server
+    from .server import ASGIAdapter
+    from .websocket import ASGIWebSocketSession
+
+__all__ = ["ASGIHTTPProtocol", "ClientDisconnected"]
+
+logger = logging.getLogger("fullduplex.asgi")
+access_logger = logging.getLogger("fullduplex.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+#: Request body bytes buffered for the application before reading pauses (uvicorn: 64 KiB too).
+BODY_HIGH_WATER = 64 * 1024
+
+# RFC 7230 3.2.6 token, for response header names; RFC 7230 3.2.4: no CR, LF or NUL in values.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_FORBIDDEN = re.compile(rb"[\r\n\x00]")
+_REASONS = {s.value: s.phrase.encode() for s in http.HTTPStatus}
+# RFC 7230 3.3.3: 1xx, 204 and 304 responses never carry a body.
+_NO_BODY = frozenset({204, 304})
+
+#: The ``asgi`` entry of every scope (one dict, shared).
+ASGI_HTTP = {"version": "3.0", "spec_version": "2.4"}
+
+
+class ClientDisconnected(OSError):
+    """``send`` was called after the client went away (ASGI spec 2.4: an ``OSError``)."""
+
+
+class _Cycle:
+    """One request and its response: the ``receive`` and ``send`` of one ASGI call."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "conn",
+        "continue_100",
+        "delivered",
+        "disconnected",
+        "head",
+        "keep_alive",
+        "more_body",
+        "received",
+        "response_complete",
+        "response_started",
+        "scope",
+        "sent",
+        "status",
+        "waiter",
+    )
+
+    def __init__(self, conn: ASGIHTTPProtocol, scope: Scope, keep_alive: bool, expect: bool):
+        self.conn = conn
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.continue_100 = expect
+        self.body = bytearray()
+        self.received = 0  # body bytes read so far, for max_body_size
+        self.delivered = False  # the last http.request event was handed over
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.head: list[tuple[bytes, bytes]] = []
+        self.status = 0
+        self.sent = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    # -- called by the protocol -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def run(self, app: Callable[..., Awaitable[None]]) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except Exception:
+            logger.exception("ASGI application raised on %s", self.scope.get("path"))
+            self._fail()
+        else:
+            if not self.response_complete and not self.disconnected:
+                logger.error("ASGI application returned without completing its response")
+                self._fail()
+
+    def _fail(self) -> None:
+        conn = self.conn
+        if self.disconnected:
+            return
+        if not self.response_started:
+            self.keep_alive = False
+            conn.write_error(500, "internal server error")
+            self.response_complete = True
+        else:
+            # The head is out: the client can only learn of the failure by a cut connection.
+            conn.transport.close()
+
+    # -- the ASGI callables ----------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        """ASGI ``receive``: ``http.request`` events, then ``http.disconnect``."""
+        if self.continue_100:
+            # RFC 7231 5.1.1: the client waits for 100 before sending the body; it is sent
+            # when the application first asks for the body.
+            self.continue_100 = False
+            if not self.response_started and not self.disconnected:
+                self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        while (
+            not self.disconnected
+            and not self.response_complete
+            and (self.delivered or (self.more_body and not self.body))
+        ):
+            self.conn.resume_reading()
+            self.waiter = self.conn.loop.create_future()
+            await self.waiter
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        body = bytes(self.body)
+        self.body.clear()
+        self.delivered = not self.more_body
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    async def send(self, message: Message) -> None:
+        """ASGI ``send``: ``http.response.start`` then ``http.response.body`` events."""
+        if self.disconnected:
+            return  # as uvicorn: a response to a client that left goes nowhere
+        kind = message["type"]
+        if not self.response_started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
+            self.response_started = True
+            self.continue_100 = False
+            self.status = int(message["status"])
+            self.head = list(message.get("headers", ()))
+            return
+        if self.response_complete:
+            raise RuntimeError(f"unexpected {kind!r}: the response is complete")
+        if kind != "http.response.body":
+            raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
+        body = message.get("body", b"")
+        more = message.get("more_body", False)
+        conn = self.conn
+        transport = conn.transport
+        head_only = self.scope["method"] == "HEAD" or self.status in _NO_BODY
+        if self.head is not None:
+            out = self._build_head(len(body), more)
+            if not head_only:
+                if self.chunked:
+                    if body:
+                        out += b"%x\r\n%b\r\n" % (len(body), body)
+                else:
+                    out += body
+            self.head = None  # type: ignore[assignment]
+            transport.write(out)
+        elif body and not head_only:
+            transport.write(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
+        self.sent += len(body)
+        if not more:
+            if self.chunked and not head_only:
+                transport.write(b"0\r\n\r\n")
+            self.response_complete = True
+            self.wake()
+            conn.response_done(self)
+        elif conn.write_paused:
+            await conn.drain()
+
+    def _build_head(self, size: int, more: bool) -> bytes:
+        status = self.status
+        reason = _REASONS.get(status, b"")
+        lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
+        has_length = False
+        for name, value in self.head:
+            # Checked, so that a header built from user input cannot split the response.
+            if not _TOKEN.fullmatch(name) or _FORBIDDEN.search(value):
+                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+            lower = name.lower()
+            if lower == b"content-length":
+                has_length = True
+            elif lower == b"connection" and value.lower() == b"close":
+                self.keep_alive = False
+            elif lower == b"transfer-encoding":
+                continue  # ours to decide (RFC 7230 3.3.1)
+            lines.append(b"%b: %b\r\n" % (name, value))
+        if not has_length and status >= 200 and status not in _NO_BODY:
+            if not more:
+                lines.append(b"content-length: %d\r\n" % size)
+            elif self.scope["http_version"] == "1.1":
+                self.chunked = True
+                lines.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.keep_alive = False  # HTTP/1.0: the body ends when the connection closes
+        if not self.keep_alive or self.conn.closing:
+            self.keep_alive = False
+            lines.append(b"connection: close\r\n")
+        lines.append(b"\r\n")
+        self.conn.log_access(self.scope, status)
+        return b"".join(lines)
+
+
+class ASGIHTTPProtocol(asyncio.Protocol):
+    """One TCP connection to an ASGI application: HTTP/1.1 until a WebSocket is accepted.
+
+    It exposes what :class:`~fullduplex.asyncio.server.Server` expects of a connection
+    (``transport``, ``websocket``, :meth:`stop`), so shutdown closes it like a native one.
+
+    Args:
+        server: the server; its ``app`` is an :class:`~fullduplex.asgi.ASGIAdapter`.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        adapter: ASGIAdapter = server.app  # type: ignore[assignment]
+        self.adapter = adapter
+        config = server.config
+        self.config = config
+        self.max_head_size = config.max_head_size
+        self.max_body_size = config.max_body_size
+        self.root_path = adapter.root_path or config.root_path
+        self.loop = asyncio.get_running_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        #: The WebSocket once an upgrade was accepted, else None.
+        self.websocket: WebSocket | None = None
+        #: The WebSocket upgrade waiting for the application's answer, else None.
+        self.session: ASGIWebSocketSession | None = None
+        self.cycle: _Cycle | None = None  # the exchange whose response is being sent
+        self.parsing: _Cycle | None = None  # the exchange whose request is being parsed
+        self.pipeline: collections.deque[_Cycle] = collections.deque()
+        self.write_paused = False
+        self.closing = False
+        self._drain: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._client: tuple[str, int] | None = None
+        self._server_addr: tuple[str, int] | None = None
+        self._scheme = "http"
+        self._pending_ws: Scope | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """A client connected."""
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)  # type: ignore[arg-type]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self._client = (str(peer[0]), int(peer[1]))
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple):
+            self._server_addr = (str(sock[0]), int(sock[1]))
+        elif isinstance(sock, str):
+            self._server_addr = (sock, 0)  # a Unix socket: ASGI says [path, None]
+        if transport.get_extra_info("sslcontext") is not None:
+            self._scheme = "https"
+        self._arm_timer(self.config.open_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes of HTTP requests arrived."""
+        if self.session is not None:
+            self.session.early_data(data)  # after an upgrade request, before the answer
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[int(exc.args[0]) :])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, InvalidMessage):
+                raise
+            self._refuse(cause.status, str(cause))
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed HTTP request")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The TCP connection is closed (before any WebSocket took it over)."""
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        for cycle in (self.cycle, *self.pipeline):
+            if cycle is not None:
+                cycle.disconnected = True
+                cycle.wake()
+        self.pipeline.clear()
+        if self.session is not None:
+            self.session.connection_lost()
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        """The write buffer is above the high-water mark."""
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        """The write buffer is below the low-water mark."""
+        self.write_paused = False
+        self._wake_drain()
+
+    def stop(self) -> None:
+        """Close for shutdown: idle connections now, others after their current response."""
+        self.closing = True
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+    # -- llhttp callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """llhttp: a request starts."""
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        if self.cycle is None:
+            self._arm_timer(self.config.open_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        """llhttp: part of the request-target."""
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """llhttp: one header field."""
+        self._count_head(len(name) + len(value) + 4)
+        # ASGI: "header names should be lowercased"; values as received (OWS stripped).
+        self._headers.append((name.lower(), value.rstrip(b" \t")))
+        if len(self._headers) > DEFAULT_MAX_HEADER_COUNT:
+            raise MessageTooBig("too many HTTP header fields", 431)
+
+    def _count_head(self, size: int) -> None:
+        self._head_size += size
+        if self.max_head_size is not None and self._head_size > self.max_head_size:
+            raise MessageTooBig("HTTP head too large", 431)
+
+    def on_headers_complete(self) -> None:
+        """llhttp: the head is complete: start the exchange (or the upgrade)."""
+        parser = self.parser
+        if self.cycle is None:
+            self._cancel_timer()
+        headers = self._headers
+        limit = self.max_body_size
+        expect = False
+        upgrade = None
+        hosts = 0
+        proxied = False
+        for name, value in headers:
+            if name == b"content-length":
+                if limit is not None and value.isdigit() and int(value) > limit:
+                    raise MessageTooBig("HTTP body too large", 413)
+            elif name == b"host":
+                hosts += 1
+            elif name == b"expect" and value.lower() == b"100-continue":
+                expect = True
+            elif name == b"upgrade":
+                upgrade = value.lower()
+            elif name == b"x-forwarded-for" or name == b"x-forwarded-proto":
+                proxied = True
+        version = parser.get_http_version()
+        # RFC 7230 5.4: a 1.1 request without Host, or any with two, gets 400.
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise InvalidMessage("missing or duplicate Host header")
+        method = parser.get_method().decode("ascii")
+        client, scheme = self._client, self._scheme
+        trusted = self.server.trusted_proxies
+        if proxied and trusted is not None:
+            # The native server's rule, on a request holding just the proxy's fields.
+            fields = Headers(
+                (n.decode("latin-1"), v.decode("latin-1"))
+                for n, v in headers
+                if n in (b"x-forwarded-for", b"x-forwarded-proto")
+            )
+            probe = Request(method, "/", fields, client=client, scheme=scheme)
+            apply_proxy_headers(probe, trusted)
+            client, scheme = probe.client, probe.scheme
+        scope = self._scope(method, version, headers, client, scheme)
+        if upgrade is not None and parser.should_upgrade() and b"websocket" in upgrade:
+            scope["type"] = "websocket"
+            scope["scheme"] = "wss" if scheme == "https" else "ws"
+            self.parsing = None
+            self._pending_ws = scope
+            return
+        cycle = _Cycle(self, scope, bool(parser.should_keep_alive()), expect)
+        self.parsing = cycle
+        if self.cycle is None:
+            self._start(cycle)
+        else:
+            # A pipelined request: it waits for the response before it (RFC 7230 6.3.2).
+            self.pipeline.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        """llhttp: body bytes (de-chunked)."""
+        cycle = self.parsing
+        if cycle is None:
+            return
+        cycle.received += len(body)
+        limit = self.max_body_size
+        if limit is not None and cycle.received > limit:
+            raise MessageTooBig("HTTP body too large", 413)
+        if cycle.response_complete or cycle.disconnected:
+            return  # the application answered without reading it: drop
+        cycle.body += body
+        if len(cycle.body) > BODY_HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        """llhttp: the request is complete."""
+        cycle = self.parsing
+        if cycle is None:
+            return
+        self.parsing = None
+        cycle.more_body = False
+        cycle.wake()
+
+    # -- the exchange -------------------------------------------------------------------------
+
+    def _scope(
+        self,
+        method: str,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        scheme: str,
+    ) -> Scope:
+        url = self._url
+        if url[:1] == b"/":
+            raw_path, _, query = url.partition(b"?")
+        else:  # absolute-form (RFC 7230 5.3.2), or "*"
+            parsed = httptools.parse_url(url)
+            raw_path, query = parsed.path or b"/", parsed.query or b""
+        root = self.root_path
+        path = urllib.parse.unquote(raw_path.decode("latin-1"))
+        return {
+            "type": "http",
+            "asgi": ASGI_HTTP,
+            "http_version": version,
+            "server": self._server_addr,
+            "client": client,
+            "scheme": scheme,
+            "method": method,
+            "root_path": root,
+            "path": root + path,
+            "raw_path": root.encode() + raw_path if root else raw_path,
+            "query_string": query,
+            "headers": headers,
+            "state": self.adapter.state.copy(),
+        }
+
+    def _start(self, cycle: _Cycle) -> None:
+        self.cycle = cycle
+        self.server.run_task(cycle.run(self.adapter.app))
+
+    def response_done(self, cycle: _Cycle) -> None:
+        """The application sent the last body part of ``cycle``'s response."""
+        self.cycle = None
+        transport = self.transport
+        if not cycle.keep_alive or self.closing or transport.is_closing():
+            transport.close()
+            return
+        # A request body the application did not read is read on and dropped (on_body).
+        if self.pipeline:
+            self._start(self.pipeline.popleft())
+        self.resume_reading()
+        if self.cycle is None and self.parsing is None:
+            self._arm_timer(self.config.keepalive_timeout)
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is below the low-water mark (or the client left)."""
+        while self.write_paused and not self.transport.is_closing():
+            self._drain = self.loop.create_future()
+            await self._drain
+
+    def _wake_drain(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (request body buffered, or a pipelined request)."""
+        if not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+        if self._read_paused and not self.pipeline:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def write_error(self, status: int, message: str) -> None:
+        """Answer with a plain-text error and ``Connection: close``."""
+        body = message.encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %b\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%b"
+            % (status, _REASONS.get(status, b""), len(body), body)
+        )
+
+    def _refuse(self, status: int, message: str) -> None:
+        cycle = self.parsing or self.cycle
+        if cycle is not None and cycle.response_started:
+            self.transport.close()  # too late for a status: cut the connection
+            return
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.wake()
+        self.write_error(status, message)
+        access_logger.info("%s - - %d (%s)", self._peer(), status, message)
+        self.transport.close()
+
+    def log_access(self, scope: Scope, status: int) -> None:
+        """One access log line for a response or a handshake."""
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        query = scope["query_string"]
+        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        method = scope.get("method", "GET")
+        access_logger.info('%s "%s %s" %d', self._peer(), method, target, status)
+
+    def _peer(self) -> str:
+        return self._client[0] if self._client else "-"
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    def _upgrade(self, trailing: bytes) -> None:
+        scope = self._pending_ws
+        if scope is None:
+            # An Upgrade this server does not speak (h2c...): the request was answered as
+            # HTTP; llhttp has stopped, so the connection ends after it (RFC 7230 6.7).
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+            else:
+                self.transport.close()
+            return
+        self._pending_ws = None
+        if self.cycle is not None:
+            self._refuse(400, "WebSocket upgrade pipelined behind a request")
+            return
+        from .websocket import ASGIWebSocketSession  # here: websocket.py imports this module
+
+        request = Request(
+            "GET",
+            self._url.decode("latin-1"),
+            Headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]),
+            version=scope["http_version"],
+            client=scope["client"],
+            scheme="https" if scope["scheme"] == "wss" else "http",
+        )
+        self.session = ASGIWebSocketSession(self, scope, request, trailing)
+        self.session.start()
+
+    def websocket_opened(self, ws: WebSocket) -> None:
+        """The application accepted: ``ws`` now owns the transport."""
+        self.websocket = ws
+        self.session = None
+        self.server.websockets.add(ws)
+
+    def websocket_closed(self) -> None:
+        """The WebSocket's TCP connection is closed and its application returned."""
+        if self.websocket is not None:
+            self.server.websockets.discard(self.websocket)
+        self.server.connections.discard(self)
+        self._cancel_timer()
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _arm_timer(self, timeout: float | None) -> None:
+        self._cancel_timer()
+        if timeout is not None:
+            self._timer = self.loop.call_later(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.cycle is None and self.session is None and self.websocket is None:
+            self.transport.close()
