@@ -134,6 +134,7 @@ class _Cycle:
             self.keep_alive = False
             conn.write_error(500, "internal server error")
             self.response_complete = True
+            conn.response_done(self)  # closes: keep_alive is off
         else:
             # The head is out: the client can only learn of the failure by a cut connection.
             conn.transport.close()
