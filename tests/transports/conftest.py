@@ -1,13 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 import fullduplex
-from fullduplex.hub import Hub
+from fullduplex.hub import Hub, RedisBackend
 from fullduplex.transports import FrameCache, TopicRules, Transports, mount_all
+
+from ..hub.conftest import RedisServer, own_redis  # noqa: F401  (a fixture, re-exported)
 
 
 @dataclass
@@ -29,7 +33,11 @@ class Setup:
 
 
 async def make_setup(
-    hub: Hub | None = None, *, compression: bool = False, **serve_options: object
+    hub: Hub | None = None,
+    *,
+    compression: bool = False,
+    longpoll_timeout: float = 1.0,
+    **serve_options: object,
 ) -> Setup:
     hub = hub or Hub()
     await hub.start()
@@ -41,7 +49,7 @@ async def make_setup(
         rules=rules,
         compression=compression,
         heartbeat_interval=0.2,
-        longpoll_timeout=1.0,
+        longpoll_timeout=longpoll_timeout,
     )
     server = await fullduplex.serve(app, "127.0.0.1", 0, **serve_options)  # type: ignore[arg-type]
     return Setup(hub, server, transports)
@@ -59,3 +67,26 @@ async def rt() -> AsyncIterator[Setup]:
     setup = await make_setup()
     yield setup
     await teardown(setup)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Run a test on the memory hub and on a real redis-server."""
+    return str(request.param)
+
+
+def make_hub(backend: str, request: pytest.FixtureRequest, **options: Any) -> Hub:
+    """A hub on ``backend``; with Redis, keys of this test's own on the session's server."""
+    if backend == "memory":
+        return Hub(**options)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    return Hub(RedisBackend(server.url, prefix=prefix, reconnect_delay=(0.02, 0.2)), **options)

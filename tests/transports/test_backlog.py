@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from fullduplex.hub import Gap, GapReason, Message, Policy, TopicConfig
 from fullduplex.transports.backlog import Backlog, Mailbox
 from fullduplex.transports.common import EnvelopeCache
@@ -96,3 +98,33 @@ def test_envelope_cache_serializes_once_and_is_bounded() -> None:
     cache.text(Message("b", 1, 0, 0.0))
     cache.text(Message("c", 1, 0, 0.0))
     assert len(cache._last) == 2
+
+
+def test_from_history_overflow_marks_behind_instead_of_a_gap() -> None:
+    backlog = Backlog("t", TopicConfig(queue_size=3), since=0, from_history=True)
+    for seq in range(1, 8):
+        assert backlog.push(msg(seq))
+    assert backlog.behind and backlog.dropped == 0
+    mailbox = Mailbox()
+    mailbox.backlogs["t"] = backlog
+    assert mailbox.take() == []  # a behind backlog waits for its catch-up
+    # History returns 1-2 (a chunk of 2): still behind; then 3-7: continues the backlog.
+    assert backlog.catch_up(None, [msg(1), msg(2)], complete=False) == [msg(1), msg(2)]
+    assert backlog.behind
+    assert backlog.catch_up(None, [msg(3), msg(4)], complete=False) == [msg(3), msg(4)]
+    assert not backlog.behind  # the backlog holds 5, 6, 7
+    assert drain(backlog) == [msg(5), msg(6), msg(7)]
+
+
+def test_catch_up_passes_history_gaps_and_drops_what_it_covers() -> None:
+    backlog = Backlog("t", TopicConfig(queue_size=2), since=0, from_history=True)
+    for seq in range(1, 6):
+        backlog.push(msg(seq))
+    items = backlog.catch_up(Gap("t", 0, 4), [msg(4), msg(5)], complete=True)
+    assert items == [Gap("t", 0, 4), msg(4), msg(5)]
+    assert not backlog.behind and not backlog and backlog.sent == 5
+
+
+def test_from_history_needs_a_cursor() -> None:
+    with pytest.raises(ValueError):
+        Backlog("t", TopicConfig(), since=None, from_history=True)

@@ -6,7 +6,11 @@ queue and no task per subscriber inside the hub) and keep what they cannot write
 :class:`Backlog`, one per topic and consumer, of at most ``queue_size`` messages:
 
 * ``drop-oldest``: when full, the oldest message is dropped; the consumer later receives a
-  :class:`~fullduplex.hub.Gap` covering it, then the newer messages;
+  :class:`~fullduplex.hub.Gap` covering it, then the newer messages. A consumer that can read
+  the hub's history (``from_history=True``: event streams and long polls) is not given a gap:
+  the backlog is marked :attr:`~Backlog.behind` and the consumer reads what was dropped back
+  from history (:meth:`Backlog.catch_up`), so only what history no longer holds becomes a gap
+  (``trimmed``, as history says);
 * ``conflate``: when the backlog is full, a new message replaces the waiting one with the same
   ``conflate_key`` (a function of the data; None: any waiting message) without a gap (sequence
   numbers jump by design); with no such message, the oldest is dropped with a gap as above.
@@ -32,21 +36,31 @@ class Backlog:
         topic: the topic.
         config: the topic's configuration (policy, queue size, conflate key).
         since: the consumer's cursor when it subscribed, None if unknown (live only).
+        from_history: on overflow (``drop-oldest``, and ``conflate`` with no message of the
+            key waiting), mark the backlog :attr:`behind` rather than report a ``dropped``
+            gap: the consumer reads the dropped messages back from the hub's history
+            (:meth:`catch_up`). Needs ``since``.
     """
 
     __slots__ = (
         "_latest",
         "_loss",
+        "behind",
         "config",
         "conflate",
         "dropped",
+        "from_history",
         "overflowed",
         "pending",
         "sent",
         "topic",
     )
 
-    def __init__(self, topic: str, config: TopicConfig, since: int | None) -> None:
+    def __init__(
+        self, topic: str, config: TopicConfig, since: int | None, *, from_history: bool = False
+    ) -> None:
+        if from_history and since is None:
+            raise ValueError("from_history needs a cursor (since)")
         #: The topic.
         self.topic = topic
         #: The topic's configuration.
@@ -61,6 +75,11 @@ class Backlog:
         self.dropped = 0
         #: True once full under the ``disconnect`` policy.
         self.overflowed = False
+        #: Whether overflows are read back from history (see the class docstring).
+        self.from_history = from_history
+        #: True while messages after :attr:`sent` were dropped from the backlog but are to be
+        #: read from history (:meth:`catch_up`) before :meth:`pop` hands out more.
+        self.behind = False
         self._loss: tuple[int, GapReason] | None = None  # a loss not reported yet
         self._latest: dict[Hashable, int] = {}  # conflate key -> seq of its latest message
 
@@ -85,6 +104,10 @@ class Backlog:
             self.overflowed = True
             return False
         oldest = pending.pop(next(iter(pending)))
+        if self.from_history:
+            # Still in history (or history says it is gone): read back by catch_up().
+            self.behind = True
+            return True
         if isinstance(oldest, Gap):
             self._record_loss(oldest.since, oldest.reason)
         else:
@@ -131,8 +154,51 @@ class Backlog:
         else:
             self.sent = item.seq
 
+    def catch_up(
+        self, gap: Gap | None, messages: list[Message], complete: bool
+    ) -> list[Message | Gap]:
+        """Take a history read after :attr:`sent` (while :attr:`behind`); return what to send.
+
+        Args:
+            gap: the gap history reported before ``messages`` (trimmed or reset), if any.
+            messages: what history returned after :attr:`sent`.
+            complete: whether history returned everything it had (fewer than asked for).
+
+        Returns:
+            The items to hand out, in order. What the backlog still holds that they cover
+            is discarded; :attr:`behind` is cleared once the backlog continues them.
+        """
+        items: list[Message | Gap] = []
+        if gap is not None:
+            items.append(gap)
+            self.skip(gap)
+        for message in messages:
+            if self.sent is None or message.seq > self.sent:
+                items.append(message)
+                self.sent = message.seq
+        sent = self.sent if self.sent is not None else 0
+        pending = self.pending
+        while pending:
+            key = next(iter(pending))
+            head = pending[key]
+            if isinstance(head, Message):
+                if head.seq > sent:
+                    break
+            elif head.reason is GapReason.RESET:
+                # Announced already if history reported the reset; else news, kept.
+                if gap is None or gap.reason is not GapReason.RESET:
+                    break
+            elif head.first_available > sent + 1:
+                break
+            del pending[key]
+        if complete or (pending and _continues(pending, sent)):
+            self.behind = False
+        if not pending:
+            self._latest.clear()
+        return items
+
     def __bool__(self) -> bool:
-        return bool(self.pending)
+        return bool(self.pending) or self.behind
 
     def _record_loss(self, before: int, reason: GapReason) -> None:
         if self._loss is None:
@@ -187,9 +253,15 @@ class Mailbox:
             waiter.set_result(None)
 
     def take(self) -> list[Message | Gap]:
-        """Everything waiting, topic by topic, each topic in order."""
+        """Everything waiting, topic by topic, each topic in order.
+
+        A backlog that is :attr:`~Backlog.behind` is left alone: the consumer catches it up
+        from history first (:meth:`Backlog.catch_up`).
+        """
         items: list[Message | Gap] = []
         for backlog in self.backlogs.values():
+            if backlog.behind:
+                continue
             while (item := backlog.pop()) is not None:
                 items.append(item)
         return items
@@ -213,6 +285,11 @@ class Mailbox:
             if timer is not None:
                 timer.cancel()
         return bool(self or self.overflowed or self.closed)
+
+
+def _continues(pending: dict[Hashable, Message | Gap], sent: int) -> bool:
+    head = pending[next(iter(pending))]
+    return isinstance(head, Gap) or head.seq == sent + 1
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:

@@ -182,7 +182,8 @@ class _Stream:
                 # Make the first id complete: "now" is a cursor too.
                 since = await hub.last_seq(topic)
             self.cursors[topic] = since
-            callback = self.mailbox.add(Backlog(topic, hub.config(topic), since))
+            backlog = Backlog(topic, hub.config(topic), since, from_history=True)
+            callback = self.mailbox.add(backlog)
             self.subscriptions.append(hub.subscribe(topic, since=since, on_message=callback))
 
     def close(self) -> None:
@@ -216,6 +217,23 @@ class _Stream:
                 chunks.append(memoryview(event)[event.index(b"\n") + 1 :])
         return b"".join(chunks)
 
+    async def take(self) -> list[Message | Gap]:
+        """What to send next: backlogs that overflowed read back from history, then the rest.
+
+        Raises:
+            HubUnavailable: history cannot be read now (the stream ends; the client resumes
+                from its last event id).
+        """
+        items: list[Message | Gap] = []
+        for backlog in self.mailbox.backlogs.values():
+            if backlog.behind and backlog.sent is not None:
+                # One chunk per topic and turn: memory stays bounded by the queue size.
+                chunk = backlog.config.queue_size
+                gap, messages = await self.hub.history(backlog.topic, backlog.sent, chunk)
+                items.extend(backlog.catch_up(gap, messages, len(messages) < chunk))
+        items.extend(self.mailbox.take())
+        return items
+
     def closed(self) -> bool:
         return self.mailbox.closed or any(s.closed for s in self.subscriptions)
 
@@ -227,7 +245,11 @@ class _Stream:
             yield head + f"id: {format_event_id(self.cursors)}\n\n".encode()
             mailbox = self.mailbox
             while True:
-                items = mailbox.take()
+                try:
+                    items = await self.take()
+                except HubUnavailable:
+                    yield encode_comment("closed: hub unavailable")
+                    return
                 if items:
                     yield self.encode(items)
                     continue
