@@ -26,7 +26,7 @@ import logging
 import secrets
 import time
 import types
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Mapping
 from typing import Any
 
 from ..config import (
@@ -243,6 +243,11 @@ class WebSocket(asyncio.Protocol):
     def close_reason(self) -> str | None:
         """The close reason once the connection is closed, else None."""
         return self.core.close_reason if self._lost else None
+
+    @property
+    def path_params(self) -> Mapping[str, Any]:
+        """The route's converted path parameters (``/rooms/{room}``): ``request.path_params``."""
+        return self.request.path_params
 
     async def recv(self) -> Data:
         """Receive the next message: ``str`` for text, ``bytes`` for binary.

@@ -15,6 +15,12 @@ like a Netty pipeline of HTTP codec, aggregator, WebSocket protocol handler and 
         return {"message": "hello"}
 
     app.static("/", "public/")
+
+Paths may hold parameters with converters, as in Starlette (``compile_path``): ``/rooms/{room}``
+(``str``, one segment), ``/items/{id:int}``, ``{x:float}``, ``{rest:path}`` (slashes included)
+and ``{key:uuid}``. The converted values are ``request.path_params`` (HTTP) and
+``ws.path_params`` (WebSocket). Exact paths stay one dict lookup; only a path no exact route
+answers is tried against the parameterised ones, in registration order.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import mimetypes
 import os
 import re
+import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,7 @@ from ..protocol.http11 import Headers, Request, Response
 from .connection import WebSocket, WebSocketListener
 
 __all__ = [
+    "CONVERTERS",
     "SERVER_DEFAULT",
     "App",
     "HTTPHandler",
@@ -42,6 +50,7 @@ __all__ = [
     "StreamingResponse",
     "WebSocketHandler",
     "WebSocketRoute",
+    "compile_path",
     "html_response",
     "json_response",
     "text_response",
@@ -88,6 +97,60 @@ class _ServerDefault:
 
 #: Marks a per-route limit that falls back to the server's setting.
 SERVER_DEFAULT: Any = _ServerDefault()
+
+
+#: Path parameter converters: name -> (regular expression, conversion). Starlette's set.
+CONVERTERS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "str": (r"[^/]+", str),
+    "path": (r".*", str),
+    "int": (r"[0-9]+", int),
+    "float": (r"[0-9]+(?:\.[0-9]+)?", float),
+    "uuid": (
+        r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        uuid.UUID,
+    ),
+}
+
+_PARAM = re.compile(r"{([a-zA-Z_][a-zA-Z0-9_]*)(?::([a-zA-Z_][a-zA-Z0-9_]*))?}")
+
+
+def compile_path(path: str) -> tuple[re.Pattern[str], dict[str, Callable[[str], Any]]]:
+    """Compile a route path with ``{name}`` or ``{name:converter}`` parameters.
+
+    Returns:
+        The regular expression matching whole request paths, and each parameter's
+        conversion function.
+
+    Raises:
+        ValueError: an unknown converter, or a parameter named twice.
+    """
+    pattern = "^"
+    converters: dict[str, Callable[[str], Any]] = {}
+    end = 0
+    for match in _PARAM.finditer(path):
+        name, kind = match.group(1), match.group(2) or "str"
+        if kind not in CONVERTERS:
+            raise ValueError(f"unknown path converter {kind!r} in {path!r}")
+        if name in converters:
+            raise ValueError(f"path parameter {name!r} appears twice in {path!r}")
+        regex, convert = CONVERTERS[kind]
+        pattern += re.escape(path[end : match.start()]) + f"(?P<{name}>{regex})"
+        converters[name] = convert
+        end = match.end()
+    pattern += re.escape(path[end:]) + "$"
+    return re.compile(pattern), converters
+
+
+def _match(
+    path: str, pattern: re.Pattern[str], converters: dict[str, Callable[[str], Any]]
+) -> dict[str, Any] | None:
+    match = pattern.match(path)
+    if match is None:
+        return None
+    try:
+        return {name: converters[name](value) for name, value in match.groupdict().items()}
+    except ValueError:  # a float or uuid the regex let through but the type refuses
+        return None
 
 
 def json_response(
@@ -160,21 +223,40 @@ class WebSocketRoute:
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
     require_subprotocol: bool = False
     handshake: Any = field(default=None, repr=False)
+    pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
 class HTTPRoute:
-    """An HTTP endpoint.
+    """An HTTP endpoint: one path, a handler per method.
 
     Attributes:
-        path: the request path it answers.
-        handler: called with the request.
-        methods: the methods accepted (others get 405).
+        path: the request path it answers (may hold ``{parameters}``).
+        handler: the handler registered first (kept for callers of one-handler routes).
+        methods: the methods accepted (others get 405 with ``Allow``).
+        handlers: the handler of each method.
+        pattern: the compiled path, for a path with parameters, else None.
+        converters: each path parameter's conversion function.
     """
 
     path: str
     handler: HTTPHandler
     methods: frozenset[str] = frozenset({"GET", "HEAD"})
+    handlers: dict[str, HTTPHandler] = field(default_factory=dict)
+    pattern: re.Pattern[str] | None = field(default=None, repr=False)
+    converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.handlers:
+            self.handlers = dict.fromkeys(self.methods, self.handler)
+        if self.pattern is None and "{" in self.path:
+            self.pattern, self.converters = compile_path(self.path)
+
+    def add(self, methods: frozenset[str], handler: HTTPHandler) -> None:
+        """Route ``methods`` of this path to ``handler`` too."""
+        self.handlers.update(dict.fromkeys(methods, handler))
+        self.methods = frozenset(self.handlers)
 
 
 @dataclass
@@ -234,6 +316,10 @@ class App:
         self.websocket_routes: dict[str, WebSocketRoute] = {}
         #: HTTP routes by path.
         self.http_routes: dict[str, HTTPRoute] = {}
+        #: WebSocket routes whose paths hold parameters, in registration order.
+        self.websocket_patterns: list[WebSocketRoute] = []
+        #: HTTP routes whose paths hold parameters, in registration order.
+        self.http_patterns: list[HTTPRoute] = []
         #: Static folders, longest prefix first.
         self.static_routes: list[StaticRoute] = []
         #: Called (and awaited if they return awaitables) before the server starts listening.
@@ -286,7 +372,11 @@ class App:
             route.max_message_size = max_message_size
             route.max_frame_size = max_frame_size
             route.require_subprotocol = require_subprotocol
-            self.websocket_routes[path] = route
+            if "{" in path:
+                route.pattern, route.converters = compile_path(path)
+                self.websocket_patterns.append(route)
+            else:
+                self.websocket_routes[path] = route
             return handler
 
         return register
@@ -297,15 +387,36 @@ class App:
         """Register an HTTP handler for ``path`` and ``methods`` (a decorator).
 
         The handler takes the :class:`~fullduplex.protocol.http11.Request` and returns (or
-        awaits to) a Response, a dict or list (sent as JSON), a str (text) or bytes.
+        awaits to) a Response, a dict or list (sent as JSON), a str (text) or bytes. Several
+        handlers may share a path with different methods; other methods get 405 with
+        ``Allow``. ``{name}`` and ``{name:int}`` parts of ``path`` are path parameters
+        (``request.path_params``).
+
+        Raises:
+            ValueError: the path does not start with ``/`` or has an unknown converter.
         """
         _check_path(path)
         allowed = {m.upper() for m in methods}
         if "GET" in allowed:
             allowed.add("HEAD")
 
+        methods_set = frozenset(allowed)
+        if "{" in path:
+            compile_path(path)  # ValueError now, not at the first request
+
         def register(handler: HTTPHandler) -> HTTPHandler:
-            self.http_routes[path] = HTTPRoute(path, handler, frozenset(allowed))
+            table = self.http_patterns if "{" in path else None
+            existing = (
+                self.http_routes.get(path)
+                if table is None
+                else next((r for r in table if r.path == path), None)
+            )
+            if existing is not None:
+                existing.add(methods_set, handler)
+            elif table is not None:
+                table.append(HTTPRoute(path, handler, methods_set))
+            else:
+                self.http_routes[path] = HTTPRoute(path, handler, methods_set)
             return handler
 
         return register
@@ -317,6 +428,48 @@ class App:
     def post(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a POST handler (a decorator)."""
         return self.route(path, ("POST",))
+
+    def put(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a PUT handler (a decorator)."""
+        return self.route(path, ("PUT",))
+
+    def delete(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a DELETE handler (a decorator)."""
+        return self.route(path, ("DELETE",))
+
+    def match_websocket(self, request: Request) -> WebSocketRoute | None:
+        """The parameterised WebSocket route for ``request``; sets ``request.path_params``."""
+        path = request.path
+        for route in self.websocket_patterns:
+            assert route.pattern is not None
+            params = _match(path, route.pattern, route.converters)
+            if params is not None:
+                request.path_params = params
+                return route
+        return None
+
+    def match_http(self, request: Request) -> HTTPRoute | None:
+        """The parameterised HTTP route for ``request``; sets ``request.path_params``.
+
+        A route matching the path and the method wins; else the first one matching the path
+        (the server answers 405 with its methods); else None.
+        """
+        path = request.path
+        fallback: tuple[HTTPRoute, dict[str, Any]] | None = None
+        for route in self.http_patterns:
+            assert route.pattern is not None
+            params = _match(path, route.pattern, route.converters)
+            if params is None:
+                continue
+            if request.method in route.handlers:
+                request.path_params = params
+                return route
+            if fallback is None:
+                fallback = (route, params)
+        if fallback is None:
+            return None
+        request.path_params = fallback[1]
+        return fallback[0]
 
     def static(self, prefix: str, folder: str | os.PathLike[str]) -> None:
         """Serve the files of ``folder`` under the path ``prefix``.

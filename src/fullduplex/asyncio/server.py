@@ -417,12 +417,17 @@ class HTTPProtocol(asyncio.Protocol):
         app = self.server.app
         path = request.path
         ws_route = app.websocket_routes.get(path)
+        if ws_route is None and app.websocket_patterns:
+            ws_route = app.match_websocket(request)  # {parameters}: request.path_params
         if ws_route is not None:
             self._upgrade(request, ws_route)
             return
         route = app.http_routes.get(path)
+        if route is None and app.http_patterns:
+            route = app.match_http(request)
         if route is not None:
-            if request.method not in route.methods:
+            handler = route.handlers.get(request.method)
+            if handler is None:
                 allow = ", ".join(sorted(route.methods))
                 self._respond(
                     request, text_response("method not allowed\n", 405, [("Allow", allow)])
@@ -430,7 +435,7 @@ class HTTPProtocol(asyncio.Protocol):
                 return
             self.busy = True  # reading goes on: see data_received
             self._handler_task = self.server.run_task(
-                self._run_http_handler(route.handler, request)
+                self._run_http_handler(handler, request)
             )
             return
         if request.method in ("GET", "HEAD"):

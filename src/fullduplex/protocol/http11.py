@@ -24,8 +24,9 @@ from __future__ import annotations
 import abc
 import http
 import re
+import types
 import urllib.parse
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,8 @@ _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 # CR, LF and NUL in a value or a start line would let a caller split the message (RFC 7230 3.2.4:
 # "field-content = field-vchar [ 1*( SP / HTAB ) field-vchar ]", no CR, LF or NUL allowed).
 _FORBIDDEN = re.compile(r"[\r\n\x00]")
+# Request.path_params of a request no parameterised route matched: one shared, read-only.
+_NO_PARAMS: Mapping[str, Any] = types.MappingProxyType({})
 # RFC 7231 6.1 / RFC 7230 3.3: 1xx, 204 and 304 responses never carry a body.
 _NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -242,6 +245,9 @@ class Request:
             the address a trusted proxy reported), None when unknown. Set by the I/O layer.
         scheme: ``"http"`` or ``"https"`` (``"ws"``/``"wss"`` are implied by an upgrade), as
             the connection or a trusted proxy says. Set by the I/O layer.
+        path_params: the converted ``{parameters}`` of the route path that matched, e.g.
+            ``{"id": 42}`` for ``/items/{id:int}``; empty (read-only) otherwise. Set by the
+            router; not a constructor argument.
     """
 
     method: str
@@ -251,6 +257,8 @@ class Request:
     version: str = "1.1"
     client: tuple[str, int] | None = None
     scheme: str = "http"
+    # Not a field: a class attribute until the router sets one (no dict per request).
+    path_params = _NO_PARAMS
 
     def _split_target(self) -> tuple[str, str]:
         target = self.target
