@@ -259,6 +259,10 @@ class HTTPRoute:
         self.methods = frozenset(self.handlers)
 
 
+#: The longest file name most filesystems accept (NAME_MAX: ext4, XFS, btrfs, tmpfs, APFS).
+_MAX_NAME_BYTES = 255
+
+
 @dataclass
 class StaticRoute:
     """Files served from a folder under a path prefix.
@@ -279,17 +283,21 @@ class StaticRoute:
         parts = [p for p in rel.split("/") if p]
         if any(p in (".", "..") or "\\" in p or "\x00" in p for p in parts):
             return None
+        if any(len(p.encode("utf-8", "surrogateescape")) > _MAX_NAME_BYTES for p in parts):
+            return None  # no file has such a name (the filesystem would say ENAMETOOLONG)
         target = self.folder.joinpath(*parts) if parts else self.folder
-        if target.is_dir():
-            target = target / self.index
+        # Every filesystem call may raise OSError for a name the kernel refuses (ENAMETOOLONG
+        # for the whole path, EACCES, ELOOP...): that is a path with no file, a 404.
         try:
+            if target.is_dir():
+                target = target / self.index
             target = target.resolve(strict=True)
-        except (OSError, RuntimeError):
+            root = self.folder.resolve()
+            if root != target and root not in target.parents:
+                return None
+            return target if target.is_file() else None
+        except (OSError, RuntimeError, ValueError):
             return None
-        root = self.folder.resolve()
-        if root != target and root not in target.parents:
-            return None
-        return target if target.is_file() else None
 
     def serve(self, path: str) -> Response | None:
         """Build the response for a request path, or None if no file matches."""
@@ -299,7 +307,10 @@ class StaticRoute:
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
-        body = target.read_bytes()
+        try:
+            body = target.read_bytes()
+        except OSError:
+            return None  # gone, unreadable or not a regular file since resolve(): a 404
         headers = Headers([("Content-Type", ctype), ("Cache-Control", "no-cache")])
         return Response(200, headers, body)
 

@@ -342,10 +342,13 @@ class HTTPProtocol(asyncio.Protocol):
         assert self.parser is not None
         try:
             self.parser.feed(data)
+            self._next_request()
         except InvalidMessage as exc:
             self._send_error(exc.status, str(exc))
-            return
-        self._next_request()
+        except Exception as exc:
+            # Nothing may escape into the transport's callback: the loop would only log it,
+            # the client would get no answer and a pipelined request behind it would be lost.
+            self._internal_error(exc)
 
     def eof_received(self) -> bool | None:
         """The client closed its sending side: close the connection.
@@ -402,7 +405,12 @@ class HTTPProtocol(asyncio.Protocol):
         if request is None:
             return
         self._cancel_timer()
-        self._dispatch(request)
+        try:
+            self._dispatch(request)
+        except Exception as exc:
+            # A route lookup or a synchronous answer that raised (also when called from a
+            # finished handler's task): 500, not an exception in a transport callback.
+            self._internal_error(exc)
 
     def _dispatch(self, request: Request) -> None:
         transport = self.transport
@@ -434,9 +442,7 @@ class HTTPProtocol(asyncio.Protocol):
                 )
                 return
             self.busy = True  # reading goes on: see data_received
-            self._handler_task = self.server.run_task(
-                self._run_http_handler(handler, request)
-            )
+            self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
             return
         if request.method in ("GET", "HEAD"):
             response = app.find_static(path)
@@ -542,6 +548,13 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.write(response.serialize())
         access_logger.info("%s - - %d (%s)", self._peer(), status, message)
         self.transport.close()
+
+    def _internal_error(self, exc: BaseException) -> None:
+        logger.error("error while answering %s", self._peer(), exc_info=exc)
+        if self.transport.is_closing() or self.websocket is not None:
+            self.transport.abort()  # mid-answer or upgraded: no HTTP answer can follow
+            return
+        self._send_error(500, "internal server error")
 
     def _log_access(self, request: Request, status: int, size: int) -> None:
         if not access_logger.isEnabledFor(logging.INFO):

@@ -1,0 +1,117 @@
+"""Bad request paths get an HTTP answer (issue 15, defect 5); nothing escapes data_received."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+import fullduplex
+from fullduplex.protocol.http11 import Response
+
+from .conftest import start
+
+
+def statuses(answer: bytes) -> list[int]:
+    return [int(m) for m in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
+def get(path: str, close: bool = False) -> bytes:
+    extra = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "ok.txt").write_text("fine\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "index.html").write_text("<p>index</p>\n")
+    return tmp_path
+
+
+async def test_overlong_static_segments_are_404_and_the_pipeline_goes_on(folder: Path) -> None:
+    app = fullduplex.App()
+    app.static("/", folder)
+    server = await start(app)
+    try:
+        paths = [
+            "/" + "a" * 255,  # the longest name a filesystem takes: simply absent
+            "/" + "a" * 256,  # ENAMETOOLONG from the kernel, before the fix: no answer at all
+            "/sub/" + "b" * 300,
+            "/" + "%C3%A9" * 200,  # é: 400 bytes in UTF-8 once decoded
+            "/" + "/".join(["c" * 250] * 20),  # each name fits, the whole path does not
+            "/sub/" + "%61" * 1000,  # percent-encoded: 1000 bytes once decoded
+        ]
+        raw = b"".join(get(p) for p in paths) + get("/ok.txt", close=True)
+        answer = await exchange(server.port, raw)
+        assert statuses(answer) == [404] * len(paths) + [200]
+        assert answer.endswith(b"fine\n")
+    finally:
+        await server.shutdown()
+
+
+async def test_overlong_path_under_a_prefix_and_head(folder: Path) -> None:
+    app = fullduplex.App()
+    app.static("/static", folder)
+    server = await start(app)
+    try:
+        raw = b"HEAD /static/" + b"z" * 1000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        raw += get("/static/sub/", close=True)
+        answer = await exchange(server.port, raw)
+        assert statuses(answer) == [404, 200]
+        assert answer.endswith(b"<p>index</p>\n")
+    finally:
+        await server.shutdown()
+
+
+class BrokenLookupApp(fullduplex.App):
+    """An application whose static lookup fails, as a buggy extension of App might."""
+
+    def find_static(self, path: str) -> Response | None:
+        if path == "/boom":
+            raise RuntimeError("lookup bug")
+        return super().find_static(path)
+
+
+async def test_an_exception_in_a_route_lookup_is_500_and_logged(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = BrokenLookupApp()
+    app.static("/", folder)
+
+    @app.get("/json")
+    def data(request: object) -> dict[str, int]:
+        return {"n": 1}
+
+    server = await start(app)
+    loop_errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: loop_errors.append(ctx))
+    try:
+        # Pipelined: the 500 closes the connection (its state is unknown after a bug), so the
+        # request behind it is not answered on this connection, but it is never half-served.
+        answer = await exchange(server.port, get("/boom") + get("/ok.txt"))
+        assert statuses(answer) == [500]
+        assert b"lookup bug" not in answer  # the peer never sees exception text
+        # The same, after a keep-alive request handled by a task (the lookup runs from there).
+        answer = await exchange(server.port, get("/json") + get("/boom"))
+        assert statuses(answer) == [200, 500]
+        # The server carries on.
+        assert statuses(await exchange(server.port, get("/ok.txt", close=True))) == [200]
+    finally:
+        await server.shutdown()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name == "fullduplex"]
+    assert len(errors) == 2
+    assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in errors)
+    assert loop_errors == []  # nothing reached the event loop's exception handler
