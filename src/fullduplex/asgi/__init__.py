@@ -13,6 +13,7 @@ See docs/asgi.md.
 from __future__ import annotations
 
 from .http import ClientDisconnected
+from .hub import HubApp
 from .lifespan import Lifespan, LifespanFailed
 from .server import ANY_ORIGIN, ASGIAdapter
 from .types import ASGIApplication, Message, Receive, Scope, Send
@@ -22,6 +23,7 @@ __all__ = [
     "ASGIAdapter",
     "ASGIApplication",
     "ClientDisconnected",
+    "HubApp",
     "Lifespan",
     "LifespanFailed",
     "Message",

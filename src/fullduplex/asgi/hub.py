@@ -1,0 +1,529 @@
+"""The hub transports as an ASGI application, to mount in FastAPI or Starlette under any server.
+
+::
+
+    hub = Hub()
+    app = FastAPI(lifespan=...)          # start the hub there: ``async with hub: yield``
+    app.mount("/rt", HubApp(hub))        # /rt/pubsub /rt/sse /rt/longpoll /rt/poll /rt/publish
+
+:class:`HubApp` does not rewrite a transport: it mounts them (:func:`~fullduplex.transports.
+mount_all`) on a private :class:`~fullduplex.App` and adapts the ASGI events to what those
+routes take and give:
+
+* HTTP: the ASGI request becomes a :class:`~fullduplex.protocol.http11.Request` (its body read
+  whole, up to ``max_body_size``: 413 beyond), the route's ``Response`` or
+  ``StreamingResponse`` becomes ``http.response.*`` events. A ``http.disconnect`` cancels the
+  handler, as a closed socket does on the native server: a long poll or an event stream ends
+  at once.
+* WebSocket (``/pubsub``): the route's handler gets a real :class:`~fullduplex.asyncio.
+  WebSocket` whose transport is a loopback (:class:`_Loopback`): frames it writes are parsed
+  back into ``websocket.send`` events, and ``websocket.receive`` events are framed into it. So
+  the fan-out, the per-topic backlogs and the slow-consumer policy run unchanged: the loopback
+  reports the bytes not yet taken by the ASGI server's ``send`` as its write buffer, and
+  pauses the WebSocket's writing above ``write_limit``. The round trip through frames costs a
+  frame parse per message each way, small beside an ASGI server's own per-message work.
+
+Served on its own (``fullduplex.serve(HubApp(hub))``, ``uvicorn module:app``), it answers
+the lifespan protocol by starting and closing the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import urllib.parse
+from typing import Any
+
+from ..asyncio.connection import DEFAULT_MAX_QUEUE, DEFAULT_WRITE_LIMIT, WebSocket
+from ..asyncio.router import SERVER_DEFAULT, App, StreamingResponse, text_response, to_response
+from ..config import DEFAULT_CLOSE_TIMEOUT
+from ..hub import Hub
+from ..protocol import CloseCode, CloseReceived, Connection, ConnectionClosed, Side
+from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol.exceptions import FullduplexError, InvalidHandshake
+from ..protocol.handshake import ServerHandshake
+from ..protocol.http11 import DEFAULT_MAX_BODY_SIZE, Headers, Request, Response
+from ..transports import TopicRules, Transports, mount_all
+from ..transports.eventstream import DEFAULT_HEARTBEAT_INTERVAL
+from ..transports.polling import DEFAULT_LONGPOLL_TIMEOUT
+from .types import Message, Receive, Scope, Send
+
+__all__ = ["HubApp"]
+
+logger = logging.getLogger("fullduplex.asgi")
+
+
+class HubApp:
+    """An ASGI application serving a hub's transports.
+
+    The routes are ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll`` and ``/publish``, relative
+    to where it is mounted.
+
+    Args:
+        hub: the hub.
+        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        heartbeat_interval: seconds of SSE silence before a heartbeat comment.
+        longpoll_timeout: seconds a long poll is held.
+        max_body_size: largest HTTP request body read (413 above it).
+        write_limit: bytes handed to the ASGI server and not yet taken, above which a
+            WebSocket counts as not writable (its topic backlogs fill, then the policy acts).
+        max_queue: received WebSocket messages buffered before reading pauses.
+        close_timeout: seconds to wait for a closing handshake.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        rules: TopicRules | None = None,
+        # Timeouts
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
+        close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+        # Limits
+        max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+        write_limit: int = DEFAULT_WRITE_LIMIT,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        #: The hub.
+        self.hub = hub
+        #: The routes the transports are mounted on (a private fullduplex App).
+        self.routes = App()
+        #: What :func:`~fullduplex.transports.mount_all` mounted (caches, open requests).
+        self.transports: Transports = mount_all(
+            self.routes,
+            hub,
+            rules=rules,
+            heartbeat_interval=heartbeat_interval,
+            longpoll_timeout=longpoll_timeout,
+        )
+        self.max_body_size = max_body_size
+        self.write_limit = write_limit
+        self.max_queue = max_queue
+        self.close_timeout = close_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI 3 entry point."""
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        method = scope["method"]
+        route = self.routes.http_routes.get(path)
+        if route is None:
+            await _send_response(send, method, text_response("not found\n", 404))
+            return
+        handler = route.handlers.get(method)
+        if handler is None:
+            allow = ", ".join(sorted(route.methods))
+            response = text_response("method not allowed\n", 405, [("Allow", allow)])
+            await _send_response(send, method, response)
+            return
+        body = await _read_body(receive, self.max_body_size)
+        if body is None:
+            await _send_response(send, method, text_response("HTTP body too large\n", 413))
+            return
+        request = _request(scope, path, body)
+        answer = asyncio.ensure_future(_answer(handler, request, send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The client left (long poll, event stream): cancel the handler, as a closed socket
+            # does on the native server; or the answer is complete: stop watching.
+            for task in (answer, watcher):
+                task.cancel()
+            await asyncio.gather(answer, watcher, return_exceptions=True)
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = _route_path(scope)
+        route = self.routes.websocket_routes.get(path)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        if route is None:
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+            return
+        request = _request(scope, path, b"")
+        try:
+            # The route's Origin rule, as the native server applies it (RFC 6455 10.2).
+            handshake = ServerHandshake(origins=route.origins)
+            accepted = handshake.process_request(request)
+        except InvalidHandshake as exc:
+            logger.info("refused WebSocket on %s: %s", path, exc)
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+            return
+        await send({"type": "websocket.accept"})
+        max_message = route.max_message_size
+        max_frame = route.max_frame_size
+        if max_message is SERVER_DEFAULT:
+            max_message = DEFAULT_MAX_MESSAGE_SIZE
+        if max_frame is SERVER_DEFAULT:
+            max_frame = DEFAULT_MAX_FRAME_SIZE
+        core = Connection(Side.SERVER, max_message_size=max_message, max_frame_size=max_frame)
+        loopback = _Loopback(send, scope.get("client"))
+        ws = WebSocket(
+            core,
+            loopback,
+            request=request,
+            response=accepted.response,
+            subprotocol=None,
+            ping_interval=None,  # the ASGI server keeps the connection alive
+            ping_timeout=None,
+            close_timeout=self.close_timeout,
+            max_queue=self.max_queue,
+            write_limit=self.write_limit,
+        )
+        loopback.attach(ws)
+        handler = asyncio.ensure_future(_run_handler(route.handler, ws, path))
+        reader = asyncio.ensure_future(loopback.read(receive))
+        try:
+            await asyncio.wait({handler, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not handler.done():
+                await handler  # the client left: the handler sees the connection closed
+        finally:
+            for task in (handler, reader):
+                task.cancel()
+            await asyncio.gather(handler, reader, return_exceptions=True)
+            await loopback.finish()
+
+    # -- lifespan -----------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.hub.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.transports.close()
+                await self.hub.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _route_path(scope: Scope) -> str:
+    # Starlette's Mount keeps the full path and extends root_path (ASGI: path includes
+    # root_path); older servers and routers strip it. Either way, the route path is the rest.
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path or "/"
+
+
+def _request(scope: Scope, path: str, body: bytes) -> Request:
+    query = scope.get("query_string", b"")
+    target = urllib.parse.quote(path) + ("?" + query.decode("latin-1") if query else "")
+    headers = Headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"])
+    client = scope.get("client")
+    scheme = scope.get("scheme", "http")
+    return Request(
+        scope.get("method", "GET"),
+        target,
+        headers,
+        body,
+        version=scope.get("http_version", "1.1"),
+        client=(str(client[0]), int(client[1] or 0)) if client else None,
+        scheme="https" if scheme in ("https", "wss") else "http",
+    )
+
+
+async def _read_body(receive: Receive, limit: int | None) -> bytes | None:
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return bytes(body)  # http.disconnect: the handler is cancelled by the watcher
+        body += message.get("body", b"")
+        if limit is not None and len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answer(handler: Any, request: Request, send: Send) -> None:
+    try:
+        result = handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        response = to_response(result)
+    except Exception:
+        logger.exception("HTTP handler for %s raised", request.path)
+        response = text_response("internal server error\n", 500)
+    if isinstance(response, StreamingResponse):
+        await _stream(send, response)
+    else:
+        await _send_response(send, request.method, response)
+
+
+def _raw_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in headers.items()]
+
+
+async def _send_response(send: Send, method: str, response: Response) -> None:
+    headers = _raw_headers(response.headers)
+    if "Content-Length" not in response.headers:
+        headers.append((b"content-length", b"%d" % len(response.body)))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    body = b"" if method == "HEAD" else response.body
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _stream(send: Send, response: StreamingResponse) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": _raw_headers(response.headers),
+        }
+    )
+    body = response.body
+    try:
+        async for chunk in body:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    finally:
+        aclose = getattr(body, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _run_handler(handler: Any, ws: WebSocket, path: str) -> None:
+    # What the native server's _run_ws_handler does: a handler that raises closes with 1011.
+    code, reason = CloseCode.NORMAL_CLOSURE, ""
+    try:
+        await handler(ws)
+    except ConnectionClosed:
+        pass
+    except Exception:
+        logger.exception("WebSocket handler for %s raised", path)
+        code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+    await ws.close(code, reason)
+
+
+class _Loopback(asyncio.Transport):
+    """The transport of a hub WebSocket over ASGI: frames in and out, ASGI events outside.
+
+    A client-side core (``peer``) stands for the remote end: it parses the frames the
+    WebSocket writes (unmasked server frames, RFC 6455 5.1) into messages for ``send``, and
+    frames what ``receive`` gives (masked, as a client must) for the WebSocket to read.
+    """
+
+    def __init__(self, send: Send, client: Any) -> None:
+        super().__init__()
+        self._send = send
+        self._peer_address = tuple(client) if client else None
+        self.peer = Connection(Side.CLIENT, max_frame_size=None, max_message_size=None)
+        self.peer.message_handler = self._outgoing
+        self.ws: WebSocket | None = None
+        self._queue: collections.deque[tuple[Message, int]] = collections.deque()
+        self._size = 0
+        self._high = DEFAULT_WRITE_LIMIT
+        self._low = DEFAULT_WRITE_LIMIT // 4
+        self._write_paused = False
+        self._closing = False
+        self._lost = False
+        self._close_sent = False
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._wakeup = asyncio.Event()
+        self._pump = asyncio.ensure_future(self._pump_messages())
+
+    def attach(self, ws: WebSocket) -> None:
+        """The WebSocket this transport carries."""
+        self.ws = ws
+
+    # -- what the WebSocket calls ---------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Frames from the WebSocket: parsed back into ASGI messages."""
+        if self._closing:
+            return
+        peer = self.peer
+        peer.receive_data(bytes(data))
+        for event in peer.events_received():
+            if isinstance(event, CloseReceived):
+                code = event.code
+                if code in (CloseCode.NO_STATUS_RCVD, CloseCode.ABNORMAL_CLOSURE):
+                    code = CloseCode.NORMAL_CLOSURE
+                close = {"type": "websocket.close", "code": code, "reason": event.reason}
+                self._enqueue(close, 0)
+                self._close_sent = True
+        reply = peer.data_to_send()
+        if reply and self.ws is not None:
+            # The peer answers a close frame: the WebSocket reads it on the next loop turn.
+            asyncio.get_running_loop().call_soon(self._feed, reply)
+
+    def writelines(self, chunks: Any) -> None:
+        """Several frames at once."""
+        self.write(b"".join(chunks))
+
+    def is_closing(self) -> bool:
+        """True once closed."""
+        return self._closing
+
+    def close(self) -> None:
+        """The WebSocket is done: the ASGI connection ends after what is queued."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self._close_sent:
+            # Closed without a close frame (a failure): ASGI has no 1006 to send, 1011 says it.
+            self._enqueue({"type": "websocket.close", "code": CloseCode.INTERNAL_ERROR}, 0)
+            self._close_sent = True
+        self._wakeup.set()
+        asyncio.get_running_loop().call_soon(self._connection_lost)
+
+    def abort(self) -> None:
+        """Drop what is queued and close."""
+        self._queue.clear()
+        self._size = 0
+        self.close()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername`` is the ASGI scope's client; nothing else is known."""
+        return self._peer_address if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """The bytes queued for ``send`` above which the WebSocket's writing pauses."""
+        self._high = DEFAULT_WRITE_LIMIT if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """``(low, high)``."""
+        return self._low, self._high
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes handed over and not yet taken by the ASGI server's ``send``."""
+        return self._size
+
+    def pause_reading(self) -> None:
+        """Stop taking ``websocket.receive`` events (the WebSocket's queue is full)."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        """Take ``websocket.receive`` events again."""
+        self._reading.set()
+
+    def is_reading(self) -> bool:
+        """Whether events are being taken."""
+        return self._reading.is_set()
+
+    # -- the ASGI side ----------------------------------------------------------------------------
+
+    async def read(self, receive: Receive) -> None:
+        """Feed ``websocket.receive`` events to the WebSocket until the client disconnects."""
+        peer = self.peer
+        while not self._lost:
+            await self._reading.wait()
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                text = message.get("text")
+                if text is not None:
+                    peer.send_text(text)
+                else:
+                    peer.send_binary(message.get("bytes") or b"")
+                self._feed(peer.data_to_send())
+            elif kind == "websocket.disconnect":
+                self._disconnected(message.get("code", CloseCode.NORMAL_CLOSURE))
+                return
+
+    def _disconnected(self, code: int) -> None:
+        self._close_sent = True  # nothing more goes to the ASGI server
+        self._queue.clear()
+        if not self._closing and self.ws is not None:
+            with contextlib.suppress(FullduplexError, ValueError):
+                # The client's close frame, as the WebSocket would have read it.
+                self.peer.send_close(code)
+                self._feed(self.peer.data_to_send())
+        self._closing = True
+        self._connection_lost()
+
+    def _feed(self, data: bytes) -> None:
+        if data and self.ws is not None and not self._lost:
+            self.ws.data_received(data)
+
+    def _outgoing(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self._enqueue({"type": "websocket.send", "text": message}, len(message))
+        else:
+            self._enqueue({"type": "websocket.send", "bytes": message}, len(message))
+
+    def _enqueue(self, message: Message, size: int) -> None:
+        if self._close_sent:
+            return
+        self._queue.append((message, size))
+        self._size += size
+        self._wakeup.set()
+        if not self._write_paused and self._size > self._high and self.ws is not None:
+            self._write_paused = True
+            self.ws.pause_writing()
+
+    async def _pump_messages(self) -> None:
+        # One task hands the queued messages to the ASGI server, in order, waiting on its send
+        # (its flow control): the WebSocket's write buffer is this queue.
+        queue = self._queue
+        try:
+            while True:
+                while not queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                message, size = queue.popleft()
+                await self._send(message)
+                self._size -= size
+                if self._write_paused and self._size <= self._low and self.ws is not None:
+                    self._write_paused = False
+                    self.ws.resume_writing()
+                if message["type"] == "websocket.close":
+                    return
+        except OSError:  # the ASGI server's ClientDisconnected
+            self._queue.clear()
+            self._close_sent = True
+            self._closing = True
+            self._connection_lost()
+
+    def _connection_lost(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._reading.set()
+        if self.ws is not None:
+            self.ws.connection_lost(None)
+
+    async def finish(self) -> None:
+        """Wait until the queued messages went out (the close last), then stop."""
+        if not self._closing:
+            self.close()
+        timeout = self.ws.close_timeout if self.ws is not None else None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._pump), timeout)
+        except (asyncio.TimeoutError, OSError):
+            self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await self._pump

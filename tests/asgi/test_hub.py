@@ -1,0 +1,193 @@
+"""The hub transports mounted in a FastAPI app (HubApp), under uvicorn, hypercorn and fullduplex.
+
+The transports' own consistency tests (tests/transports/test_consistency.py) run unchanged
+against the mounted hub under uvicorn: the same sequence numbers on all four transports as on
+the native server, and a cursor carried from one transport to the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+import websockets.asyncio.client as wsclient
+from fastapi import FastAPI
+
+import fullduplex
+from fullduplex.asgi import HubApp
+from fullduplex.hub import Hub
+from fullduplex.transports import TopicRules
+
+from ..transports import test_consistency
+from ..transports.client import EventStream
+
+
+def fastapi_with_hub(hub: Hub, prefix: str) -> tuple[FastAPI, HubApp]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with hub:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/api/hello")
+    async def hello() -> dict[str, str]:
+        return {"hello": "world"}
+
+    rules = TopicRules(subscribe=["*"], publish=["chat", "open.*", "t"])
+    hub_app = HubApp(hub, rules=rules, heartbeat_interval=0.2, longpoll_timeout=1.0)
+    app.mount(prefix or "/", hub_app)
+    return app, hub_app
+
+
+@dataclass
+class Mounted:
+    """What tests/transports' consistency tests read of their ``rt`` fixture."""
+
+    hub: Hub
+    port: int
+    prefix: str
+
+    def ws_url(self, path: str = "/pubsub") -> str:
+        return f"ws://127.0.0.1:{self.port}{self.prefix}{path}"
+
+
+@asynccontextmanager
+async def under_uvicorn(prefix: str) -> AsyncIterator[Mounted]:
+    hub = Hub()
+    app, hub_app = fastapi_with_hub(hub, prefix)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # bounded: 5 s for uvicorn's startup
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started
+        yield Mounted(hub, sock.getsockname()[1], prefix)
+    finally:
+        hub_app.transports.close()
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
+async def test_mounted_hub_same_sequence_numbers_under_uvicorn() -> None:
+    async with under_uvicorn("") as rt:
+        await test_consistency.test_same_sequence_numbers_everywhere(rt)  # type: ignore[arg-type]
+
+
+@pytest.mark.one_loop
+async def test_mounted_hub_carries_cursors_under_uvicorn() -> None:
+    async with under_uvicorn("") as rt:
+        await test_consistency.test_a_client_carries_its_cursor_across_transports(rt)  # type: ignore[arg-type]
+
+
+async def exercise(port: int, prefix: str) -> None:
+    """Every transport under ``prefix``, and the app's own route beside them."""
+    base = f"http://127.0.0.1:{port}"
+    async with wsclient.connect(f"ws://127.0.0.1:{port}{prefix}/pubsub") as ws:
+        await ws.send(json.dumps({"op": "subscribe", "topic": "t"}))
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            assert (await client.get("/api/hello")).json() == {"hello": "world"}
+            # The subscription is registered once an error reply to a later op comes back.
+            await ws.send(json.dumps({"op": "unsubscribe", "topic": "nope"}))
+            assert json.loads(await ws.recv())["error"] == "not subscribed"
+            for i in range(3):
+                reply = await client.post(f"{prefix}/publish", json={"topic": "t", "data": i})
+                assert reply.json()["seq"] == i + 1
+            poll = await client.get(f"{prefix}/poll", params={"topic": "t", "since": 0})
+            assert [m["seq"] for m in poll.json()["messages"]] == [1, 2, 3]
+            held = await client.get(f"{prefix}/longpoll", params={"topic": "t", "since": 2})
+            assert [m["data"] for m in held.json()["messages"]] == [2]
+            assert (await client.get(f"{prefix}/nothing")).status_code == 404
+            assert (await client.delete(f"{prefix}/publish")).status_code == 405
+        got = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(3)]
+        assert [(m["seq"], m["data"]) for m in got] == [(1, 0), (2, 1), (3, 2)]
+        await ws.send(b"binary")  # protocol abuse, as natively: 1008
+        with pytest.raises(Exception):  # noqa: B017  (websockets' ConnectionClosedError)
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_code == 1008
+    stream = await EventStream.open(port, f"{prefix}/sse?topic=t&since=1")
+    try:
+        events = [await stream.next_event() for _ in range(2)]
+        assert [e.json()["seq"] for e in events if e is not None] == [2, 3]
+    finally:
+        await stream.close()
+
+
+@pytest.mark.one_loop
+async def test_mounted_under_a_prefix_under_uvicorn() -> None:
+    async with under_uvicorn("/rt") as rt:
+        await exercise(rt.port, "/rt")
+
+
+async def test_mounted_under_a_prefix_on_fullduplex() -> None:
+    hub = Hub()
+    app, hub_app = fastapi_with_hub(hub, "/rt")
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        await exercise(server.port, "/rt")
+    finally:
+        hub_app.transports.close()
+        await server.shutdown()
+
+
+@pytest.mark.one_loop
+async def test_mounted_under_a_prefix_under_hypercorn() -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    hub = Hub()
+    app, hub_app = fastapi_with_hub(hub, "/rt")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # hypercorn binds it again (a port picked free, not held)
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "WARNING"
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        for _ in range(500):  # bounded: 5 s for hypercorn to listen
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            break
+        await exercise(port, "/rt")
+    finally:
+        hub_app.transports.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_hub_app_served_alone_runs_the_hub_lifespan() -> None:
+    # Served on its own, HubApp answers lifespan: the hub starts (a publish needs a running
+    # hub), and closes at shutdown.
+    hub = Hub()
+    server = await fullduplex.serve(HubApp(hub), "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient() as client:
+            reply = await client.post(
+                f"http://127.0.0.1:{server.port}/publish", json={"topic": "x", "data": 1}
+            )
+        assert reply.json()["seq"] == 1
+    finally:
+        await server.shutdown()
+    with pytest.raises(RuntimeError, match="not running"):
+        await hub.publish("x", 2)
