@@ -78,6 +78,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     _add_proxy_arguments(serve)
     serve.add_argument(
+        "--metrics",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="serve Prometheus metrics at /metrics, and /healthz and /readyz (the demo: on)",
+    )
+    serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -180,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"  JSON      {http}://{base}/api/data", flush=True)
         print(f"  live      {http}://{base}/live.html  chat {http}://{base}/chat.html", flush=True)
     if args.workers > 1 and args.worker_index == 0:
-        return _run_workers(args)
+        return _run_workers_with_metrics(args)
     try:
         _run(_serve_main(args, ctx))
     except OSError as exc:
@@ -196,7 +202,7 @@ async def _serve_main(args: argparse.Namespace, ctx: ssl.SSLContext | None) -> N
     from .demo import create_app
 
     # One process of several publishes the ticker; the broker shares it with the others.
-    app = create_app(args.broker, ticker=args.worker_index == 0)
+    app = create_app(args.broker, ticker=args.worker_index == 0, metrics=args.metrics is not False)
     await app.start()
     try:
         server = await serve(
@@ -232,6 +238,23 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
+def _run_workers_with_metrics(args: argparse.Namespace) -> int:
+    """Run the workers, with a directory where their metrics find each other (if on)."""
+    if args.metrics is False:
+        return _run_workers(args)
+    from .metrics import ENV_DIR, prepare_directory
+
+    given = os.environ.get(ENV_DIR)
+    directory = prepare_directory()  # exported to the workers through the environment
+    try:
+        return _run_workers(args)
+    finally:
+        if not given:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _run_workers(args: argparse.Namespace) -> int:
     """Start worker processes 1..N-1 on the same port, serve as worker 0, stop them all."""
     import signal
@@ -241,6 +264,8 @@ def _run_workers(args: argparse.Namespace) -> int:
     argv += ["--port", str(args.port), "--broker", args.broker, "--workers", str(args.workers)]
     argv += ["--log-level", args.log_level, "--forwarded-allow-ips", args.forwarded_allow_ips]
     argv += ["--proxy-headers" if args.proxy_headers else "--no-proxy-headers"]
+    if args.metrics is not None:
+        argv += ["--metrics" if args.metrics else "--no-metrics"]
     if args.certfile:
         argv += ["--certfile", args.certfile] + (
             ["--keyfile", args.keyfile] if args.keyfile else []

@@ -219,8 +219,9 @@ class WebSocket(asyncio.Protocol):
         self._lost = False
         self._listener: WebSocketListener | None = None
         self._dispatching = False
-        # Told when TCP closes, if the transport calls this WebSocket directly (the server's
-        # protocol hands the transport over at the upgrade: see HTTPProtocol._upgrade).
+        # Told when TCP closes and when a pong arrives, if the transport calls this WebSocket
+        # directly (the server's protocol hands the transport over at the upgrade: see
+        # HTTPProtocol._upgrade).
         self._owner: Any = None
         # Whole messages come straight from the parser, without event objects.
         core.message_handler = self._deliver
@@ -672,6 +673,8 @@ class WebSocket(asyncio.Protocol):
             if entry is not None:
                 sent, fut = entry
                 self.latency = now - sent
+                if self._owner is not None:
+                    self._owner.pong_received(self.latency)  # the server's metrics
                 if not fut.done():
                     fut.set_result(self.latency)
 

@@ -337,6 +337,9 @@ class App:
         self.startup_hooks: list[Callable[[], Any]] = []
         #: Called after the server closed its connections, in reverse order of registration.
         self.shutdown_hooks: list[Callable[[], Any]] = []
+        #: The :class:`fullduplex.metrics.Metrics` counting this app's connections, once
+        #: :meth:`enable_metrics` turned them on; None otherwise (nothing is counted).
+        self.metrics: Any = None
 
     def on_startup(self, hook: Callable[[], Any]) -> Callable[[], Any]:
         """Register a function run before the server listens (a decorator; may be async)."""
@@ -347,6 +350,19 @@ class App:
         """Register a function run once the server has closed (a decorator; may be async)."""
         self.shutdown_hooks.append(hook)
         return hook
+
+    def enable_metrics(self, path: str = "/metrics", **options: Any) -> Any:
+        """Serve Prometheus metrics at ``path``, and ``/healthz`` and ``/readyz``.
+
+        One call turns them on; see :func:`fullduplex.metrics.mount` for the options
+        (``hub=``, ``transports=``, ``health=``...).
+
+        Returns:
+            The :class:`fullduplex.metrics.Metrics`.
+        """
+        from ..metrics import mount
+
+        return mount(self, path, **options)
 
     def websocket(
         self,

@@ -120,6 +120,8 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._closing = False
         self._closed = asyncio.get_running_loop().create_future()
+        #: What counts this server's connections (``app.metrics``), or None.
+        self.metrics: Any = getattr(app, "metrics", None)
         #: Proxies whose X-Forwarded-For / -Proto are believed; None when proxy_headers is off.
         self.trusted_proxies: TrustedProxies | None = None
         if self.config.proxy_headers:
@@ -134,7 +136,7 @@ class Server:
 
     @property
     def closing(self) -> bool:
-        """True once :meth:`close` was called (new WebSockets get 503)."""
+        """True once :meth:`close` was called: new WebSockets get 503, ``/readyz`` says 503."""
         return self._closing
 
     @property
@@ -161,6 +163,8 @@ class Server:
             result = hook()
             if inspect.isawaitable(result):
                 await result
+        if self.metrics is not None:
+            self.metrics.attach(self)
         loop = asyncio.get_running_loop()
         backlog = self.config.backlog
         factory = self.app.protocol_factory or HTTPProtocol  # ASGI: asgi.http.ASGIHTTPProtocol
@@ -293,6 +297,7 @@ class HTTPProtocol(asyncio.Protocol):
         "_write_paused",
         "busy",
         "parser",
+        "request",
         "server",
         "transport",
         "websocket",
@@ -309,6 +314,8 @@ class HTTPProtocol(asyncio.Protocol):
         self.websocket: WebSocket | None = None
         #: True while an HTTP handler runs.
         self.busy = False
+        #: The last request dispatched (while :attr:`busy`, the one being handled).
+        self.request: Request | None = None
         self._handler_task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -368,8 +375,18 @@ class HTTPProtocol(asyncio.Protocol):
             task.cancel()
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
-        if self.websocket is not None:
-            self.server.websockets.discard(self.websocket)
+        ws = self.websocket
+        if ws is not None:
+            self.server.websockets.discard(ws)
+            metrics = self.server.metrics
+            if metrics is not None:
+                metrics.closed(ws)
+
+    def pong_received(self, latency: float) -> None:
+        """The upgraded WebSocket got a pong after ``latency`` seconds (for metrics)."""
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.ping(latency)
 
     def pause_writing(self) -> None:
         """Write buffer above the high-water mark (HTTP responses; WebSockets handle theirs)."""
@@ -422,6 +439,7 @@ class HTTPProtocol(asyncio.Protocol):
         trusted = self.server.trusted_proxies
         if trusted is not None:
             apply_proxy_headers(request, trusted)
+        self.request = request
         app = self.server.app
         path = request.path
         ws_route = app.websocket_routes.get(path)
@@ -603,6 +621,7 @@ class HTTPProtocol(asyncio.Protocol):
                 426,
                 [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
             )
+            self._count_handshake(request, 426)
             self._respond(request, response)
             return
         handshake = server.build_handshake(route)
@@ -636,6 +655,7 @@ class HTTPProtocol(asyncio.Protocol):
         )
         self.transport.write(accepted.response.serialize())
         self._log_access(request, 101, 0)
+        self._count_handshake(request, 101)
         server.share_fields(request)
         ws = WebSocket(
             core,
@@ -673,7 +693,13 @@ class HTTPProtocol(asyncio.Protocol):
         response = handshake.reject(exc)
         self.transport.write(response.serialize())
         self._log_access(request, response.status, len(response.body))
+        self._count_handshake(request, response.status)
         self.transport.close()
+
+    def _count_handshake(self, request: Request, status: int) -> None:
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.handshake(request.path, status)
 
     async def _run_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
         # Kept as a wrapper coroutine: running the handler's coroutine as the task with the

@@ -14,7 +14,9 @@ Routes:
 * ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll``, ``/publish`` - the transports
   (:mod:`fullduplex.transports`); clients may publish to ``chat`` only;
 * ``/api/request-size`` - the size of the request head as the server received it, which the
-  live page uses to count request bytes it cannot see.
+  live page uses to count request bytes it cannot see;
+* ``/metrics``, ``/healthz``, ``/readyz`` - Prometheus metrics and health checks
+  (:mod:`fullduplex.metrics`), unless ``create_app(metrics=False)``.
 
 The hub and the ticker start with :meth:`DemoApp.start` (``fullduplex serve`` calls it), or
 lazily on the first request to a live route; :meth:`DemoApp.stop` ends them.
@@ -101,14 +103,17 @@ class DemoApp(App):
         await self.hub.close()
 
 
-def create_app(broker: str | None = None, *, ticker: bool = True) -> DemoApp:
+def create_app(broker: str | None = None, *, ticker: bool = True, metrics: bool = True) -> DemoApp:
     """Build the demo application.
 
     Args:
         broker: None for an in-memory hub, or a Redis URL (``redis://host:port/db``).
         ticker: whether this process publishes the ticker.
+        metrics: serve ``/metrics``, ``/healthz`` and ``/readyz`` (:mod:`fullduplex.metrics`).
     """
     app = DemoApp(broker, ticker=ticker)
+    if metrics:
+        app.enable_metrics()
 
     @app.websocket(
         "/ws",

@@ -27,6 +27,7 @@ from .base import (
 )
 from .hub import Hub, Subscription
 from .memory import MemoryBackend
+from .stats import STATS, HubStats
 
 if TYPE_CHECKING:
     from .redis import RedisBackend
@@ -36,11 +37,13 @@ __all__ = [
     "ERROR",
     "HUB_CLOSED",
     "SLOW_CONSUMER",
+    "STATS",
     "Backend",
     "Gap",
     "GapReason",
     "Hub",
     "HubError",
+    "HubStats",
     "HubUnavailable",
     "MemoryBackend",
     "Message",

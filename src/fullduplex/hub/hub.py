@@ -51,6 +51,7 @@ from .base import (
     SubscriptionClosed,
     TopicConfig,
 )
+from .stats import STATS
 
 __all__ = ["REPLAY_CHUNK", "Hub", "Subscription"]
 
@@ -160,7 +161,9 @@ class Hub:
                 twice; see :class:`~fullduplex.hub.base.HubUnavailable`.
         """
         self._check_open(topic)
-        return await self.backend.publish(topic, data, self.config(topic))
+        message = await self.backend.publish(topic, data, self.config(topic))
+        STATS.published += 1
+        return message
 
     async def history(
         self, topic: str, since: int = 0, limit: int | None = None
@@ -242,6 +245,10 @@ class Hub:
     def topics(self) -> list[str]:
         """Topics with subscriptions in this hub."""
         return list(self._feeds)
+
+    def subscriber_counts(self) -> dict[str, int]:
+        """Subscriptions per topic in this hub (for metrics: O(topics), no copy per topic)."""
+        return {topic: len(feed.subscriptions) for topic, feed in self._feeds.items()}
 
     # Internals
 
@@ -332,7 +339,9 @@ class _Feed:
             return
         else:
             self.last = item.seq
-        for subscription in list(self.subscriptions):
+        subscriptions = list(self.subscriptions)
+        STATS.delivered += len(subscriptions)
+        for subscription in subscriptions:
             subscription._receive(item)
 
 
@@ -651,11 +660,13 @@ class Subscription:
         elif len(queue) < self.config.queue_size:
             self._enqueue(queue, item)
         elif self.config.policy is Policy.DISCONNECT:
+            STATS.slow_action(Policy.DISCONNECT, "disconnect")
             self._close(SLOW_CONSUMER)
         elif isinstance(queue, _ConflatingQueue) and isinstance(item, Message):
             conflated = queue.replace(item)
             if conflated:
                 self.conflated += conflated
+                STATS.slow_action(Policy.CONFLATE, "conflate", conflated)
                 self._notify()
             else:
                 self._drop_oldest(queue, item)
@@ -680,6 +691,7 @@ class Subscription:
             dropped = queue.popleft()
             if isinstance(dropped, Message):
                 self.dropped += 1
+                STATS.slow_action(self.config.policy, "drop")
             elif dropped.reason is GapReason.RESET:
                 reason = GapReason.RESET
         if isinstance(item, Gap) and not queue:

@@ -39,6 +39,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 import uuid
 from typing import Any
 
@@ -243,6 +244,13 @@ class RedisBackend(Backend):
         self._wake_key = f"{prefix}w:{uuid.uuid4().hex}"
         self._task: asyncio.Task[None] | None = None
         self._kick_task: asyncio.Task[None] | None = None
+        #: Whether the live feed is connected (False during an outage), for health checks.
+        self.available = True
+        #: Times the live feed came back after an outage.
+        self.reconnects = 0
+        #: Seconds between the publish of the last message read by the live feed (Redis'
+        #: clock) and its arrival here (this machine's clock): the feed's lag, for metrics.
+        self.lag = 0.0
 
     def key(self, topic: str) -> str:
         """The Redis key of a topic's stream."""
@@ -352,6 +360,8 @@ class RedisBackend(Backend):
                         "redis at %s is back after %.1f s", self._where(), loop.time() - down_since
                     )
                     down_since, delay = None, min_delay
+                    self.available = True
+                    self.reconnects += 1
                 await self._read_once()
             except asyncio.CancelledError:
                 raise
@@ -360,6 +370,7 @@ class RedisBackend(Backend):
                     logger.exception("redis live feed failed")
                 if down_since is None:
                     down_since = loop.time()
+                    self.available = False
                     logger.warning("redis at %s unavailable (%s); reconnecting", self._where(), exc)
                 else:
                     logger.info("redis still unavailable; retrying in %.2f s", delay)
@@ -387,6 +398,9 @@ class RedisBackend(Backend):
             topic = key[start:].decode()
             for entry_id, fields in entries:
                 self._advance(topic, int(entry_id.split(b"-", 1)[0]), fields)
+            if entries and b"t" in entries[-1][1]:
+                # One clock read per topic and XREAD, not per message.
+                self.lag = max(0.0, time.time() - int(entries[-1][1][b"t"]) / 1e6)
 
     def _advance(self, topic: str, seq: int, fields: dict[bytes, bytes]) -> None:
         cursor = self._cursors.get(topic)

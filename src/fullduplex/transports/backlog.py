@@ -25,6 +25,7 @@ import asyncio
 from collections.abc import Callable, Hashable
 
 from ..hub import Gap, GapReason, Message, Policy, TopicConfig
+from ..hub.stats import STATS
 
 __all__ = ["Backlog", "Mailbox"]
 
@@ -96,11 +97,14 @@ class Backlog:
                     older = self._latest.get(key)
                     if older is not None and pending.pop(older, None) is not None:
                         self.dropped += 1  # conflated: superseded by a newer one
+                        STATS.slow_action(Policy.CONFLATE, "conflate")
                 self._latest[key] = item.seq
             pending[item.seq] = item
         if len(pending) <= self.config.queue_size:
             return True
         if self.config.policy == Policy.DISCONNECT:
+            if not self.overflowed:
+                STATS.slow_action(Policy.DISCONNECT, "disconnect")
             self.overflowed = True
             return False
         oldest = pending.pop(next(iter(pending)))
@@ -112,6 +116,7 @@ class Backlog:
             self._record_loss(oldest.since, oldest.reason)
         else:
             self.dropped += 1
+            STATS.slow_action(self.config.policy, "drop")
             self._record_loss(oldest.seq - 1, GapReason.DROPPED)
         return True
 

@@ -303,6 +303,17 @@ class Fanout:
         group = self._topics.get(topic)
         return 0 if group is None else len(group.members) + len(group.joining)
 
+    def topic_counts(self) -> dict[str, tuple[int, int]]:
+        """Per topic: connections subscribed, and the hub subscriptions held to serve them.
+
+        The second figure (the loop's own subscription, plus one per replaying connection)
+        lets metrics count connections instead of the fan-out's internal subscriptions.
+        """
+        return {
+            topic: (len(g.members) + len(g.joining), 1 + len(g.joining))
+            for topic, g in self._topics.items()
+        }
+
     def _forget(self, group: _TopicFanout) -> None:
         if self._topics.get(group.topic) is group:
             del self._topics[group.topic]

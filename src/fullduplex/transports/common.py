@@ -25,6 +25,7 @@ from typing import Any
 
 from ..asyncio.router import json_response
 from ..hub import Gap, Message
+from ..hub.stats import STATS
 from ..protocol.http11 import Response
 
 __all__ = [
@@ -205,7 +206,8 @@ def message_envelope(message: Message) -> dict[str, Any]:
 
 
 def gap_envelope(gap: Gap) -> dict[str, Any]:
-    """The JSON-ready form of a gap."""
+    """The JSON-ready form of a gap (counted, by reason, as a gap sent to a client)."""
+    STATS.gap(gap.reason)
     return {
         "topic": gap.topic,
         "gap": {

@@ -1,0 +1,187 @@
+"""Operations: Prometheus metrics at ``/metrics``, and ``/healthz`` and ``/readyz``.
+
+One call turns them on::
+
+    app.enable_metrics(hub=hub)            # or fullduplex.metrics.mount(app, hub=hub)
+
+or ``fullduplex serve --metrics`` (on in the demo). The metrics, all prefixed ``fullduplex_``:
+
+=======================================  =========  ============================================
+metric                                   type       labels
+=======================================  =========  ============================================
+``connections``                          gauge      ``transport`` (websocket, http), ``route``
+``handshakes_total``                     counter    ``route``, ``status`` (101 or the refusal's)
+``messages_total``                       counter    ``route``, ``direction`` (in, out)
+``message_bytes_total``                  counter    ``route``, ``direction``
+``connections_closed_total``             counter    ``route``
+``closes_total``                         counter    ``route``, ``code`` (1006: no close frame)
+``ping_rtt_seconds``                     histogram
+``write_buffer_bytes``                   gauge      ``transport``
+``slow_consumer_actions_total``          counter    ``policy``, ``action`` (drop, conflate,
+                                                    disconnect)
+``hub_publishes_total``                  counter
+``hub_deliveries_total``                 counter
+``gaps_total``                           counter    ``reason`` (trimmed, dropped, reset)
+``topic_subscribers``                    gauge      ``topic`` (the largest ``max_topics``, then
+                                                    ``~other``)
+``redis_up``, ``redis_lag_seconds``      gauge      (with the Redis backend)
+``redis_reconnects_total``               counter
+``metrics_processes``                    gauge      (workers summed by this scrape)
+=======================================  =========  ============================================
+
+Cost: nothing per message beyond the per-connection integer adds the WebSocket always does
+(see :mod:`~fullduplex.metrics.collector`); one dict update per handshake, per close and per
+ping. A scrape is O(open connections + topics).
+
+Several workers: see :mod:`~fullduplex.metrics.workers` (the scraped worker sums the others).
+
+Health: ``/healthz`` answers 200 while the process serves; ``/readyz`` answers 200 when the
+hub's backend answers (a Redis round trip, at most ``ready_timeout`` seconds), 503 while it
+does not or while the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from ..asyncio.router import text_response
+from ..protocol.http11 import Headers, Request, Response
+from .collector import DEFAULT_MAX_CLOSE_CODES, DEFAULT_MAX_TOPICS, OTHER, PING_BUCKETS, Metrics
+from .workers import ENV_DIR, Merged, WorkerPeers, merge, prepare_directory
+
+if TYPE_CHECKING:
+    from ..asyncio.router import App
+    from ..hub import Hub
+    from ..transports import Transports
+
+__all__ = [
+    "DEFAULT_MAX_CLOSE_CODES",
+    "DEFAULT_MAX_TOPICS",
+    "DEFAULT_READY_TIMEOUT",
+    "ENV_DIR",
+    "OTHER",
+    "PING_BUCKETS",
+    "READY_TOPIC",
+    "Metrics",
+    "WorkerPeers",
+    "merge",
+    "mount",
+    "prepare_directory",
+]
+
+#: Seconds ``/readyz`` waits for the hub's backend before answering 503 (load balancers
+#: usually time a probe out after 1-5 s).
+DEFAULT_READY_TIMEOUT = 2.0
+#: The topic ``/readyz`` asks the backend about (a read: nothing is created).
+READY_TOPIC = "fullduplex.readyz"
+
+
+def mount(
+    app: App,
+    path: str = "/metrics",
+    *,
+    hub: Hub | None = None,
+    transports: Transports | None = None,
+    registry: CollectorRegistry | None = None,
+    health: bool = True,
+    workers_dir: str | None = None,
+    # Timeouts
+    ready_timeout: float | None = DEFAULT_READY_TIMEOUT,
+    # Limits
+    max_topics: int = DEFAULT_MAX_TOPICS,
+    max_close_codes: int = DEFAULT_MAX_CLOSE_CODES,
+) -> Metrics:
+    """Count ``app``'s connections and serve the metrics at ``path`` (and health routes).
+
+    Args:
+        app: the application.
+        path: the metrics route.
+        hub: the hub to report on (subscribers per topic, Redis) and whose backend ``/readyz``
+            checks; None takes ``app.hub`` if the app has one (the demo does).
+        transports: what :func:`~fullduplex.transports.mount_all` returned; None takes
+            ``app.transports`` if the app has it.
+        registry: the registry to add the collector to and to serve, e.g.
+            ``prometheus_client.REGISTRY`` to serve the application's own metrics and the
+            process metrics alongside; None for a registry of its own.
+        health: also serve ``/healthz`` and ``/readyz``.
+        workers_dir: the directory shared by worker processes (see
+            :mod:`~fullduplex.metrics.workers`); None reads ``$FULLDUPLEX_METRICS_DIR``, and
+            without it the process answers for itself alone.
+        ready_timeout: seconds ``/readyz`` waits for the backend; None waits as long as it
+            takes.
+        max_topics: topics labelled apart in ``fullduplex_topic_subscribers``.
+        max_close_codes: close codes labelled apart in ``fullduplex_closes_total``.
+
+    Returns:
+        The collector (also ``app.metrics``).
+    """
+    if hub is None:
+        hub = getattr(app, "hub", None)
+    if transports is None:
+        transports = getattr(app, "transports", None)
+    metrics = Metrics(
+        app,
+        hub=hub,
+        transports=transports,
+        max_topics=max_topics,
+        max_close_codes=max_close_codes,
+    )
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=False)
+    registry.register(metrics)
+    app.metrics = metrics
+    directory = workers_dir or os.environ.get(ENV_DIR)
+    peers: WorkerPeers | None = None
+    if directory:
+        peers = WorkerPeers(directory, lambda: generate_latest(registry))
+        app.on_startup(peers.start)
+        app.on_shutdown(peers.close)
+    # The classic text format, which every Prometheus version reads (prometheus-client 0.26's
+    # CONTENT_TYPE_LATEST says 1.0.0; the body is the same for names without UTF-8).
+    content_type = Headers([("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)])
+
+    @app.get(path)
+    async def scrape(request: Request) -> Response:
+        body = generate_latest(registry)
+        if peers is not None:
+            others = await peers.gather()
+            if others:
+                body = generate_latest(Merged(merge([body.decode(), *others])))
+        return Response(200, content_type.copy(), body)
+
+    if health:
+        _mount_health(app, metrics, hub, ready_timeout)
+    return metrics
+
+
+def _mount_health(app: App, metrics: Metrics, hub: Hub | None, timeout: float | None) -> None:
+    @app.get("/healthz")
+    async def healthz(request: Request) -> Response:
+        return text_response("ok\n")
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> Response:
+        if metrics.draining:
+            return text_response("draining\n", 503)
+        if hub is not None:
+            problem = await _check_hub(hub, timeout)
+            if problem is not None:
+                return text_response(problem + "\n", 503)
+        return text_response("ready\n")
+
+
+async def _check_hub(hub: Hub, timeout: float | None) -> str | None:
+    if getattr(hub.backend, "available", True) is False:
+        return "hub backend unavailable"  # the live feed is reconnecting
+    try:
+        await asyncio.wait_for(hub.last_seq(READY_TOPIC), timeout)
+    except RuntimeError:
+        return "hub not running"
+    except (asyncio.TimeoutError, ConnectionError, OSError):
+        return "hub backend unavailable"  # HubUnavailable is a ConnectionError
+    return None
