@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import pytest
 import uvloop
+
+import fullduplex
 
 BOTH_LOOPS: Mapping[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -23,3 +25,23 @@ def pytest_asyncio_loop_factories(
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "one_loop: run on the default asyncio loop only")
+
+
+@pytest.fixture(params=["native", "asgi"])
+async def echo_server(request: pytest.FixtureRequest) -> AsyncIterator[fullduplex.Server]:
+    """An echo at ``/echo``: the demo's native route, or a bare ASGI echo application.
+
+    Protocol tests that take it run against both, so the ASGI path is held to the same
+    conformance as native routes (its WebSocket side is the same engine).
+    """
+    if request.param == "native":
+        from fullduplex.demo import create_app
+
+        app: object = create_app()
+    else:
+        from .asgi.apps import echo_app
+
+        app = echo_app
+    server = await fullduplex.serve(app, "127.0.0.1", 0)  # type: ignore[arg-type]
+    yield server
+    await server.shutdown()

@@ -21,8 +21,8 @@ from .conftest import start, url
 # -- their client, our server -----------------------------------------------------------------
 
 
-async def test_text_and_binary_echo(demo_server: fullduplex.Server) -> None:
-    async with wsclient.connect(url(demo_server, "/echo"), compression=None) as ws:
+async def test_text_and_binary_echo(echo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(echo_server, "/echo"), compression=None) as ws:
         await ws.send("héllo wörld")
         assert await ws.recv() == "héllo wörld"
         payload = bytes(range(256)) * 300
@@ -30,16 +30,16 @@ async def test_text_and_binary_echo(demo_server: fullduplex.Server) -> None:
         assert await ws.recv() == payload
 
 
-async def test_fragmented_message(demo_server: fullduplex.Server) -> None:
-    async with wsclient.connect(url(demo_server, "/echo"), compression=None) as ws:
+async def test_fragmented_message(echo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(echo_server, "/echo"), compression=None) as ws:
         await ws.send(["frag", "men", "ted ✓"])
         assert await ws.recv() == "fragmented ✓"
         await ws.send([b"\x00\x01", b"", b"\x02"])
         assert await ws.recv() == b"\x00\x01\x02"
 
 
-async def test_compressed_messages(demo_server: fullduplex.Server) -> None:
-    async with wsclient.connect(url(demo_server, "/echo"), compression="deflate") as ws:
+async def test_compressed_messages(echo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(echo_server, "/echo"), compression="deflate") as ws:
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
         assert extensions.startswith("permessage-deflate")
         text = "compress me " * 2000
@@ -50,8 +50,8 @@ async def test_compressed_messages(demo_server: fullduplex.Server) -> None:
         assert await ws.recv() == "fragmented " + "and compressed " * 100
 
 
-async def test_ping_pong(demo_server: fullduplex.Server) -> None:
-    async with wsclient.connect(url(demo_server, "/echo")) as ws:
+async def test_ping_pong(echo_server: fullduplex.Server) -> None:
+    async with wsclient.connect(url(echo_server, "/echo")) as ws:
         waiter = await ws.ping(b"are you there")
         latency = await asyncio.wait_for(waiter, 5)
         assert latency >= 0
@@ -87,8 +87,8 @@ async def test_timestamped_echo_and_subprotocol(demo_server: fullduplex.Server) 
         assert len(stamp) == 8 and stamp[2] == ":" and stamp[5] == ":"
 
 
-async def test_normal_close(demo_server: fullduplex.Server) -> None:
-    ws = await wsclient.connect(url(demo_server, "/echo"))
+async def test_normal_close(echo_server: fullduplex.Server) -> None:
+    ws = await wsclient.connect(url(echo_server, "/echo"))
     await ws.close(1000, "bye")
     assert ws.close_code == 1000
     assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
@@ -143,8 +143,8 @@ async def test_handler_error_gets_1011_without_details(caplog: pytest.LogCapture
         await server.shutdown()
 
 
-async def test_shutdown_sends_1001() -> None:
-    server = await start(fullduplex.demo.create_app())
+async def test_shutdown_sends_1001(echo_server: fullduplex.Server) -> None:
+    server = echo_server
     clients = [await wsclient.connect(url(server, "/echo")) for _ in range(3)]
     await server.shutdown()
     for ws in clients:

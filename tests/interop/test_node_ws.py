@@ -55,8 +55,10 @@ def base(server: fullduplex.Server) -> str:
 
 
 @pytest.mark.parametrize("scenario", ["echo", "compressed"])
-async def test_node_client_echo(node_ws: Path, server: fullduplex.Server, scenario: str) -> None:
-    steps = await run_node_client(node_ws, base(server) + "/echo", scenario)
+async def test_node_client_echo(
+    node_ws: Path, echo_server: fullduplex.Server, scenario: str
+) -> None:
+    steps = await run_node_client(node_ws, base(echo_server) + "/echo", scenario)
     assert steps[0]["open"] is True
     if scenario == "compressed":
         assert "permessage-deflate" in steps[0]["extensions"]
@@ -69,8 +71,8 @@ async def test_node_client_echo(node_ws: Path, server: fullduplex.Server, scenar
     assert steps[-1] == {"close": 1000, "reason": ""}  # the code is echoed, not the reason
 
 
-async def test_node_client_ping(node_ws: Path, server: fullduplex.Server) -> None:
-    steps = await run_node_client(node_ws, base(server) + "/echo", "ping")
+async def test_node_client_ping(node_ws: Path, echo_server: fullduplex.Server) -> None:
+    steps = await run_node_client(node_ws, base(echo_server) + "/echo", "ping")
     assert {"pong": "node-ping"} in steps
     assert steps[-1]["close"] == 1000
 
@@ -85,8 +87,10 @@ async def test_node_client_close_codes(node_ws: Path, server: fullduplex.Server)
     assert steps[-1] == {"close": 1011, "reason": "internal error"}
 
 
-async def test_node_client_gets_1001_on_shutdown(node_ws: Path) -> None:
-    srv = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+async def test_node_client_gets_1001_on_shutdown(
+    node_ws: Path, echo_server: fullduplex.Server
+) -> None:
+    srv = echo_server
     task = asyncio.create_task(run_node_client(node_ws, base(srv) + "/echo", "wait"))
     for _ in range(100):
         if srv.websockets:

@@ -75,6 +75,7 @@ class Lifespan:
         """Send ``lifespan.shutdown`` and wait for the answer (a failure is logged)."""
         if not self.started or self._task is None or self._events is None:
             return
+        self.started = False  # once: a second server shutdown does not ask again
         self._answer = asyncio.get_running_loop().create_future()
         await self._events.put({"type": "lifespan.shutdown"})
         answer = await self._answer
