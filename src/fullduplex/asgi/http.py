@@ -288,7 +288,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected."""
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)  # type: ignore[arg-type]
+        self.server.add_connection(self)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self._client = (str(peer[0]), int(peer[1]))
@@ -320,7 +320,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The TCP connection is closed (before any WebSocket took it over)."""
-        self.server.connections.discard(self)
+        self.server.discard_connection(self)
         self._cancel_timer()
         for cycle in (self.cycle, *self.pipeline):
             if cycle is not None:
@@ -601,7 +601,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         """The WebSocket's TCP connection is closed and its application returned."""
         if self.websocket is not None:
             self.server.websockets.discard(self.websocket)
-        self.server.connections.discard(self)
+        self.server.discard_connection(self)
         self._cancel_timer()
 
     # -- timers -------------------------------------------------------------------------------

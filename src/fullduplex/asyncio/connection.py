@@ -116,6 +116,9 @@ class WebSocket(asyncio.Protocol):
         close_timeout: seconds to wait for the closing handshake, None to wait forever.
         max_queue: received messages held before reading pauses.
         write_limit: write buffer size above which :meth:`send` waits.
+        owner: the protocol that read the opening handshake and handed the transport over
+            (``transport.set_protocol``); its ``connection_lost(exc)`` is called when TCP
+            closes and its ``pong_received(latency)`` when a keepalive pong arrives.
     """
 
     # Slots, not a __dict__: an idle server holds one of these per connection (1.6 KiB -> 0.3
@@ -171,6 +174,7 @@ class WebSocket(asyncio.Protocol):
         # Limits
         max_queue: int = DEFAULT_MAX_QUEUE,
         write_limit: int = DEFAULT_WRITE_LIMIT,
+        owner: Any = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
@@ -222,7 +226,7 @@ class WebSocket(asyncio.Protocol):
         # Told when TCP closes and when a pong arrives, if the transport calls this WebSocket
         # directly (the server's protocol hands the transport over at the upgrade: see
         # HTTPProtocol._upgrade).
-        self._owner: Any = None
+        self._owner = owner
         # Whole messages come straight from the parser, without event objects.
         core.message_handler = self._deliver
         transport.set_write_buffer_limits(high=write_limit)

@@ -222,7 +222,6 @@ class WebSocketRoute:
     max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE
     max_frame_size: int | None = DEFAULT_MAX_FRAME_SIZE
     require_subprotocol: bool = False
-    handshake: Any = field(default=None, repr=False)
     pattern: re.Pattern[str] | None = field(default=None, repr=False)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
 

@@ -117,11 +117,19 @@ class Server:
         self.websockets: set[WebSocket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._fields: dict[tuple[str, str], tuple[str, str]] = {}
+        # Each WebSocket route's handshake processor, built with this server's settings (not
+        # cached on the App's route: another server on the same App may differ).
+        self._handshakes: dict[int, ServerHandshake] = {}
         self._server: asyncio.AbstractServer | None = None
         self._closing = False
-        self._closed = asyncio.get_running_loop().create_future()
         #: What counts this server's connections (``app.metrics``), or None.
         self.metrics: Any = getattr(app, "metrics", None)
+        loop = asyncio.get_running_loop()
+        # Set by close(): what serve_forever waits for.
+        self._close_called: asyncio.Future[None] = loop.create_future()
+        # Set when the last connection and the last task end, once someone waits for it
+        # (websockets' handlers_waiter): wait_closed needs no polling.
+        self._idle_waiter: asyncio.Future[None] | None = None
         #: Proxies whose X-Forwarded-For / -Proto are believed; None when proxy_headers is off.
         self.trusted_proxies: TrustedProxies | None = None
         if self.config.proxy_headers:
@@ -195,6 +203,7 @@ class Server:
         if self._closing:
             return
         self._closing = True
+        self._close_called.set_result(None)
         if self._server is not None:
             self._server.close()
         for ws in list(self.websockets):
@@ -210,7 +219,32 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
         while self._tasks or self.connections:
-            await asyncio.sleep(0.05)
+            if self._idle_waiter is None or self._idle_waiter.done():
+                self._idle_waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._idle_waiter)  # a cancelled waiter leaves it for others
+
+    def add_connection(self, conn: Any) -> None:
+        """Track a new TCP connection (its protocol calls this from ``connection_made``).
+
+        Args:
+            conn: the connection's protocol; it has ``websocket``, ``transport`` and
+                ``stop()``, like :class:`HTTPProtocol`.
+        """
+        self.connections.add(conn)
+
+    def discard_connection(self, conn: Any) -> None:
+        """Forget a closed TCP connection (its protocol calls this from ``connection_lost``)."""
+        self.connections.discard(conn)
+        self._check_idle()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not self._tasks and not self.connections and not waiter.done():
+            waiter.set_result(None)
 
     async def shutdown(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> None:
         """Close gracefully and wait.
@@ -238,12 +272,8 @@ class Server:
                 logger.exception("shutdown hook %r raised", hook)
 
     async def serve_forever(self) -> None:
-        """Serve until :meth:`close` is called."""
-        await asyncio.shield(self._closed_waiter())
-
-    async def _closed_waiter(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(0.2)
+        """Serve until :meth:`close` is called and every connection and handler has ended."""
+        await asyncio.shield(self._close_called)
         await self.wait_closed()
 
     async def __aenter__(self) -> Server:
@@ -253,18 +283,17 @@ class Server:
         await self.shutdown()
 
     def build_handshake(self, route: WebSocketRoute) -> ServerHandshake:
-        """The handshake processor of a route, built once."""
-        if route.handshake is None:
-            factories = [ServerPerMessageDeflateFactory()] if route.compression else []
-            if not self.config.compression:
-                factories = []
-            route.handshake = ServerHandshake(
+        """The handshake processor of a route for this server's settings, built once."""
+        handshake = self._handshakes.get(id(route))  # the App keeps its routes alive
+        if handshake is None:
+            compress = route.compression and self.config.compression
+            handshake = ServerHandshake(
                 subprotocols=route.subprotocols,
                 select_subprotocol=route.select_subprotocol,
-                extensions=factories,
+                extensions=[ServerPerMessageDeflateFactory()] if compress else [],
                 origins=route.origins,
             )
-        handshake: ServerHandshake = route.handshake
+            self._handshakes[id(route)] = handshake
         return handshake
 
     def share_fields(self, request: Request) -> None:
@@ -281,7 +310,7 @@ class Server:
         """Run a coroutine as a task the server tracks and cancels on shutdown."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
 
 
@@ -330,7 +359,7 @@ class HTTPProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """A client connected."""
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
+        self.server.add_connection(self)
         self._arm_timer(self.server.config.open_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -367,7 +396,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The TCP connection is closed (once upgraded, the WebSocket calls this)."""
-        self.server.connections.discard(self)
+        self.server.discard_connection(self)
         self._cancel_timer()
         task = self._handler_task
         if task is not None and not task.done():
@@ -559,7 +588,7 @@ class HTTPProtocol(asyncio.Protocol):
         # to an HTTP route), the parser has stopped: answer, then close (RFC 7230 6.7).
         parser = self.parser
         upgraded = parser is None or parser.upgraded
-        return request.keep_alive and not self.server._closing and not upgraded
+        return request.keep_alive and not self.server.closing and not upgraded
 
     def _send_error(self, status: int, message: str) -> None:
         response = text_response(message.rstrip("\n") + "\n", status, [("Connection", "close")])
@@ -625,7 +654,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._respond(request, response)
             return
         handshake = server.build_handshake(route)
-        if server._closing:
+        if server.closing:
             self._reject(request, handshake, InvalidHandshake("server is shutting down", 503))
             return
         config = server.config
@@ -668,13 +697,14 @@ class HTTPProtocol(asyncio.Protocol):
             close_timeout=config.close_timeout,
             max_queue=config.max_queue,
             write_limit=config.write_limit,
+            # Told when TCP closes: from now on the transport calls the WebSocket directly.
+            owner=self,
         )
         self.websocket = ws
         server.websockets.add(ws)
         # From now on the transport calls the WebSocket directly, not through data_received
         # here: ~500 of ~14k user-space instructions per 32 B listener echo (callgrind). The
-        # WebSocket tells this protocol when TCP closes, for the server's bookkeeping.
-        ws._owner = self
+        # WebSocket tells this protocol (its owner) when TCP closes, for the bookkeeping.
         self.transport.set_protocol(ws)
         assert self.parser is not None
         trailing = self.parser.trailing_data()

@@ -450,7 +450,7 @@ class ServerHandshake:
             response_fields.append(("Sec-WebSocket-Protocol", subprotocol))
         if self._server_header is not None:
             response_fields.append(("Server", self._server_header))
-        response = Response(101, Headers._from_wire(response_fields))
+        response = Response(101, Headers.from_wire(response_fields))
         return Accepted(response, subprotocol, extensions)
 
     def reject(self, exc: InvalidHandshake) -> Response:

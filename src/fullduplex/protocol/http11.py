@@ -107,8 +107,15 @@ class Headers:
             self.add(name, value)
 
     @classmethod
-    def _from_wire(cls, pairs: list[tuple[str, str]]) -> Headers:
-        # Fields llhttp accepted are valid already; skip the checks.
+    def from_wire(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Wrap fields that are valid already, without checking them again.
+
+        For fields a parser accepted (llhttp checks names and values) or built from checked
+        parts; anything else goes through the constructor or :meth:`add`.
+
+        Args:
+            pairs: the ``(name, value)`` fields; the list is kept, not copied.
+        """
         headers = cls.__new__(cls)
         headers._pairs = pairs
         return headers
@@ -142,7 +149,7 @@ class Headers:
 
     def copy(self) -> Headers:
         """Return an independent copy."""
-        return Headers._from_wire(list(self._pairs))
+        return Headers.from_wire(list(self._pairs))
 
     def share(
         self,
@@ -759,7 +766,7 @@ class RequestParser(_Parser):
 
     def _build(self) -> Request:
         m = self._message
-        headers = Headers._from_wire(m.fields)
+        headers = Headers.from_wire(m.fields)
         version = self._parser.get_http_version()
         # RFC 7230 5.4: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
@@ -814,7 +821,7 @@ class ResponseParser(_Parser):
             return None
         return Response(
             status=status,
-            headers=Headers._from_wire(m.fields),
+            headers=Headers.from_wire(m.fields),
             body=bytes(m.body),
             reason=m.reason.decode("latin-1"),
         )
