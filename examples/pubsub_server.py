@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import fullduplex
 from fullduplex.hub import Hub
-from fullduplex.transports import mount_all
+from fullduplex.transports import TopicRules, mount_all
 
 app = fullduplex.App()
 hub = Hub()  # in memory; Hub("redis://127.0.0.1:6379/0") to share topics across processes
-mount_all(app, hub)  # /pubsub (WebSocket), /sse, /longpoll, /poll, POST /publish
+# /pubsub (WebSocket), /sse, /longpoll, /poll, POST /publish. Clients publish nothing unless
+# the rules grant it: here anyone may publish to "news" (the server warns at startup; see
+# docs/security.md to grant it by identity instead).
+mount_all(app, hub, rules=TopicRules(publish=["news"]))
 app.on_startup(hub.start)
 app.on_shutdown(hub.close)
 

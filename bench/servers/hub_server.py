@@ -24,7 +24,7 @@ import _common
 import fullduplex
 from fullduplex.hub import Hub
 from fullduplex.protocol.http11 import Request, Response
-from fullduplex.transports import mount_all
+from fullduplex.transports import TopicRules, mount_all
 from fullduplex.transports.common import dumps
 
 
@@ -42,7 +42,9 @@ class FloorListener(fullduplex.WebSocketListener):
 
 def create_app(hub: Hub) -> fullduplex.App:
     app = fullduplex.App()
-    mount_all(app, hub, heartbeat_interval=None, longpoll_timeout=120.0)
+    # The load generator publishes to any topic, without credentials.
+    rules = TopicRules(publish=["*"])
+    mount_all(app, hub, rules=rules, heartbeat_interval=None, longpoll_timeout=120.0)
     app.websocket("/floor")(FloorListener)
     seqs = itertools.count(1)
 

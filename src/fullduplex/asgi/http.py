@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from ..asyncio.proxies import apply_proxy_headers
+from ..auth.redact import redact_target
 from ..protocol.exceptions import InvalidMessage, MessageTooBig
 from ..protocol.http11 import DEFAULT_MAX_HEADER_COUNT, Headers, Request
 
@@ -557,7 +558,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         query = scope["query_string"]
         target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         method = scope.get("method", "GET")
-        access_logger.info('%s "%s %s" %d', self._peer(), method, target, status)
+        access_logger.info('%s "%s %s" %d', self._peer(), method, redact_target(target), status)
 
     def _peer(self) -> str:
         return self._client[0] if self._client else "-"

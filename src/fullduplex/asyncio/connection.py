@@ -235,6 +235,15 @@ class WebSocket(asyncio.Protocol):
     # -- public API ---------------------------------------------------------------------------
 
     @property
+    def identity(self) -> Any:
+        """Who is connected (a :class:`fullduplex.auth.Identity`), from the opening handshake.
+
+        None when the route has no authenticator (and on the client side).
+        """
+        request = self.request
+        return request.identity if request is not None else None
+
+    @property
     def state(self) -> State:
         """The connection state: OPEN, CLOSING or CLOSED."""
         return self.core.state

@@ -40,6 +40,7 @@ from ..protocol.http11 import Headers, Request, Response
 from .connection import WebSocket, WebSocketListener
 
 __all__ = [
+    "APP_AUTH",
     "CONVERTERS",
     "SERVER_DEFAULT",
     "App",
@@ -97,6 +98,15 @@ class _ServerDefault:
 
 #: Marks a per-route limit that falls back to the server's setting.
 SERVER_DEFAULT: Any = _ServerDefault()
+
+
+class _AppAuth:
+    def __repr__(self) -> str:
+        return "APP_AUTH"
+
+
+#: Marks a route's authenticator as the application's (``App(auth=...)``).
+APP_AUTH: Any = _AppAuth()
 
 
 #: Path parameter converters: name -> (regular expression, conversion). Starlette's set.
@@ -211,6 +221,8 @@ class WebSocketRoute:
         max_message_size: message size limit (1009 above it), None for no limit.
         max_frame_size: frame size limit (1009 above it), None for no limit.
         require_subprotocol: refuse (400) clients that offer none of ``subprotocols``.
+        auth: the route's authenticator, :data:`APP_AUTH` for the application's, None for
+            none (see :mod:`fullduplex.auth`).
     """
 
     path: str
@@ -224,6 +236,7 @@ class WebSocketRoute:
     require_subprotocol: bool = False
     pattern: re.Pattern[str] | None = field(default=None, repr=False)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
+    auth: Any = APP_AUTH
 
 
 @dataclass
@@ -237,6 +250,8 @@ class HTTPRoute:
         handlers: the handler of each method.
         pattern: the compiled path, for a path with parameters, else None.
         converters: each path parameter's conversion function.
+        auth: the route's authenticator, :data:`APP_AUTH` for the application's, None for
+            none (see :mod:`fullduplex.auth`); the first registration of a path sets it.
     """
 
     path: str
@@ -245,6 +260,7 @@ class HTTPRoute:
     handlers: dict[str, HTTPHandler] = field(default_factory=dict)
     pattern: re.Pattern[str] | None = field(default=None, repr=False)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
+    auth: Any = APP_AUTH
 
     def __post_init__(self) -> None:
         if not self.handlers:
@@ -315,13 +331,26 @@ class StaticRoute:
 
 
 class App:
-    """Routes of one server: WebSocket endpoints, HTTP handlers and static folders."""
+    """Routes of one server: WebSocket endpoints, HTTP handlers and static folders.
+
+    Args:
+        auth: the authenticator of every WebSocket and HTTP route (not of static files):
+            ``(request) -> Identity | None``, sync or async, raising
+            :class:`~fullduplex.auth.AuthError` to refuse (see :mod:`fullduplex.auth`).
+            None (the default): no authentication, and ``request.identity`` is None.
+        cors: the CORS policy of the HTTP routes (:class:`~fullduplex.auth.CORS`), or None
+            for none (other origins' pages cannot read answers).
+    """
 
     #: Builds the ``asyncio.Protocol`` of each connection from the server, instead of the
     #: native HTTP protocol (None); :class:`~fullduplex.asgi.ASGIAdapter` sets it.
     protocol_factory: Callable[[Any], Any] | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, *, auth: Any = None, cors: Any = None) -> None:
+        #: The authenticator of routes that do not set their own (None: none).
+        self.auth: Any = auth
+        #: The CORS policy of HTTP routes (a :class:`~fullduplex.auth.CORS`), or None.
+        self.cors: Any = cors
         #: WebSocket routes by path.
         self.websocket_routes: dict[str, WebSocketRoute] = {}
         #: HTTP routes by path.
@@ -339,6 +368,16 @@ class App:
         #: The :class:`fullduplex.metrics.Metrics` counting this app's connections, once
         #: :meth:`enable_metrics` turned them on; None otherwise (nothing is counted).
         self.metrics: Any = None
+
+    def authenticate(self, auth: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """Set the application's authenticator (a decorator; see :mod:`fullduplex.auth`)."""
+        self.auth = auth
+        return auth
+
+    def auth_for(self, route: WebSocketRoute | HTTPRoute) -> Any:
+        """The authenticator that applies to ``route`` (its own, else the app's), or None."""
+        auth = route.auth
+        return self.auth if auth is APP_AUTH else auth
 
     def on_startup(self, hook: Callable[[], Any]) -> Callable[[], Any]:
         """Register a function run before the server listens (a decorator; may be async)."""
@@ -374,6 +413,7 @@ class App:
         max_message_size: int | None = SERVER_DEFAULT,
         max_frame_size: int | None = SERVER_DEFAULT,
         require_subprotocol: bool = False,
+        auth: Any = APP_AUTH,
     ) -> Callable[[WebSocketHandler], WebSocketHandler]:
         """Register a WebSocket handler for ``path`` (a decorator).
 
@@ -388,6 +428,7 @@ class App:
             max_frame_size: per-route frame limit; the server's default when omitted.
             require_subprotocol: refuse (400) a client offering none of ``subprotocols``
                 instead of accepting it without a subprotocol.
+            auth: this route's authenticator; the app's when omitted, None for none.
         """
         _check_path(path)
 
@@ -398,6 +439,7 @@ class App:
             route.max_message_size = max_message_size
             route.max_frame_size = max_frame_size
             route.require_subprotocol = require_subprotocol
+            route.auth = auth
             if "{" in path:
                 route.pattern, route.converters = compile_path(path)
                 self.websocket_patterns.append(route)
@@ -408,7 +450,7 @@ class App:
         return register
 
     def route(
-        self, path: str, methods: Sequence[str] = ("GET",)
+        self, path: str, methods: Sequence[str] = ("GET",), *, auth: Any = APP_AUTH
     ) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register an HTTP handler for ``path`` and ``methods`` (a decorator).
 
@@ -416,7 +458,8 @@ class App:
         awaits to) a Response, a dict or list (sent as JSON), a str (text) or bytes. Several
         handlers may share a path with different methods; other methods get 405 with
         ``Allow``. ``{name}`` and ``{name:int}`` parts of ``path`` are path parameters
-        (``request.path_params``).
+        (``request.path_params``). ``auth`` is the route's authenticator: the app's when
+        omitted, None for none.
 
         Raises:
             ValueError: the path does not start with ``/`` or has an unknown converter.
@@ -440,28 +483,28 @@ class App:
             if existing is not None:
                 existing.add(methods_set, handler)
             elif table is not None:
-                table.append(HTTPRoute(path, handler, methods_set))
+                table.append(HTTPRoute(path, handler, methods_set, auth=auth))
             else:
-                self.http_routes[path] = HTTPRoute(path, handler, methods_set)
+                self.http_routes[path] = HTTPRoute(path, handler, methods_set, auth=auth)
             return handler
 
         return register
 
-    def get(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+    def get(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a GET handler (a decorator)."""
-        return self.route(path, ("GET",))
+        return self.route(path, ("GET",), auth=auth)
 
-    def post(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+    def post(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a POST handler (a decorator)."""
-        return self.route(path, ("POST",))
+        return self.route(path, ("POST",), auth=auth)
 
-    def put(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+    def put(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a PUT handler (a decorator)."""
-        return self.route(path, ("PUT",))
+        return self.route(path, ("PUT",), auth=auth)
 
-    def delete(self, path: str) -> Callable[[HTTPHandler], HTTPHandler]:
+    def delete(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a DELETE handler (a decorator)."""
-        return self.route(path, ("DELETE",))
+        return self.route(path, ("DELETE",), auth=auth)
 
     def match_websocket(self, request: Request) -> WebSocketRoute | None:
         """The parameterised WebSocket route for ``request``; sets ``request.path_params``."""

@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..auth.identity import AuthError, Identity, check_result
+from ..auth.redact import redact_target
 from ..config import (
     DEFAULT_BACKLOG,
     DEFAULT_CLOSE_TIMEOUT,
@@ -47,10 +49,12 @@ from ..protocol.http11 import Request, RequestParser, Response
 from .connection import WebSocket, WebSocketListener
 from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
+    APP_AUTH,
     SERVER_DEFAULT,
     App,
     StreamingResponse,
     WebSocketRoute,
+    json_response,
     text_response,
     to_response,
 )
@@ -319,6 +323,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_drain_waiter",
+        "_expiry",
         "_handler_task",
         "_idle",
         "_pending",
@@ -353,6 +358,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._idle = False
         # Bytes that arrived while a handler ran (a pipelined request), parsed after it.
         self._pending: bytes | None = None
+        # Ends a connection when its identity's token expires (set only with an authenticator).
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -398,6 +405,9 @@ class HTTPProtocol(asyncio.Protocol):
         """The TCP connection is closed (once upgraded, the WebSocket calls this)."""
         self.server.discard_connection(self)
         self._cancel_timer()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         task = self._handler_task
         if task is not None and not task.done():
             # The client went away: stop a long poll or an event stream at once.
@@ -475,12 +485,22 @@ class HTTPProtocol(asyncio.Protocol):
         if ws_route is None and app.websocket_patterns:
             ws_route = app.match_websocket(request)  # {parameters}: request.path_params
         if ws_route is not None:
-            self._upgrade(request, ws_route)
+            auth = ws_route.auth
+            if auth is APP_AUTH:
+                auth = app.auth
+            if auth is None:
+                self._upgrade(request, ws_route)
+            else:
+                self._authenticate(request, auth, ws_route)
             return
         route = app.http_routes.get(path)
         if route is None and app.http_patterns:
             route = app.match_http(request)
         if route is not None:
+            cors = app.cors
+            if cors is not None and cors.is_preflight(request):
+                self._respond(request, cors.preflight(request, route.methods))
+                return
             handler = route.handlers.get(request.method)
             if handler is None:
                 allow = ", ".join(sorted(route.methods))
@@ -488,8 +508,13 @@ class HTTPProtocol(asyncio.Protocol):
                     request, text_response("method not allowed\n", 405, [("Allow", allow)])
                 )
                 return
-            self.busy = True  # reading goes on: see data_received
-            self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
+            auth = route.auth
+            if auth is APP_AUTH:
+                auth = app.auth
+            if auth is None:
+                self._start_handler(handler, request)
+            else:
+                self._authenticate(request, auth, handler)
             return
         if request.method in ("GET", "HEAD"):
             response = app.find_static(path)
@@ -497,6 +522,101 @@ class HTTPProtocol(asyncio.Protocol):
                 self._respond(request, response)
                 return
         self._respond(request, text_response("not found\n", 404))
+
+    def _start_handler(self, handler: Any, request: Request) -> None:
+        self.busy = True  # reading goes on: see data_received
+        self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
+
+    # -- authentication (fullduplex.auth): only for routes with an authenticator -------------
+
+    def _authenticate(self, request: Request, auth: Any, target: Any) -> None:
+        """Run the route's authenticator, then upgrade or start the handler (``target``)."""
+        try:
+            result = auth(request)
+            if inspect.isawaitable(result):
+                # Reading goes on (to notice a client that leaves); bytes that arrive wait in
+                # _pending, as during a handler.
+                self.busy = True
+                self._handler_task = self.server.run_task(
+                    self._authenticate_async(request, result, target)
+                )
+                return
+            request.identity = check_result(result)
+        except AuthError as exc:
+            self._refuse(request, exc, isinstance(target, WebSocketRoute))
+            return
+        except Exception:
+            logger.exception("authenticator for %s raised", request.path)
+            self._refuse(request, None, isinstance(target, WebSocketRoute))
+            return
+        self._authenticated(request, target)
+
+    async def _authenticate_async(self, request: Request, pending: Any, target: Any) -> None:
+        refusal: AuthError | None = None
+        try:
+            request.identity = check_result(await pending)
+        except AuthError as exc:
+            refusal = exc
+        except Exception:
+            logger.exception("authenticator for %s raised", request.path)
+        self.busy = False
+        self._handler_task = None
+        if self.transport.is_closing():
+            return
+        self.transport.resume_reading()
+        if request.identity is None:
+            self._refuse(request, refusal, isinstance(target, WebSocketRoute))
+            return
+        self._authenticated(request, target)
+
+    def _authenticated(self, request: Request, target: Any) -> None:
+        identity: Identity = request.identity
+        if not isinstance(target, WebSocketRoute):
+            self._start_handler(target, request)
+            task = self._handler_task
+            expiry = self._arm_expiry(identity, self.stop)
+            if expiry is not None and task is not None:
+                task.add_done_callback(lambda _: expiry.cancel())
+            return
+        self._upgrade(request, target)
+        ws = self.websocket
+        if ws is None:
+            return
+        # RFC 6455 7.4.1: 1008 "indicates that an endpoint is terminating the connection
+        # because it has received a message that violates its policy".
+        self._expiry = self._arm_expiry(
+            identity, lambda: ws.close_nowait(CloseCode.POLICY_VIOLATION, "token expired")
+        )
+        pending = self._pending
+        if pending is not None:  # frames that came while an async authenticator ran
+            self._pending = None
+            ws.data_received(pending)
+
+    def _arm_expiry(self, identity: Identity, end: Any) -> asyncio.TimerHandle | None:
+        """A timer ending the connection when the identity's ``exp`` claim passes."""
+        exp = identity.claims.get("exp")
+        if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+            return None
+        delay = max(0.0, exp - time.time())
+        return asyncio.get_running_loop().call_later(delay, end)
+
+    def _refuse(self, request: Request, exc: AuthError | None, websocket: bool) -> None:
+        """Answer 401 or 403 (500 if the authenticator failed), before any 101."""
+        if exc is None:
+            response = json_response({"error": "internal server error"}, 500)
+        else:
+            extra = [("WWW-Authenticate", exc.www_authenticate)] if exc.status == 401 else []
+            response = json_response({"error": str(exc)}, exc.status, extra)
+        if not websocket:
+            cors = self.server.app.cors
+            if cors is not None:
+                cors.add_headers(request, response.headers)
+            self._respond(request, response)
+            return
+        response.headers["Connection"] = "close"
+        self.transport.write(response.serialize())
+        self._log_access(request, response.status, len(response.body))
+        self.transport.close()
 
     async def _run_http_handler(self, handler: Any, request: Request) -> None:
         try:
@@ -507,6 +627,9 @@ class HTTPProtocol(asyncio.Protocol):
         except Exception:
             logger.exception("HTTP handler for %s raised", request.path)
             response = text_response("internal server error\n", 500)
+        cors = self.server.app.cors
+        if cors is not None:
+            cors.add_headers(request, response.headers)
         if isinstance(response, StreamingResponse):
             await self._stream(request, response)
             return
@@ -611,7 +734,7 @@ class HTTPProtocol(asyncio.Protocol):
             '%s "%s %s HTTP/%s" %d %d',
             client[0] if client is not None else self._peer(),
             request.method,
-            request.target,
+            redact_target(request.target),  # tokens in query strings never reach a log
             request.version,
             status,
             size,

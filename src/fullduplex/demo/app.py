@@ -12,7 +12,9 @@ Routes:
   side, with latency, bytes per message and requests per minute;
 * ``/chat.html`` - a chat room on the ``chat`` topic (``/chat/ws``);
 * ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll``, ``/publish`` - the transports
-  (:mod:`fullduplex.transports`); clients may publish to ``chat`` only;
+  (:mod:`fullduplex.transports`): anyone may read ``ticker`` and ``chat``, nobody may publish
+  through them (the ticker is the server's; chat lines go through ``/chat/ws``, which binds a
+  name to its connection and checks every line);
 * ``/api/request-size`` - the size of the request head as the server received it, which the
   live page uses to count request bytes it cannot see;
 * ``/metrics``, ``/healthz``, ``/readyz`` - Prometheus metrics and health checks
@@ -51,8 +53,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 ECHO_MAX_FRAME_SIZE = 10 * 1024
 #: Message and frame limit of ``/echo``, raised for conformance suites.
 PLAIN_ECHO_MAX_SIZE = 16 * 2**20
-#: Topics of the demo: anyone reads ``ticker`` and ``chat``; clients publish to ``chat`` only.
-RULES = TopicRules(subscribe=["ticker", "chat"], publish=["chat"])
+#: Topics of the demo: anyone reads ``ticker`` and ``chat``; nobody publishes through the
+#: generic transports (``POST /publish`` and the ``/pubsub`` publish op answer 403 / an error):
+#: the ticker is published by the server, the chat through ``/chat/ws`` alone.
+RULES = TopicRules(subscribe=["ticker", "chat"], publish=())
 
 
 def _any_subprotocol(request: Request, offered: Sequence[str]) -> str | None:

@@ -4,11 +4,17 @@ The page connects to ``/chat/ws``, which speaks the protocol of
 :mod:`fullduplex.transports.websocket` restricted to the topic ``chat``, subscribes with
 ``since: 0`` (history for newcomers: the last :data:`HISTORY` messages) and publishes:
 
-* ``{"type": "join", "name": "ann"}`` once, to take a name;
+* ``{"type": "join", "name": "ann"}`` once, to take a name: the server answers this
+  connection alone with ``{"joined": "ann"}``, or with the error ``"name taken"`` if another
+  connection holds that name (compared case-insensitively): the page then asks for another;
 * ``{"type": "message", "text": "hello"}`` for each line.
 
-The server checks each publish and stamps the sender's name on it, so nobody writes under
-another's name; when the connection ends it publishes ``{"type": "leave", "name": "ann"}``.
+The name is bound to the connection on the server: the server checks each publish and stamps
+the sender's name on it, so nobody writes under another's name; when the connection ends it
+publishes ``{"type": "leave", "name": "ann"}`` and the name is free again. This route is the
+only way into the topic: the generic transports refuse to publish to it
+(:data:`~fullduplex.demo.app.RULES`), so what the pages receive is always one of the three
+shapes above, checked here.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 from ..asyncio import App, WebSocket
 from ..hub import Hub, HubUnavailable, TopicConfig
 from ..transports import FrameCache, InvalidInput, TopicRules, mount_websocket
+from ..transports.common import dumps
 
 __all__ = ["CHAT_CONFIG", "CHAT_TOPIC", "HISTORY", "MAX_TEXT", "Chat"]
 
@@ -47,6 +54,8 @@ class Chat:
         self.hub = hub
         #: The name of each connection that joined.
         self.names: dict[WebSocket, str] = {}
+        # The names in use, case-folded: one "ann" at a time.
+        self._taken: set[str] = set()
 
     def mount(self, app: App, path: str = "/chat/ws", frames: FrameCache | None = None) -> None:
         """Serve the room at ``path``."""
@@ -77,8 +86,13 @@ class Chat:
                 raise InvalidInput("invalid name: 1 to 32 letters, digits, spaces, . _ -")
             if ws in self.names:
                 raise InvalidInput("already joined")
-            self.names[ws] = name.strip()
-            return {"type": "join", "name": self.names[ws]}
+            name = name.strip()
+            if name.casefold() in self._taken:
+                raise InvalidInput("name taken")
+            self._taken.add(name.casefold())
+            self.names[ws] = name
+            ws.send_nowait(dumps({"joined": name}))  # to this connection alone
+            return {"type": "join", "name": name}
         if kind == "message":
             name = self.names.get(ws)
             if name is None:
@@ -93,6 +107,7 @@ class Chat:
         """Announce that a connection that joined has left."""
         name = self.names.pop(ws, None)
         if name is not None:
+            self._taken.discard(name.casefold())
             # The hub may be down or closing (server shutdown): the notice is best effort.
             with contextlib.suppress(HubUnavailable, RuntimeError):
                 await self.hub.publish(CHAT_TOPIC, {"type": "leave", "name": name})

@@ -255,6 +255,8 @@ class Request:
         path_params: the converted ``{parameters}`` of the route path that matched, e.g.
             ``{"id": 42}`` for ``/items/{id:int}``; empty (read-only) otherwise. Set by the
             router; not a constructor argument.
+        identity: who sent it (a :class:`fullduplex.auth.Identity`), set by the server when
+            the route has an authenticator; None when no authentication is configured.
     """
 
     method: str
@@ -266,6 +268,7 @@ class Request:
     scheme: str = "http"
     # Not a field: a class attribute until the router sets one (no dict per request).
     path_params = _NO_PARAMS
+    identity: Any = None
 
     def _split_target(self) -> tuple[str, str]:
         target = self.target

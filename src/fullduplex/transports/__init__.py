@@ -6,7 +6,7 @@ a client can switch transport and carry its cursor::
 
     hub = Hub()
     app = App()
-    mount_all(app, hub, rules=TopicRules(subscribe=["*"], publish=["chat"]))
+    mount_all(app, hub, rules=TopicRules(subscribe=["*"], publish=["user.{id}"]))
     # ws://host/pubsub  GET /sse  GET /longpoll  GET /poll  POST /publish
 
 =====================  ==========================================================  ==========
@@ -27,8 +27,9 @@ and measurements are in ``docs/transports.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from ..asyncio.router import App
+from ..asyncio.router import APP_AUTH, App
 from ..hub import Hub
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
@@ -85,6 +86,7 @@ def mount_all(
     prefix: str = "",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     compression: bool = False,
     # Timeouts
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
@@ -98,7 +100,11 @@ def mount_all(
         app: the application.
         hub: the hub.
         prefix: a path prefix such as ``"/rt"``, or ``""``.
-        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        rules: which topics clients may subscribe to, publish to and read the history of;
+            if None, the default :class:`~.common.TopicRules`: subscribe to any topic,
+            publish to none.
+        auth: the routes' authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         compression: accept permessage-deflate on the WebSocket route.
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
@@ -112,13 +118,20 @@ def mount_all(
     held = OpenRequests()
     prefix = prefix.rstrip("/")
     fanout = mount_websocket(
-        app, hub, f"{prefix}/pubsub", rules=rules, frames=frames, compression=compression
+        app,
+        hub,
+        f"{prefix}/pubsub",
+        rules=rules,
+        auth=auth,
+        frames=frames,
+        compression=compression,
     )
     mount_sse(
         app,
         hub,
         f"{prefix}/sse",
         rules=rules,
+        auth=auth,
         events=events,
         requests=held,
         heartbeat_interval=heartbeat_interval,
@@ -128,10 +141,11 @@ def mount_all(
         hub,
         f"{prefix}/longpoll",
         rules=rules,
+        auth=auth,
         envelopes=envelopes,
         requests=held,
         longpoll_timeout=longpoll_timeout,
     )
-    mount_poll(app, hub, f"{prefix}/poll", rules=rules, envelopes=envelopes)
-    mount_publish(app, hub, f"{prefix}/publish", rules=rules)
+    mount_poll(app, hub, f"{prefix}/poll", rules=rules, auth=auth, envelopes=envelopes)
+    mount_publish(app, hub, f"{prefix}/publish", rules=rules, auth=auth)
     return Transports(frames, held, fanout, events)

@@ -16,14 +16,16 @@ that send it.
 
 from __future__ import annotations
 
-import fnmatch
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..asyncio.router import json_response
+from ..asyncio.router import App, json_response
+from ..auth.identity import Identity
+from ..auth.permissions import PatternSet
 from ..hub import Gap, Message
 from ..hub.stats import STATS
 from ..protocol.http11 import Response
@@ -36,6 +38,7 @@ __all__ = [
     "InvalidInput",
     "OpenRequests",
     "TopicRules",
+    "check_history",
     "check_since",
     "check_topic",
     "error_response",
@@ -45,7 +48,10 @@ __all__ = [
     "query_since",
     "query_topics",
     "same_message",
+    "warn_open_publish",
 ]
+
+logger = logging.getLogger("fullduplex.transports")
 
 #: Longest topic name, in characters (Redis keys hold more, but a name is also an SSE id part
 #: and a URL parameter: 128 keeps ``Last-Event-ID`` of 16 topics under 3 KiB).
@@ -99,30 +105,103 @@ class OpenRequests:
             closer()
 
 
+#: A permission callable: ``(identity, action, topic) -> bool``, ``action`` being
+#: ``"subscribe"``, ``"publish"`` or ``"history"``; ``identity`` is None on routes without an
+#: authenticator. It is asked when no pattern grants the action.
+PermissionCheck = Callable[[Identity | None, str, str], bool]
+
+
 @dataclass(frozen=True)
 class TopicRules:
-    """Which topics clients may subscribe and publish to, as shell-style patterns.
+    """Which topics a client may subscribe to, publish to and read the history of.
 
-    Patterns use :func:`fnmatch.fnmatchcase` syntax (``*``, ``?``, ``[seq]``) over valid topic
-    names; ``"*"`` matches every valid name.
+    The same rules apply on all four transports. Each is a list of shell-style patterns
+    (:func:`fnmatch.fnmatchcase` syntax: ``*``, ``?``, ``[seq]``) that may name the client's
+    identity (:mod:`fullduplex.auth.permissions`): ``{id}`` is its id, ``{NAME}`` its claim
+    ``NAME``, so ``"user.{id}"`` is the topic of that user alone. A pattern with a placeholder
+    never matches an anonymous client or a route without authentication. When no pattern
+    grants an action, ``check`` (if given) decides.
+
+    Topic names keep to ``A-Z a-z 0-9 _ - .`` (``:`` and ``,`` separate cursors in SSE event
+    ids): write ``user.{id}``, not ``user:{id}``; an id with other characters matches no topic.
+
+    The defaults: anyone may subscribe to (and read the history of) any topic; nobody may
+    publish (server code publishing through the hub is never restricted). Grant publishing
+    with patterns naming the identity, a ``check``, or a WebSocket route's ``on_publish``
+    hook; a pattern granting everyone on a route without authentication logs a warning at
+    startup.
 
     Attributes:
-        subscribe: patterns clients may subscribe to (WebSocket, SSE, polling).
-        publish: patterns clients may publish to (``POST /publish``, the WebSocket
-            ``publish`` op); empty for none. Server code publishing through the hub is never
-            restricted.
+        subscribe: topics clients may subscribe to (WebSocket, SSE, long and short polling).
+        publish: topics clients may publish to (``POST /publish``, the WebSocket ``publish``
+            op); none by default.
+        history: topics whose past messages clients may ask for (a ``since`` cursor,
+            ``Last-Event-ID``); None: the same as ``subscribe``.
+        check: a callable granting what the patterns do not (see :data:`PermissionCheck`).
     """
 
     subscribe: Sequence[str] = ("*",)
-    publish: Sequence[str] = ("*",)
+    publish: Sequence[str] = ()
+    history: Sequence[str] | None = None
+    check: PermissionCheck | None = None
+    _sets: dict[str, PatternSet] = field(init=False, repr=False, compare=False)
 
-    def can_subscribe(self, topic: str) -> bool:
-        """Whether clients may subscribe to ``topic`` (assumed valid)."""
-        return any(fnmatch.fnmatchcase(topic, p) for p in self.subscribe)
+    def __post_init__(self) -> None:
+        history = self.subscribe if self.history is None else self.history
+        sets = {
+            "subscribe": PatternSet(self.subscribe),
+            "publish": PatternSet(self.publish),
+            "history": PatternSet(history),
+        }
+        object.__setattr__(self, "_sets", sets)
 
-    def can_publish(self, topic: str) -> bool:
-        """Whether clients may publish to ``topic`` (assumed valid)."""
-        return any(fnmatch.fnmatchcase(topic, p) for p in self.publish)
+    def allows(self, action: str, topic: str, identity: Identity | None = None) -> bool:
+        """Whether ``identity`` may do ``action`` (subscribe, publish, history) on ``topic``."""
+        if self._sets[action].match(topic, identity):
+            return True
+        check = self.check
+        return check is not None and bool(check(identity, action, topic))
+
+    def can_subscribe(self, topic: str, identity: Identity | None = None) -> bool:
+        """Whether ``identity`` may subscribe to ``topic`` (assumed valid)."""
+        return self.allows("subscribe", topic, identity)
+
+    def can_publish(self, topic: str, identity: Identity | None = None) -> bool:
+        """Whether ``identity`` may publish to ``topic`` (assumed valid)."""
+        return self.allows("publish", topic, identity)
+
+    def can_read_history(self, topic: str, identity: Identity | None = None) -> bool:
+        """Whether ``identity`` may read the past messages of ``topic`` (assumed valid)."""
+        return self.allows("history", topic, identity)
+
+    @property
+    def open_publish(self) -> tuple[str, ...]:
+        """The publish patterns that grant everyone (no identity placeholder)."""
+        return self._sets["publish"].unconditional
+
+
+def warn_open_publish(app: App, path: str, rules: TopicRules) -> None:
+    """At startup, warn if ``path`` lets anyone publish: patterns and no authentication.
+
+    "Anyone": the route has no authenticator, or one that lets anonymous clients in (an
+    ``anonymous`` attribute that is true, as :class:`~fullduplex.auth.JWTAuth` has).
+    """
+
+    def check() -> None:
+        patterns = rules.open_publish
+        route = app.http_routes.get(path) or app.websocket_routes.get(path)
+        if not patterns or route is None:
+            return
+        auth = app.auth_for(route)
+        if auth is None or getattr(auth, "anonymous", False):
+            logger.warning(
+                "%s lets anyone publish to %s: set an authenticator (App(auth=...)) or "
+                "grant publishing by identity (TopicRules(publish=['user.{id}']))",
+                path,
+                ", ".join(patterns),
+            )
+
+    app.on_startup(check)
 
 
 def check_topic(value: object) -> str:
@@ -176,12 +255,16 @@ def query_since(query: Mapping[str, list[str]]) -> int | None:
 
 
 def query_topics(
-    query: Mapping[str, list[str]], rules: TopicRules, *, max_topics: int = 1
+    query: Mapping[str, list[str]],
+    rules: TopicRules,
+    *,
+    max_topics: int = 1,
+    identity: Identity | None = None,
 ) -> list[str]:
     """The ``topic`` parameters, validated, deduplicated, in order.
 
     Raises:
-        InvalidInput: none given, too many, invalid (400) or not allowed (403).
+        InvalidInput: none given, too many, invalid (400) or not allowed to ``identity`` (403).
     """
     values = query.get("topic") or []
     if not values:
@@ -190,9 +273,19 @@ def query_topics(
     if len(topics) > max_topics:
         raise InvalidInput(f"too many topics: at most {max_topics}")
     for topic in topics:
-        if not rules.can_subscribe(topic):
+        if not rules.can_subscribe(topic, identity):
             raise InvalidInput(f"unknown topic: {topic}", 403)
     return topics
+
+
+def check_history(rules: TopicRules, topic: str, identity: Identity | None) -> None:
+    """Refuse (403) a cursor on ``topic`` if ``identity`` may not read its history.
+
+    Raises:
+        InvalidInput: with status 403.
+    """
+    if not rules.can_read_history(topic, identity):
+        raise InvalidInput(f"history not readable: {topic}", 403)
 
 
 def error_response(exc: InvalidInput) -> Response:

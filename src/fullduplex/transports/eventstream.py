@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from ..asyncio.router import App, StreamingResponse
+from ..asyncio.router import APP_AUTH, App, StreamingResponse
 from ..hub import Gap, Hub, HubUnavailable, Message, Subscription
 from ..protocol.http11 import Headers, Request, Response
 from .backlog import Backlog, Mailbox
@@ -39,6 +40,7 @@ from .common import (
     InvalidInput,
     OpenRequests,
     TopicRules,
+    check_history,
     check_since,
     dumps,
     error_response,
@@ -270,6 +272,7 @@ def mount_sse(
     path: str = "/sse",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     envelopes: EnvelopeCache | None = None,
     events: EventCache | None = None,
     requests: OpenRequests | None = None,
@@ -285,7 +288,10 @@ def mount_sse(
         app: the application.
         hub: the hub.
         path: the route.
-        rules: which topics clients may subscribe to; every valid topic if None.
+        rules: which topics clients may subscribe to and read the history of; any valid
+            topic if None.
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         envelopes: a JSON cache shared with other mounts (one is made if None).
         events: an encoded-event cache shared with other mounts (one is made over
             ``envelopes`` if None).
@@ -302,11 +308,17 @@ def mount_sse(
     cache = events if events is not None else EventCache(envelopes)
     held = requests if requests is not None else OpenRequests()
 
-    @app.get(path)
+    @app.get(path, auth=auth)
     async def event_stream(request: Request) -> Response | StreamingResponse:
         try:
-            topics = query_topics(request.query, topic_rules, max_topics=max_topics)
+            identity = request.identity
+            topics = query_topics(
+                request.query, topic_rules, max_topics=max_topics, identity=identity
+            )
             start = _start_cursors(request, topics)
+            for topic, cursor in start.items():
+                if cursor is not None:
+                    check_history(topic_rules, topic, identity)
         except InvalidInput as exc:
             return error_response(exc)
         stream = _Stream(hub, cache, topics, held)

@@ -23,8 +23,9 @@ future with one timer: nothing else.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from ..asyncio.router import App
+from ..asyncio.router import APP_AUTH, App
 from ..hub import Gap, Hub, HubUnavailable, Message
 from ..protocol.http11 import Headers, Request, Response
 from .backlog import Backlog, Mailbox
@@ -33,6 +34,7 @@ from .common import (
     InvalidInput,
     OpenRequests,
     TopicRules,
+    check_history,
     dumps,
     error_response,
     gap_envelope,
@@ -93,8 +95,12 @@ async def _history(hub: Hub, topic: str, since: int, limit: int) -> list[Message
 
 def _poll_query(request: Request, rules: TopicRules, max_batch: int) -> tuple[str, int | None, int]:
     """The topic, cursor and batch size of a polling request (both kinds share them)."""
-    topic = query_topics(request.query, rules)[0]
-    return topic, query_since(request.query), _query_limit(request, max_batch)
+    identity = request.identity
+    topic = query_topics(request.query, rules, identity=identity)[0]
+    since = query_since(request.query)
+    if since is not None:
+        check_history(rules, topic, identity)
+    return topic, since, _query_limit(request, max_batch)
 
 
 def mount_poll(
@@ -103,6 +109,7 @@ def mount_poll(
     path: str = "/poll",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     envelopes: EnvelopeCache | None = None,
     # Limits
     max_batch: int = DEFAULT_MAX_BATCH,
@@ -113,14 +120,16 @@ def mount_poll(
         app: the application.
         hub: the hub.
         path: the route.
-        rules: which topics clients may read; every valid topic if None.
+        rules: which topics clients may read (and the history of); any valid topic if None.
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         envelopes: a JSON cache shared with other mounts (one is made if None).
         max_batch: most items in one answer.
     """
     topic_rules = rules or TopicRules()
     cache = envelopes or EnvelopeCache()
 
-    @app.get(path)
+    @app.get(path, auth=auth)
     async def poll(request: Request) -> Response:
         try:
             topic, since, limit = _poll_query(request, topic_rules, max_batch)
@@ -140,6 +149,7 @@ def mount_longpoll(
     path: str = "/longpoll",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     envelopes: EnvelopeCache | None = None,
     requests: OpenRequests | None = None,
     # Timeouts
@@ -153,7 +163,9 @@ def mount_longpoll(
         app: the application.
         hub: the hub.
         path: the route.
-        rules: which topics clients may read; every valid topic if None.
+        rules: which topics clients may read (and the history of); any valid topic if None.
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         envelopes: a JSON cache shared with other mounts (one is made if None).
         requests: where held requests are tracked (one is made if None).
         longpoll_timeout: seconds a request is held before an empty answer.
@@ -166,7 +178,7 @@ def mount_longpoll(
     cache = envelopes or EnvelopeCache()
     held = requests if requests is not None else OpenRequests()
 
-    @app.get(path)
+    @app.get(path, auth=auth)
     async def longpoll(request: Request) -> Response:
         try:
             topic, since, limit = _poll_query(request, topic_rules, max_batch)

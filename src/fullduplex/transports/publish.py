@@ -6,7 +6,10 @@ preflight). The answer is ``{"topic": T, "seq": N, "time": t}``, the message's p
 topic. Errors answer ``{"error": "..."}``:
 
 * 400: invalid JSON, not an object, an invalid topic name, no ``data`` field;
-* 403: the topic is not in the publish allow-list (:class:`~.common.TopicRules`);
+* 401: no credentials or invalid ones, when an authenticator guards the route
+  (:mod:`fullduplex.auth`; answered before this handler runs);
+* 403: the topic is not publishable by this client (:class:`~.common.TopicRules`: by default
+  nothing is);
 * 413: the body is over ``max_body_size``;
 * 415: the content type is not ``application/json``.
 """
@@ -14,11 +17,12 @@ topic. Errors answer ``{"error": "..."}``:
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from ..asyncio.router import App, json_response
+from ..asyncio.router import APP_AUTH, App, json_response
 from ..hub import Hub, HubUnavailable
 from ..protocol.http11 import Request, Response
-from .common import InvalidInput, TopicRules, check_topic, error_response
+from .common import InvalidInput, TopicRules, check_topic, error_response, warn_open_publish
 
 __all__ = ["DEFAULT_MAX_PUBLISH_SIZE", "mount_publish"]
 
@@ -49,7 +53,7 @@ def parse_publish(
     topic = check_topic(payload.get("topic"))
     if "data" not in payload:
         raise InvalidInput("missing field: data")
-    if not rules.can_publish(topic):
+    if not rules.can_publish(topic, request.identity):
         raise InvalidInput("topic not publishable", 403)
     return topic, payload["data"]
 
@@ -60,6 +64,7 @@ def mount_publish(
     path: str = "/publish",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     # Limits
     max_body_size: int | None = DEFAULT_MAX_PUBLISH_SIZE,
 ) -> None:
@@ -69,12 +74,16 @@ def mount_publish(
         app: the application.
         hub: the hub.
         path: the route (POST).
-        rules: which topics clients may publish to; every valid topic if None.
+        rules: which topics clients may publish to; none if None (the default
+            :class:`~.common.TopicRules`).
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         max_body_size: largest body accepted (413 above it), None for the server's limit.
     """
     topic_rules = rules or TopicRules()
+    warn_open_publish(app, path, topic_rules)
 
-    @app.post(path)
+    @app.post(path, auth=auth)
     async def publish(request: Request) -> Response:
         try:
             topic, data = parse_publish(request, topic_rules, max_body_size)

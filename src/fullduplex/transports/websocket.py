@@ -19,9 +19,14 @@ message (or ``first_available - 1`` of the last gap) as its cursor and gives it 
 to resume, here or in any other transport, without loss or duplicates.
 
 Recoverable errors (the connection stays open): an unknown ``op``, a missing or invalid
-``topic``, ``since`` or ``data`` field, a topic outside the allow-list (``unknown topic``) or
-not publishable (``topic not publishable``), subscribing twice or unsubscribing a topic not
-subscribed.
+``topic``, ``since`` or ``data`` field, a topic this client may not subscribe to (``unknown
+topic``), read the history of (``history not readable``) or publish to (``topic not
+publishable``; by default no topic is: see :class:`~.common.TopicRules`), subscribing twice or
+unsubscribing a topic not subscribed. Nothing is published or delivered for a refused op.
+
+The permissions are those of the identity the route's authenticator gave the connection at
+the upgrade (``ws.identity``, see :mod:`fullduplex.auth`); an upgrade it refuses is answered
+401 or 403, and a connection whose token expires is closed with 1008 ("token expired").
 
 Protocol abuse closes the connection with 1008 (policy violation) and a reason: a message that
 is not JSON or not a JSON object, a binary message, more than ``max_subscriptions`` topics.
@@ -40,11 +45,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..asyncio.connection import WebSocket
-from ..asyncio.router import App
+from ..asyncio.router import APP_AUTH, App
 from ..hub import Hub, HubUnavailable
 from ..protocol import CloseCode
 from .broadcast import Fanout, FrameCache, WebSocketSink
-from .common import InvalidInput, TopicRules, check_since, check_topic, dumps
+from .common import (
+    InvalidInput,
+    TopicRules,
+    check_since,
+    check_topic,
+    dumps,
+    warn_open_publish,
+)
 
 __all__ = [
     "DEFAULT_MAX_SUBSCRIPTIONS",
@@ -87,6 +99,8 @@ class _Session:
         self.rules = rules
         self.max_subs = max_subs
         self.on_publish = on_publish
+        # Who the connection is, read once: the permission checks cost no lookup per message.
+        self.identity = ws.identity
         self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.release)
 
     async def handle(self, text: str) -> None:
@@ -124,11 +138,13 @@ class _Session:
 
     def subscribe(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
-        if not self.rules.can_subscribe(topic):
+        if not self.rules.can_subscribe(topic, self.identity):
             raise InvalidInput("unknown topic")
         since = request.get("since")
         if since is not None:
             since = check_since(since)
+            if not self.rules.can_read_history(topic, self.identity):
+                raise InvalidInput("history not readable")
         sink = self.sink
         if topic in sink.topics:
             raise InvalidInput("already subscribed")
@@ -151,7 +167,7 @@ class _Session:
 
     async def publish(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
-        if not self.rules.can_publish(topic):
+        if not self.rules.can_publish(topic, self.identity):
             raise InvalidInput("topic not publishable")
         if "data" not in request:
             raise InvalidInput("missing field: data")
@@ -179,6 +195,7 @@ def mount_websocket(
     path: str = "/pubsub",
     *,
     rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
     frames: FrameCache | None = None,
     compression: bool = False,
     origins: list[str] | None = None,
@@ -194,8 +211,11 @@ def mount_websocket(
         app: the application.
         hub: the hub.
         path: the WebSocket route.
-        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        rules: which topics clients may subscribe and publish to; the default
+            :class:`~.common.TopicRules` if None (subscribe to any, publish to none).
         frames: a frame cache shared with other mounts (one is made if None).
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
         compression: accept permessage-deflate. Off by default: each compressed connection
             costs about 49 KiB and one compression per message, where an uncompressed one
             shares the broadcast frame; turn it on when messages are large and bandwidth is
@@ -212,6 +232,8 @@ def mount_websocket(
     """
     topic_rules = rules or TopicRules()
     fanout = Fanout(hub, frames or FrameCache())
+    if on_publish is None:  # a hook checks each publish itself: no warning then
+        warn_open_publish(app, path, topic_rules)
 
     @app.websocket(
         path,
@@ -219,6 +241,7 @@ def mount_websocket(
         origins=origins,
         max_message_size=max_message_size,
         max_frame_size=max_message_size,
+        auth=auth,
     )
     async def pubsub(ws: WebSocket) -> None:
         session = _Session(ws, hub, fanout, topic_rules, max_subscriptions, on_publish)
