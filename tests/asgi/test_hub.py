@@ -180,7 +180,8 @@ async def test_hub_app_served_alone_runs_the_hub_lifespan() -> None:
     # Served on its own, HubApp answers lifespan: the hub starts (a publish needs a running
     # hub), and closes at shutdown.
     hub = Hub()
-    server = await fullduplex.serve(HubApp(hub), "127.0.0.1", 0)
+    rules = TopicRules(publish=["x"])  # clients publish nothing by default
+    server = await fullduplex.serve(HubApp(hub, rules=rules), "127.0.0.1", 0)
     try:
         async with httpx.AsyncClient() as client:
             reply = await client.post(

@@ -64,7 +64,8 @@ class HubApp:
 
     Args:
         hub: the hub.
-        rules: which topics clients may subscribe and publish to; every valid topic if None.
+        rules: which topics clients may subscribe and publish to; if None, the default
+            :class:`~fullduplex.transports.TopicRules` (subscribe to any, publish to none).
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
         max_body_size: largest HTTP request body read (413 above it).
