@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
 import websockets.asyncio.client as wsclient
@@ -171,6 +172,44 @@ async def test_oversized_frame_rejected_from_header() -> None:
         opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
         assert opcode == 0x8
         assert struct.unpack("!H", payload[:2])[0] == 1009
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_empty_continuation_flood_keeps_memory_flat() -> None:
+    # Issue 15: a 1-byte fragment, then empty continuation frames (6 bytes each on the wire),
+    # then the last fragment. Each empty frame cost a list entry while the message was open
+    # and a Py_buffer when it was joined: 100,000 of them peaked at +8 MB (2,000,000: +170
+    # MB, bench/fragment_flood.py). Traced here in the server's process, over a real socket.
+    app = fullduplex.App()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await start(app, ping_interval=None)
+    try:
+        reader, writer = await raw_upgrade(server.port, "/echo")
+        mask = b"\x00\x00\x00\x00"  # payload bytes go on the wire as they are
+        empty = (b"\x00\x80" + mask) * 10_000
+        writer.write(b"\x02\x81" + mask + b"x")
+        await writer.drain()
+        tracemalloc.start()
+        try:
+            for _ in range(10):
+                writer.write(empty)
+                await writer.drain()
+            # Its pong says every frame before it was parsed (RFC 6455 5.5.2: in order).
+            writer.write(b"\x89\x80" + mask)
+            assert await asyncio.wait_for(read_frame(reader), 10) == (0xA, b"")
+            writer.write(b"\x80\x81" + mask + b"y")
+            assert await asyncio.wait_for(read_frame(reader), 10) == (0x2, b"xy")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 2 * 2**20, peak
         writer.close()
     finally:
         await server.shutdown()

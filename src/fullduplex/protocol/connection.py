@@ -28,7 +28,6 @@ from __future__ import annotations
 import codecs
 import enum
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from .events import (
     BinaryFragment,
@@ -101,8 +100,43 @@ _FIN_TEXT = 0x81
 _FIN_BINARY = 0x82
 
 
-def _new_utf8_decoder() -> codecs.IncrementalDecoder:
-    return codecs.getincrementaldecoder("utf-8")("strict")
+def _smaller(a: int | None, b: int | None) -> int | None:
+    """The smaller of two limits, where None is no limit."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+#: Fragments of a received message of at least this many bytes are kept as they arrive;
+#: smaller ones are copied into one buffer. A message being assembled then costs its bytes and
+#: at most two objects per this many bytes, never an object per frame: 2,000,000 empty
+#: continuation frames held 17 MiB of references and joining them peaked at +170 MiB (a
+#: Py_buffer per part); now nothing (bench/fragment_flood.py, issue 15).
+OWN_PART_SIZE = 4096
+
+
+class _MessageParts:
+    """The payloads of a fragmented message being received, joined once it ends."""
+
+    __slots__ = ("chunks", "tail")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes | bytearray] = []
+        self.tail = bytearray()
+
+    def add(self, payload: bytes) -> None:
+        if len(payload) < OWN_PART_SIZE:
+            self.tail += payload
+            return
+        if self.tail:
+            self.chunks.append(self.tail)
+            self.tail = bytearray()
+        self.chunks.append(payload)
+
+    def join(self) -> bytes:
+        if self.tail:
+            self.chunks.append(self.tail)
+        return b"".join(self.chunks)
 
 
 class Connection:
@@ -201,15 +235,21 @@ class Connection:
         for ext in self.extensions:
             rsv_mask |= ext.rsv_mask
         self._is_client = side is Side.CLIENT
+        # One frame limit for the parser and both receive fast paths: a frame's payload is
+        # part of a message, so the message limit bounds it too, checked from its header
+        # before the payload is buffered (a frame limit set separately may be lower). Read
+        # here, at construction, like the parser's.
+        limit = _smaller(max_frame_size, max_message_size)
+        self._one_limit = -1 if limit is None else limit
         self._parser = FrameParser(
-            require_mask=side is Side.SERVER, max_frame_size=max_frame_size, rsv_mask=rsv_mask
+            require_mask=side is Side.SERVER, max_frame_size=limit, rsv_mask=rsv_mask
         )
         self._events: list[Event] = []
         self._out: list[bytes] = []
         self._pings: dict[bytes, None] = {}
         # Receiving: the open message's opcode (None between messages), its parts and size.
         self._msg_opcode: int | None = None
-        self._msg_parts: list[bytes] | list[str] = []
+        self._msg_parts: _MessageParts | None = None
         self._msg_size = 0
         self._decoder: codecs.IncrementalDecoder | None = None
         # Sending: the opcode of a message being sent with send_fragment, or None.
@@ -230,13 +270,6 @@ class Connection:
         # fragmentation of sent messages): see receive_data and send_binary.
         self._fast_receive = not self.extensions and not stream_messages
         self._fast_send = not self.extensions and fragment_size is None and not self._is_client
-        # The size limit of read_message (-1: none): both limits apply to a one-frame message.
-        # Like the parser's, the limits are read here, at construction.
-        if max_frame_size is None or max_message_size is None:
-            one_limit = max_message_size if max_frame_size is None else max_frame_size
-        else:
-            one_limit = min(max_frame_size, max_message_size)
-        self._one_limit = -1 if one_limit is None else one_limit
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -276,37 +309,17 @@ class Connection:
         next_frame = parser.next_frame
         next_simple = parser.next_simple
         fast = self._fast_receive
-        limit = self.max_message_size
         try:
             while self._receiving:
                 # Fast path: a whole text or binary frame, outside a fragmented message, while
-                # open, parsed without a Frame object (in C when built) and handed to
-                # message_handler without an event. With the send fast path: listener echo
-                # of 32 B messages 9.9 -> 7.8 us per message (see FrameParser.next_simple).
+                # open, parsed without a Frame object (in C when built); the parser's limit is
+                # the message limit too, so it only needs decoding. With the send fast path:
+                # listener echo of 32 B messages 9.9 -> 7.8 us per message (see
+                # FrameParser.next_simple).
                 if fast and self._msg_opcode is None and self.state is _OPEN:
                     simple = next_simple()
                     if simple is not None:
-                        # Inlined rather than a method, like _call_listener in the asyncio
-                        # layer: together 1,160 -> 1,040 ns per 32 B listener echo, measured
-                        # in-process (WebSocket.data_received with a stub transport, best of 7
-                        # x 200,000).
-                        opcode, payload, _ = simple
-                        if limit is not None and len(payload) > limit:
-                            raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
-                        if opcode == _TEXT:
-                            try:
-                                message: str | bytes = payload.decode()
-                            except UnicodeDecodeError:
-                                raise InvalidUTF8() from None
-                        else:
-                            message = payload
-                        handler = self.message_handler
-                        if handler is not None:
-                            handler(message)
-                        elif opcode == _TEXT:
-                            self._events.append(TextMessage(message))  # type: ignore[arg-type]
-                        else:
-                            self._events.append(BinaryMessage(payload))
+                        self._message_received(simple[0], simple[1])
                         continue
                 frame = next_frame()
                 if frame is None:
@@ -330,7 +343,7 @@ class Connection:
             # RFC 6455 7.1.5: closed without a close frame: code 1006.
             self.state = State.CLOSED
         self.transport_should_close = True
-        self._msg_parts = []
+        self._msg_parts = None
 
     def events_received(self) -> list[Event]:
         """Return the events received since the last call, oldest first."""
@@ -409,7 +422,7 @@ class Connection:
             # it received.)"
             self._send_close_frame(code, "")
         self.state = State.CLOSED
-        self._msg_parts = []
+        self._msg_parts = None
         self._events.append(CloseReceived(code, reason))
         # RFC 6455 7.1.1: the server closes the TCP connection first; the client waits for it,
         # but not forever.
@@ -437,63 +450,92 @@ class Connection:
         payload = frame.payload
         limit = self.max_message_size
         if limit is not None:
+            # The one check of a message's size: the parser bounds each frame by it already,
+            # this bounds the frames of a message (and a decompressed payload) together.
             self._msg_size += len(payload)
             if self._msg_size > limit:
                 raise PayloadTooBig(f"message exceeds limit of {limit} bytes")
         fin = frame.fin
-        if fin and first_opcode != _CONT and not self.stream_messages:
-            # Fast path: a whole message in one frame.
+        if self.stream_messages:
+            self._msg_opcode = None if fin else opcode
+            self._receive_fragment(opcode, payload, fin)
+        elif first_opcode != _CONT and fin:
+            self._message_received(opcode, payload)  # a whole message in one frame
+        else:
+            parts = self._msg_parts
+            if parts is None:
+                parts = self._msg_parts = _MessageParts()
+            parts.add(payload)
+            if not fin:
+                self._msg_opcode = opcode
+                if opcode == _TEXT:
+                    self._check_text_part(payload)
+                return
+            self._msg_opcode = None
+            self._msg_parts = None
             if opcode == _TEXT:
-                try:
-                    text = payload.decode()
-                except UnicodeDecodeError:
-                    raise InvalidUTF8() from None
-                self._message(text, TextMessage)
-            else:
-                self._message(payload, BinaryMessage)
-            return
-        self._msg_opcode = None if fin else opcode
-        if opcode == _TEXT:
-            self._receive_text_part(payload, fin)
-        elif self.stream_messages:
-            self._events.append(BinaryFragment(payload, fin))
-        else:
-            parts: list[bytes] = self._msg_parts  # type: ignore[assignment]
-            parts.append(payload)
-            if fin:
-                self._msg_parts = []
-                self._message(b"".join(parts), BinaryMessage)
+                self._decoder.reset()  # type: ignore[union-attr]
+            self._message_received(opcode, parts.join())
 
-    def _message(self, data: Any, event: type[TextMessage] | type[BinaryMessage]) -> None:
-        if self.message_handler is None:
-            self._events.append(event(data))
+    def _message_received(self, opcode: int, payload: bytes) -> None:
+        """The step every whole received message ends in: decode, then handler or event.
+
+        The parser's fast path (:meth:`receive_data`), a one-frame message and the last frame
+        of a fragmented one all end here, their size already checked. The whole-read fast
+        path's C ``read_message`` does the same checks and the same decoding before it calls
+        :attr:`message_handler`.
+        """
+        handler = self.message_handler
+        if opcode == _TEXT:
+            try:
+                text = payload.decode()
+            except UnicodeDecodeError:
+                raise InvalidUTF8() from None
+            if handler is None:
+                self._events.append(TextMessage(text))
+            else:
+                handler(text)
+        elif handler is None:
+            self._events.append(BinaryMessage(payload))
         else:
-            self.message_handler(data)
+            handler(payload)
 
     def _budget(self) -> int | None:
         limit = self.max_message_size
         return None if limit is None else limit - self._msg_size
 
-    def _receive_text_part(self, payload: bytes, fin: bool) -> None:
+    def _utf8_decoder(self) -> codecs.IncrementalDecoder:
         decoder = self._decoder
         if decoder is None:
-            decoder = self._decoder = _new_utf8_decoder()
+            decoder = self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        return decoder
+
+    def _check_text_part(self, payload: bytes) -> None:
+        # A fragment of a text message is assembled as bytes and decoded with the whole
+        # message; decoding it here too (output dropped) fails the connection as soon as the
+        # bytes cannot be UTF-8 (RFC 6455 8.1), not at the last fragment.
+        decoder = self._utf8_decoder()
+        try:
+            decoder.decode(payload)
+        except UnicodeDecodeError:
+            raise InvalidUTF8() from None
+        _check_utf8_prefix(decoder)
+
+    def _receive_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
+        # stream_messages: each data frame is an event, text decoded as it arrives.
+        if opcode != _TEXT:
+            self._events.append(BinaryFragment(payload, fin))
+            return
+        decoder = self._utf8_decoder()
         try:
             text = decoder.decode(payload, fin)
         except UnicodeDecodeError:
             raise InvalidUTF8() from None
-        if not fin:
-            _check_utf8_prefix(decoder)
-        else:
-            decoder.reset()
-        if self.stream_messages:
-            self._events.append(TextFragment(text, fin))
-            return
-        parts: list[str] = self._msg_parts  # type: ignore[assignment]
-        parts.append(text)
         if fin:
-            self._msg_parts = []
-            self._message("".join(parts), TextMessage)
+            decoder.reset()
+        else:
+            _check_utf8_prefix(decoder)
+        self._events.append(TextFragment(text, fin))
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -630,7 +672,7 @@ class Connection:
             self._send_close_frame(code, reason)
         self.state = State.CLOSED
         self.transport_should_close = True
-        self._msg_parts = []
+        self._msg_parts = None
 
     def _send_close_frame(self, code: int, reason: str) -> None:
         payload = serialize_close(code, reason)
