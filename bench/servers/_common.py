@@ -35,6 +35,11 @@ def parse_args(description: str) -> argparse.Namespace:
         default="async",
         help="fullduplex only: async for/await send, or the WebSocketListener callbacks",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="fullduplex only: app.enable_metrics() (bench/metrics_bench.py)",
+    )
     return parser.parse_args()
 
 

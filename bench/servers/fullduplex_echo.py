@@ -73,6 +73,8 @@ async def main(args: argparse.Namespace) -> None:
         app = listener_app(Relay if args.broadcast else Echo)
     else:
         app = broadcast_app() if args.broadcast else echo_app()
+    if args.metrics:
+        app.enable_metrics()  # /metrics, /healthz, /readyz: what bench/metrics_bench.py costs
     # serve() listens with a backlog of 1024, like the other servers here.
     server = await fullduplex.serve(
         app,
