@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_OPEN_TIMEOUT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_SEND_BUFFER_SIZE",
     "DEFAULT_WRITE_LIMIT",
     "DEFAULT_WRITE_TIMEOUT",
     "UNSET",
@@ -68,6 +69,12 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 DEFAULT_MAX_QUEUE = 16
 #: Write buffer high-water mark in bytes; send() waits above it (asyncio's default is 64 KiB).
 DEFAULT_WRITE_LIMIT = 64 * 1024
+#: Kernel send buffer of each accepted TCP connection (SO_SNDBUF; Linux doubles the value for
+#: its bookkeeping, so 64 KiB reserve 128 KiB). Left to the kernel, the buffer of a client that
+#: stops reading grows to ~1.5 MiB (tcp_wmem autotuning) before ``write_limit`` and the
+#: slow-consumer policies even notice; capped, a stalled reader pins at most this (times two)
+#: plus ``write_limit``. 128 KiB in flight still carries ~2.6 MB/s per connection at 50 ms RTT.
+DEFAULT_SEND_BUFFER_SIZE = 64 * 1024
 #: Connections the kernel queues for accept() (listen(2) backlog; uvicorn 2048, nginx 511).
 DEFAULT_BACKLOG = 1024
 
@@ -94,6 +101,7 @@ _OPTIONAL_LIMITS = (
     "max_frame_size",
     "max_head_size",
     "max_body_size",
+    "send_buffer_size",
 )
 
 
@@ -169,6 +177,11 @@ class Config:
     )
     max_body_size: int | None = _setting(
         DEFAULT_MAX_BODY_SIZE, "HTTP request body limit in bytes (413 above it)"
+    )
+    send_buffer_size: int | None = _setting(
+        DEFAULT_SEND_BUFFER_SIZE,
+        "kernel send buffer (SO_SNDBUF) of each accepted connection in bytes; None leaves the "
+        "kernel's autotuning",
     )
     backlog: int = _setting(DEFAULT_BACKLOG, "connections the kernel queues for accept()")
 

@@ -37,6 +37,7 @@ from ..config import (
     DEFAULT_OPEN_TIMEOUT,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
+    DEFAULT_SEND_BUFFER_SIZE,
     DEFAULT_WRITE_LIMIT,
     DEFAULT_WRITE_TIMEOUT,
     Config,
@@ -186,18 +187,34 @@ class Server:
             )
             return
         if sock is not None:
-            self._server = await loop.create_server(
-                lambda: factory(self), sock=sock, ssl=ssl, backlog=backlog
+            server = await loop.create_server(
+                lambda: factory(self), sock=sock, ssl=ssl, backlog=backlog, start_serving=False
             )
+        else:
+            server = await loop.create_server(
+                lambda: factory(self),
+                host,
+                port,
+                ssl=ssl,
+                reuse_port=reuse_port or None,
+                backlog=backlog,
+                start_serving=False,
+            )
+        self._server = server
+        self._cap_send_buffers()  # before the first accept(): every connection inherits it
+        await server.start_serving()
+
+    def _cap_send_buffers(self) -> None:
+        # An accepted TCP socket inherits the listening socket's SO_SNDBUF (Linux, the BSDs),
+        # so one setsockopt here costs no system call per connection. socket(7): "the kernel
+        # doubles this value (to allow space for bookkeeping overhead)"; setting it also turns
+        # off the send buffer's autotuning for those sockets.
+        size = self.config.send_buffer_size
+        if size is None:
             return
-        self._server = await loop.create_server(
-            lambda: factory(self),
-            host,
-            port,
-            ssl=ssl,
-            reuse_port=reuse_port or None,
-            backlog=backlog,
-        )
+        for listener in self.sockets:
+            if listener.family in (socket.AF_INET, socket.AF_INET6):
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
     def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "going away") -> None:
         """Stop accepting connections and close every WebSocket with ``code`` (1001).
@@ -901,6 +918,7 @@ async def serve(
     write_limit: int = DEFAULT_WRITE_LIMIT,
     max_head_size: int | None = DEFAULT_MAX_HEAD_SIZE,
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
+    send_buffer_size: int | None = DEFAULT_SEND_BUFFER_SIZE,
     backlog: int = DEFAULT_BACKLOG,
 ) -> Server:
     """Start a server for ``app`` and return it, listening.
@@ -939,6 +957,9 @@ async def serve(
         write_limit: write buffer size above which ``send`` waits.
         max_head_size: HTTP request head limit (431 above it).
         max_body_size: HTTP request body limit (413 above it).
+        send_buffer_size: the kernel send buffer (SO_SNDBUF) of each accepted connection,
+            in bytes (Linux reserves twice that); None keeps the kernel's autotuning, which
+            lets a client that stopped reading pin ~1.5 MiB before ``write_limit`` counts.
         backlog: connections the kernel queues for ``accept()``.
 
     Raises:
@@ -964,6 +985,7 @@ async def serve(
         write_limit=write_limit,
         max_head_size=max_head_size,
         max_body_size=max_body_size,
+        send_buffer_size=send_buffer_size,
         backlog=backlog,
     )
     if not isinstance(app, App):
