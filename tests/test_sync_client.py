@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import re
@@ -9,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import websockets.sync.server as wssync
@@ -16,6 +18,8 @@ import websockets.sync.server as wssync
 import fullduplex
 import fullduplex.sync
 from fullduplex.demo import create_app
+
+from .conftest import BOTH_LOOPS
 
 
 @pytest.fixture
@@ -184,3 +188,92 @@ def test_a_peer_that_stops_answering_pings_is_closed_with_1011() -> None:
     assert frames[0][0] == 0x89
     assert frames[-1] == (0x88, (1011).to_bytes(2, "big") + b"keepalive ping timeout")
     assert all(first == 0x89 for first, _ in frames[:-1])
+
+
+@pytest.fixture(params=sorted(BOTH_LOOPS))
+def burst_server(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A server (on each event loop) whose /burst{N} sends N messages, then closes with 1000."""
+    app = fullduplex.App()
+    for count in (3, 16):
+
+        @app.websocket(f"/burst{count}")
+        async def burst(ws: fullduplex.WebSocket, count: int = count) -> None:
+            for i in range(count):
+                await ws.send(f"m{i}")
+            await ws.close(1000)
+
+    loop = BOTH_LOOPS[request.param]()
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> None:
+        server = await fullduplex.serve(app, "127.0.0.1", 0, ping_interval=None)
+        state["port"] = server.port
+        state["stop"] = asyncio.Event()
+        ready.set()
+        await state["stop"].wait()
+        await server.shutdown()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),))
+    thread.start()
+    assert ready.wait(5)
+    yield int(state["port"])
+    loop.call_soon_threadsafe(state["stop"].set)
+    thread.join(10)
+    loop.close()
+
+
+def _iterate_in_thread(ws: fullduplex.sync.ClientConnection, pause: float) -> list[object]:
+    """``for message in ws`` with ``pause`` seconds of work per message, bounded by a join."""
+    got: list[object] = []
+
+    def run() -> None:
+        for message in ws:
+            got.append(message)
+            time.sleep(pause)  # the application's work, not a synchronisation
+        got.append("end")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(15)
+    return got
+
+
+def test_iteration_ends_after_close_while_the_application_was_busy(burst_server: int) -> None:
+    # Issue 15: 16 messages (a full default queue) and a close 1000 arrive while the
+    # application is busy (2 s there, 0.7 s here: longer than the 0.5 s the end marker used to
+    # wait for room before it was dropped); the iteration then never ended.
+    ws = fullduplex.sync.connect(f"ws://127.0.0.1:{burst_server}/burst16", ping_interval=None)
+    time.sleep(0.7)  # the application is busy elsewhere
+    got = _iterate_in_thread(ws, 0)
+    assert got == [f"m{i}" for i in range(16)] + ["end"]
+    assert ws.close_code == 1000
+    with pytest.raises(fullduplex.ConnectionClosedOK):
+        ws.recv()  # no timeout: it must not block
+
+
+def test_iteration_ends_when_each_message_takes_long(burst_server: int) -> None:
+    # Issue 15: 20 messages through a 16-message queue, 0.6 s of work each; here 3 messages
+    # through a queue of 2, the same shape: the queue is still full when the connection ends.
+    ws = fullduplex.sync.connect(
+        f"ws://127.0.0.1:{burst_server}/burst3", ping_interval=None, max_queue=2
+    )
+    got = _iterate_in_thread(ws, 0.6)
+    assert got == ["m0", "m1", "m2", "end"]
+    assert ws.close_code == 1000
+
+
+def test_close_with_a_full_queue_does_not_wait_for_the_timeout(burst_server: int) -> None:
+    # The reader waits for room in a full queue; close() lets it read on (dropping what finds
+    # the queue full) so that the closing handshake completes at once.
+    ws = fullduplex.sync.connect(
+        f"ws://127.0.0.1:{burst_server}/burst16", ping_interval=None, max_queue=1
+    )
+    assert ws.recv(timeout=5) == "m0"
+    started = time.monotonic()
+    ws.close()
+    assert time.monotonic() - started < 5  # close_timeout is 10 s
+    assert ws.close_code == 1000
+    assert ws.recv(timeout=5) == "m1"  # queued before close(): still there
+    with pytest.raises(fullduplex.ConnectionClosedOK):
+        ws.recv(timeout=5)

@@ -16,8 +16,8 @@ a network path that died silently is noticed, and NAT or proxy idle timeouts are
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import secrets
 import socket
 import ssl as ssl_module
@@ -59,8 +59,6 @@ __all__ = ["ClientConnection", "connect"]
 
 #: A WebSocket message: ``str`` for text, ``bytes`` for binary.
 Data = str | bytes
-
-_CLOSED: Any = object()
 
 
 class ClientConnection:
@@ -109,7 +107,15 @@ class ClientConnection:
         self.ping_timeout = ping_timeout
         #: Round-trip time of the last ping, in seconds (0 until one completes).
         self.latency = 0.0
-        self._messages: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        # Received messages, at most max_queue (the reader waits for room), and the condition
+        # the reader and recv() wait on. The end of the messages is a flag, not an item: it
+        # must get through when the queue is full (issue 15: a marker dropped after a short
+        # wait left recv() blocked forever).
+        self._messages: collections.deque[Data] = collections.deque()
+        self._max_queue = max_queue
+        self._ready = threading.Condition(threading.Lock())
+        self._ended = False  # the reader is done: no message will be added
+        self._closing = False  # close() was called: the reader no longer waits for room
         self._lock = threading.Lock()
         self._pings: dict[bytes, tuple[float, threading.Event, list[float]]] = {}
         self._closed = threading.Event()
@@ -147,17 +153,19 @@ class ClientConnection:
 
         Raises:
             TimeoutError: nothing arrived in time.
-            ConnectionClosed: the connection is closed.
+            ConnectionClosed: the connection is closed and every message received was taken.
         """
-        try:
-            message = self._messages.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no message within {timeout}s") from None
-        if message is _CLOSED:
-            self._messages.put_nowait(_CLOSED)  # later calls raise too
-            raise self._closed_exception()
-        assert isinstance(message, (str, bytes))
-        return message
+        with self._ready:
+            if not self._ready.wait_for(self._takeable, timeout):
+                raise TimeoutError(f"no message within {timeout}s")
+            if self._messages:
+                message = self._messages.popleft()
+                self._ready.notify_all()  # the reader may be waiting for room
+                return message
+        raise self._closed_exception()
+
+    def _takeable(self) -> bool:
+        return bool(self._messages) or self._ended
 
     def __iter__(self) -> Iterator[Data]:
         """Iterate over messages until the connection closes normally."""
@@ -213,7 +221,15 @@ class ClientConnection:
         return result[0]
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        """Close the connection and wait for the server to close TCP (up to close_timeout)."""
+        """Close the connection and wait for the server to close TCP (up to close_timeout).
+
+        Messages already queued can still be taken with :meth:`recv`; from now on, messages
+        that find the queue full are dropped, so that the reader keeps reading and sees the
+        server's close frame.
+        """
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
         with self._lock:
             if self.core.state is State.OPEN:
                 self.core.send_close(code, reason)
@@ -280,7 +296,9 @@ class ClientConnection:
             self._closed.set()
             for _, done, _ in self._pings.values():
                 done.set()
-            self._put(_CLOSED)
+            with self._ready:
+                self._ended = True
+                self._ready.notify_all()
 
     def _receive(self, data: bytes) -> None:
         with self._lock:
@@ -298,15 +316,17 @@ class ClientConnection:
                         entry[2].append(now - entry[0])
                         entry[1].set()
 
-    def _put(self, item: Any) -> None:
-        # Blocks while the queue is full: the reader stops reading, TCP pushes back.
-        while True:
-            try:
-                self._messages.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if item is _CLOSED:
-                    return
+    def _put(self, message: Data) -> None:
+        # Waits while the queue is full: the reader stops reading, TCP pushes back.
+        with self._ready:
+            self._ready.wait_for(self._has_room)
+            if len(self._messages) < self._max_queue:
+                self._messages.append(message)
+                self._ready.notify_all()
+            # else: closing with a full queue: the application asked for no more.
+
+    def _has_room(self) -> bool:
+        return len(self._messages) < self._max_queue or self._closing
 
     def _closed_exception(self) -> ConnectionClosed:
         code, reason = self.core.close_code, self.core.close_reason
