@@ -182,6 +182,25 @@ async def test_replay_is_paced_and_live_overflow_falls_back_to_history(
     assert sub.dropped == 0
 
 
+async def test_a_cursor_of_another_epoch_is_a_reset(make_hub: MakeHub) -> None:
+    hub = await make_hub()
+    name = topic()
+    await publish_all(hub, name, 3)
+    last, epoch = await hub.position(name)
+    assert last == 3 and epoch
+    gap, messages = await hub.history(name, 2, epoch="someotherepoch")
+    assert gap == Gap(name, 2, 1, GapReason.RESET) and gap.epoch == epoch
+    assert [(m.seq, m.epoch) for m in messages] == [(1, epoch), (2, epoch), (3, epoch)]
+    gap, messages = await hub.history(name, 2, epoch=epoch)
+    assert gap is None and [m.seq for m in messages] == [3]
+    gap, messages = await hub.history(name, 0, epoch="someotherepoch")  # nothing held
+    assert gap is None and len(messages) == 3
+    sub = hub.subscribe(name, since=3, epoch="someotherepoch")
+    items = await take(sub, 4)
+    assert items[0] == Gap(name, 3, 1, GapReason.RESET)
+    assert seqs(items[1:]) == [1, 2, 3] and sub.epoch == epoch
+
+
 async def test_since_beyond_last_is_a_reset(make_hub: MakeHub) -> None:
     hub = await make_hub()
     name = topic()

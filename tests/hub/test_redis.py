@@ -185,6 +185,44 @@ async def test_data_lost_by_redis_is_a_reset_gap(own_redis: type[RedisServer]) -
         assert [m.seq for m in messages] == [1]
 
 
+async def test_data_lost_and_renumbered_past_the_cursor_is_a_reset(
+    own_redis: type[RedisServer],
+) -> None:
+    """The new numbering passes the cursor before the reader is back: the epoch tells."""
+    server = own_redis()
+    keys = prefix()
+    reader = redis_backend(server.url, keys, reconnect_delay=(2.0, 2.0))
+    async with Hub(reader) as hub, Hub(redis_backend(server.url, keys)) as publisher:
+        sub = hub.subscribe("t")
+        await sub.wait_started()
+        for n in range(5):
+            await publisher.publish("t", n)
+        await eventually(lambda: sub.queued == 5)
+        old = sub.get_nowait()[-1]
+        assert isinstance(old, Message) and old.epoch
+        server.kill()
+        server.start()
+        for n in range(8):  # 8 > the cursor, 5: numbers alone can't tell
+            while True:
+                try:
+                    await publisher.publish("t", f"new {n}")
+                    break
+                except HubUnavailable:
+                    await asyncio.sleep(0.01)
+        await eventually(lambda: sub.queued == 9, timeout=10)
+        items = sub.get_nowait()
+        reset = items[0]
+        assert reset == Gap("t", 5, 1, GapReason.RESET)
+        assert isinstance(reset, Gap) and reset.epoch and reset.epoch != old.epoch
+        assert [(m.seq, m.data) for m in items[1:]] == [(n + 1, f"new {n}") for n in range(8)]
+        assert all(isinstance(m, Message) and m.epoch == reset.epoch for m in items[1:])
+        # A client resuming with the old epoch is told; with the new one it is not.
+        gap, messages = await hub.history("t", 5, epoch=old.epoch)
+        assert gap == Gap("t", 5, 1, GapReason.RESET) and len(messages) == 8
+        gap, messages = await hub.history("t", 5, epoch=reset.epoch)
+        assert gap is None and [m.seq for m in messages] == [6, 7, 8]
+
+
 async def test_history_is_shared(redis_server: RedisServer) -> None:
     keys = prefix()
     async with (

@@ -19,7 +19,7 @@ import abc
 import enum
 import math
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol.exceptions import FullduplexError
@@ -139,12 +139,15 @@ class Message:
         seq: its sequence number in the topic: 1, 2, 3... with no holes.
         data: the JSON-serializable payload.
         time: when it was published, in seconds since the epoch (with Redis, Redis' clock).
+        epoch: the topic's numbering it belongs to (see :class:`Gap`); "" if unknown. Not
+            compared: two messages are equal when topic, seq, data and time are.
     """
 
     topic: str
     seq: int
     data: Any
     time: float
+    epoch: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +163,19 @@ class Gap:
         since: the last sequence number the subscriber had before the gap.
         first_available: the first sequence number it gets after the gap.
         reason: why (:class:`GapReason`); trimmed unless said otherwise.
+        epoch: for a ``reset``, the topic's new epoch: an opaque string naming one numbering
+            of the topic, which changes when the backend loses the topic's data (Redis
+            without persistence restarted) and numbers it from 1 again. A cursor is exact
+            only within its epoch; giving it back with ``since`` (``epoch=``) lets a hub
+            tell a stale cursor from a current one even when the new numbering has passed
+            it. Not compared.
     """
 
     topic: str
     since: int
     first_available: int
     reason: GapReason = GapReason.TRIMMED
+    epoch: str = field(default="", compare=False)
 
     @property
     def missing(self) -> int:
@@ -210,7 +220,8 @@ class TopicConfig:
 
 
 #: How a backend hands messages to the hub. A :class:`Gap` (reason ``trimmed`` or ``reset``)
-#: says the topic's live feed continues at ``first_available``.
+#: says the topic's live feed continues at ``first_available``; a ``reset`` carries the
+#: topic's new epoch.
 Deliver = Callable[[Message | Gap], None]
 
 
@@ -251,27 +262,53 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def history(
-        self, topic: str, since: int, limit: int | None, config: TopicConfig
+        self,
+        topic: str,
+        since: int,
+        limit: int | None,
+        config: TopicConfig,
+        epoch: str | None = None,
     ) -> tuple[Gap | None, list[Message]]:
         """Messages after ``since``, oldest first, at most ``limit``.
 
+        Args:
+            topic: the topic.
+            since: the cursor.
+            limit: at most this many messages; None for all.
+            config: the topic's settings (history limits).
+            epoch: the epoch ``since`` belongs to, if known: a different one (with
+                ``since > 0``) is a reset.
+
         Returns:
             A :class:`Gap` when messages after ``since`` were trimmed (or the topic was
-            reset: ``since`` is above its last sequence number), then the messages from
-            ``gap.first_available`` on; else None and the messages after ``since``.
+            reset: ``since`` is above its last sequence number, or of another epoch), then
+            the messages from ``gap.first_available`` on; else None and the messages after
+            ``since``.
         """
 
     @abc.abstractmethod
     async def last_seq(self, topic: str) -> int:
         """The topic's last sequence number; 0 if nothing was ever published."""
 
+    async def position(self, topic: str) -> tuple[int, str]:
+        """The topic's last sequence number and its epoch ("" if unknown)."""
+        return await self.last_seq(topic), ""
+
     def last_seq_nowait(self, topic: str) -> int | None:
         """The topic's last sequence number if known without I/O, else None."""
         return None
 
+    def epoch_nowait(self, topic: str) -> str:
+        """The topic's epoch if known without I/O, else ""."""
+        return ""
+
     @abc.abstractmethod
-    def listen(self, topic: str, after: int) -> None:
-        """Start delivering the topic's messages with a sequence number above ``after``."""
+    def listen(self, topic: str, after: int, epoch: str = "") -> None:
+        """Start delivering the topic's messages with a sequence number above ``after``.
+
+        ``epoch`` is the epoch ``after`` belongs to, if known: a backend that sees the
+        topic's epoch change delivers a ``reset`` gap (with the new epoch) first.
+        """
 
     @abc.abstractmethod
     def unlisten(self, topic: str) -> None:

@@ -166,7 +166,7 @@ class Hub:
         return message
 
     async def history(
-        self, topic: str, since: int = 0, limit: int | None = None
+        self, topic: str, since: int = 0, limit: int | None = None, *, epoch: str | None = None
     ) -> tuple[Gap | None, list[Message]]:
         """Messages after ``since`` still in history, oldest first (for short polling).
 
@@ -174,6 +174,9 @@ class Hub:
             topic: the topic.
             since: the last sequence number the client has; 0 for everything.
             limit: at most this many messages; None for all.
+            epoch: the epoch ``since`` belongs to, if the client knows it (a message's or a
+                reset gap's ``epoch``): a cursor of another epoch gets a ``reset`` gap even
+                when the topic's new numbering has passed it.
 
         Returns:
             A :class:`~fullduplex.hub.base.Gap` if messages after ``since`` are gone (then
@@ -186,7 +189,7 @@ class Hub:
         _check_since(since)
         if limit is not None and limit < 0:
             raise ValueError("limit must be None or at least 0")
-        return await self.backend.history(topic, since, limit, self.config(topic))
+        return await self.backend.history(topic, since, limit, self.config(topic), epoch or None)
 
     async def last_seq(self, topic: str) -> int:
         """The last sequence number of ``topic``; 0 if nothing was published yet.
@@ -197,11 +200,21 @@ class Hub:
         self._check_open(topic)
         return await self.backend.last_seq(topic)
 
+    async def position(self, topic: str) -> tuple[int, str]:
+        """The last sequence number of ``topic`` and its epoch ("" if none yet).
+
+        Raises:
+            HubUnavailable: the backend is down.
+        """
+        self._check_open(topic)
+        return await self.backend.position(topic)
+
     def subscribe(
         self,
         topic: str,
         since: int | None = None,
         *,
+        epoch: str | None = None,
         on_message: Callable[[Message | Gap], None] | None = None,
         on_close: Callable[[str], None] | None = None,
     ) -> Subscription:
@@ -212,6 +225,7 @@ class Hub:
             since: None for messages published from now on; N for every message after N
                 (history first: a :class:`~fullduplex.hub.base.Gap` if some are gone, then
                 live; each once, in order).
+            epoch: the epoch ``since`` belongs to, if known (see :meth:`history`).
             on_message: callback mode: called with each message or gap, synchronously from
                 the fan-out; it must not block. No queue and no task per subscriber (the
                 WebSocket transport writes to many sockets at once this way). If it raises,
@@ -232,8 +246,8 @@ class Hub:
             feed = self._open_feed(topic)
         subscription = Subscription(self, feed, self.config(topic), on_message, on_close)
         feed.subscriptions[subscription] = None
-        if since is not None and since != feed.last:
-            subscription._replay_from(since)
+        if since is not None and (since != feed.last or (epoch and epoch != feed.epoch)):
+            subscription._replay_from(since, epoch or "")
         elif feed.last is not None:
             # From now, or from exactly the last message this hub has seen: nothing to replay,
             # so no replay task and no history read (a long poll re-polling with its cursor
@@ -267,19 +281,20 @@ class Hub:
         feed = self._feeds[topic] = _Feed(topic)
         last = self.backend.last_seq_nowait(topic)
         if last is not None:
-            self._activate(feed, last)
+            self._activate(feed, last, self.backend.epoch_nowait(topic))
         else:
             feed.task = self._spawn(self._resolve(feed))
         return feed
 
     async def _resolve(self, feed: _Feed) -> None:
-        last = await self._retry(lambda: self.backend.last_seq(feed.topic))
+        last, epoch = await self._retry(lambda: self.backend.position(feed.topic))
         if self._feeds.get(feed.topic) is feed:
-            self._activate(feed, last)
+            self._activate(feed, last, epoch)
 
-    def _activate(self, feed: _Feed, last: int) -> None:
+    def _activate(self, feed: _Feed, last: int, epoch: str) -> None:
         feed.last = last
-        self.backend.listen(feed.topic, last)
+        feed.epoch = epoch
+        self.backend.listen(feed.topic, last, epoch)
         feed.ready.set()
         for subscription in list(feed.subscriptions):
             if subscription._pending:
@@ -317,12 +332,14 @@ class Hub:
 class _Feed:
     """The live messages of one topic, fanned out to this hub's subscriptions."""
 
-    __slots__ = ("last", "ready", "subscriptions", "task", "topic")
+    __slots__ = ("epoch", "last", "ready", "subscriptions", "task", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         #: The last sequence number seen; None until the backend listens.
         self.last: int | None = None
+        #: The epoch of ``last`` ("" if unknown).
+        self.epoch = ""
         self.ready = asyncio.Event()
         # A dict as an ordered set: subscribers are served in the order they came.
         self.subscriptions: dict[Subscription, None] = {}
@@ -332,13 +349,20 @@ class _Feed:
         if self.last is None:
             return
         if isinstance(item, Gap):
-            if item.reason is not GapReason.RESET and item.first_available <= self.last + 1:
-                return
+            if item.reason is not GapReason.RESET:
+                if item.first_available <= self.last + 1:
+                    return
+            elif item.epoch:
+                if item.epoch == self.epoch:
+                    return  # announced already (this feed started in the new epoch)
+                self.epoch = item.epoch
             self.last = item.first_available - 1
         elif item.seq <= self.last:
             return
         else:
             self.last = item.seq
+            if item.epoch:
+                self.epoch = item.epoch
         subscriptions = list(self.subscriptions)
         STATS.delivered += len(subscriptions)
         for subscription in subscriptions:
@@ -391,6 +415,9 @@ class Subscription:
         self.close_reason: str | None = None
         #: The settings it follows (those of the topic when it subscribed).
         self.config = config
+        #: The epoch of the last item passed on ("" while unknown): give it back with
+        #: ``since`` to resume exactly across a backend that lost its data.
+        self.epoch = ""
         self._hub = hub
         self._feed = feed
         self._on_message = on_message
@@ -572,12 +599,14 @@ class Subscription:
     def _go_live(self, last: int) -> None:
         self._pending = False
         self._tail = self.cursor = last
+        self.epoch = self._feed.epoch
         self._buffer = None
         self._notify()
 
-    def _replay_from(self, since: int) -> None:
+    def _replay_from(self, since: int, epoch: str) -> None:
         self._pending = False
         self._tail = self.cursor = since
+        self.epoch = epoch
         self._task = self._hub._spawn(self._replay())
 
     async def _replay(self) -> None:
@@ -596,17 +625,26 @@ class Subscription:
             self._overflow = False
             since = self._tail
             gap, messages = await self._hub._retry(
-                functools.partial(backend.history, topic, since, REPLAY_CHUNK, config)
+                functools.partial(
+                    backend.history, topic, since, REPLAY_CHUNK, config, self.epoch or None
+                )
             )
             if gap is not None:
                 self._tail = gap.first_available - 1
-                await self._put(Gap(topic, since, gap.first_available, gap.reason))
+                if gap.reason is GapReason.RESET:
+                    self.epoch = gap.epoch
+                await self._put(Gap(topic, since, gap.first_available, gap.reason, gap.epoch))
             for message in messages:
                 if message.seq > self._tail:
                     self._tail = message.seq
+                    self.epoch = message.epoch or self.epoch
                     await self._put(message)
             if len(messages) < REPLAY_CHUNK and not self._overflow:
                 break
+        if not self.epoch and self._tail:
+            # History had nothing to say about the cursor's epoch: ask, so that a reset
+            # the live feed announces late (Redis back, the reader not yet) is known as old.
+            _, self.epoch = await self._hub._retry(functools.partial(backend.position, topic))
         buffer, self._buffer = self._buffer or [], None
         self._notify()
         for item in buffer:
@@ -642,10 +680,25 @@ class Subscription:
         topic, tail = self.topic, self._tail
         if isinstance(item, Gap):
             first = item.first_available
-            if item.reason is GapReason.RESET or first > tail + 1:
+            if item.reason is GapReason.RESET:
+                if item.epoch and item.epoch == self.epoch:
+                    return  # in the new epoch already: its replay read it from history
+                self.epoch = item.epoch
+                self._tail = first - 1
+                if tail:
+                    self._emit(Gap(topic, tail, first, item.reason, item.epoch))
+                elif first > 1:
+                    # Nothing held: no numbering to reset, only history that is gone.
+                    self._emit(Gap(topic, tail, first))
+            elif first > tail + 1:
                 self._tail = first - 1
                 self._emit(Gap(topic, tail, first, item.reason))
             return
+        epoch = item.epoch
+        if epoch != self.epoch:
+            if epoch and self.epoch:
+                return  # of an epoch this subscription has left (buffered while replaying)
+            self.epoch = epoch
         if item.seq <= tail:
             return
         self._tail = item.seq

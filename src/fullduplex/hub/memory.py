@@ -10,6 +10,7 @@ import collections
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -34,12 +35,17 @@ class MemoryBackend(Backend):
     (checked with ``json.dumps``), so that a program written against this backend runs on
     Redis; it is kept as given, not copied: don't mutate it after publishing.
 
+    Every topic of one backend has the same epoch (:attr:`epoch`), new for each backend:
+    a client's cursor from before a restart of the process is known as stale.
+
     Args:
         clock: wall clock in seconds since the epoch (tests may pass a fake one).
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        #: The epoch of every topic here (see :class:`~fullduplex.hub.base.Gap`).
+        self.epoch = uuid.uuid4().hex[:12]
         self._topics: dict[str, _Topic] = {}
         self._deliver: Deliver | None = None
         # Messages published from within a delivery (a subscriber's callback publishing)
@@ -62,7 +68,7 @@ class MemoryBackend(Backend):
         if state is None:
             state = self._topics[topic] = _Topic()
         state.seq += 1
-        message = Message(topic, state.seq, data, self._clock())
+        message = Message(topic, state.seq, data, self._clock(), self.epoch)
         state.history.append(message)
         self._trim(state, config)
         self._feed(message)
@@ -93,7 +99,12 @@ class MemoryBackend(Backend):
                 history.popleft()
 
     async def history(
-        self, topic: str, since: int, limit: int | None, config: TopicConfig
+        self,
+        topic: str,
+        since: int,
+        limit: int | None,
+        config: TopicConfig,
+        epoch: str | None = None,
     ) -> tuple[Gap | None, list[Message]]:
         """See :meth:`Backend.history`."""
         state = self._topics.get(topic) or _Topic()
@@ -101,8 +112,8 @@ class MemoryBackend(Backend):
         history = state.history
         first = history[0].seq if history else state.seq + 1
         gap: Gap | None = None
-        if since > state.seq:
-            gap = Gap(topic, since, first, GapReason.RESET)
+        if since > state.seq or (since and epoch and epoch != self.epoch):
+            gap = Gap(topic, since, first, GapReason.RESET, self.epoch)
         elif since < first - 1:
             gap = Gap(topic, since, first)
         start = first if gap is not None else since + 1
@@ -115,12 +126,20 @@ class MemoryBackend(Backend):
         state = self._topics.get(topic)
         return 0 if state is None else state.seq
 
+    async def position(self, topic: str) -> tuple[int, str]:
+        """See :meth:`Backend.position`."""
+        return await self.last_seq(topic), self.epoch
+
+    def epoch_nowait(self, topic: str) -> str:
+        """The epoch, always known here."""
+        return self.epoch
+
     def last_seq_nowait(self, topic: str) -> int:
         """The topic's last sequence number, always known here."""
         state = self._topics.get(topic)
         return 0 if state is None else state.seq
 
-    def listen(self, topic: str, after: int) -> None:
+    def listen(self, topic: str, after: int, epoch: str = "") -> None:
         """Nothing to do: every publish is delivered."""
 
     def unlisten(self, topic: str) -> None:

@@ -23,9 +23,10 @@ Outages. The reader reconnects by itself with exponential backoff (logged as a w
 Redis goes away and at info level when it is back), then reads on from each topic's cursor:
 subscribers get every message published meanwhile that is still in history, in order and once;
 trimmed ones are announced by a gap. If Redis lost its data (no persistence), a topic whose
-last sequence number is now below the cursor is announced by a ``reset`` gap. (A Redis that
-lost its data and got more messages than the cursor before the reader is back is not noticed:
-run Redis with persistence, AOF ``appendfsync always`` or ``everysec``, if it matters.)
+epoch changed (``<prefix>e:<topic>``, made by the topic's first publish and copied into each
+entry as field ``e``), or whose last sequence number is now below the cursor, is announced by
+a ``reset`` gap carrying the new epoch: even when the new numbering passed the cursor before
+the reader was back.
 
 :meth:`RedisBackend.publish`, ``history`` and ``last_seq`` do not retry: they raise
 :class:`~fullduplex.hub.base.HubUnavailable` at once while Redis is away (a publish retried
@@ -129,7 +130,9 @@ local function trim_age(key, cutoff)
 end
 """
 
-# KEYS[1] stream; ARGV data, max length or '', max age in microseconds or ''.
+# KEYS[1] stream, KEYS[2] epoch; ARGV data, max length or '', max age in microseconds or ''.
+# A topic's epoch is made by its first publish (the time, microseconds), kept beside the
+# stream, and copied into every entry (field e), so that a reader knows each entry's.
 _PUBLISH = (
     _LUA_COMMON
     + """
@@ -137,15 +140,21 @@ local key = KEYS[1]
 local last = stream_info(key)
 local seq = last + 1
 local now = now_us()
-redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = now
+  redis.call('SET', KEYS[2], epoch)
+end
+redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1], 'e', epoch)
 if ARGV[2] ~= '' then redis.call('XTRIM', key, 'MAXLEN', ARGV[2]) end
 if ARGV[3] ~= '' then trim_age(key, tonumber(now) - tonumber(ARGV[3])) end
-return {seq, now}
+return {seq, now, epoch}
 """
 )
 
-# KEYS[1] stream; ARGV since, limit or '', max age in microseconds or ''.
-# Returns {last, first, entries after since (or from first, after a gap)}.
+# KEYS[1] stream, KEYS[2] epoch; ARGV since, limit or '', max age in microseconds or '',
+# the client's epoch or ''. Returns {last, first, entries after since (or from first, after
+# a gap), epoch or ''}.
 _HISTORY = (
     _LUA_COMMON
     + """
@@ -155,22 +164,24 @@ if ARGV[3] ~= '' and redis.call('EXISTS', key) == 1 then
   trim_age(key, tonumber(now_us()) - tonumber(ARGV[3]))
 end
 local last, first = stream_info(key)
+local epoch = redis.call('GET', KEYS[2]) or ''
 local start = since + 1
 if since > last or since < first - 1 then start = first end
-if start > last or ARGV[2] == '0' then return {last, first, {}} end
+if since > 0 and ARGV[4] ~= '' and ARGV[4] ~= epoch then start = first end
+if start > last or ARGV[2] == '0' then return {last, first, {}, epoch} end
 if ARGV[2] == '' then
-  return {last, first, redis.call('XRANGE', key, start .. '-0', '+')}
+  return {last, first, redis.call('XRANGE', key, start .. '-0', '+'), epoch}
 end
-return {last, first, redis.call('XRANGE', key, start .. '-0', '+', 'COUNT', ARGV[2])}
+return {last, first, redis.call('XRANGE', key, start .. '-0', '+', 'COUNT', ARGV[2]), epoch}
 """
 )
 
-# KEYS[1] stream. Returns {last, first}.
+# KEYS[1] stream, KEYS[2] epoch. Returns {last, first, epoch or ''}.
 _INFO = (
     _LUA_COMMON
     + """
 local last, first = stream_info(KEYS[1])
-return {last, first}
+return {last, first, redis.call('GET', KEYS[2]) or ''}
 """
 )
 
@@ -238,6 +249,7 @@ class RedisBackend(Backend):
         self._info = self._redis.register_script(_INFO)
         self._deliver: Deliver | None = None
         self._cursors: dict[str, int] = {}
+        self._epochs: dict[str, bytes] = {}  # the epoch of each cursor, b"" if unknown
         self._changed = asyncio.Event()
         self._reading = False
         self._closing = False
@@ -255,6 +267,10 @@ class RedisBackend(Backend):
     def key(self, topic: str) -> str:
         """The Redis key of a topic's stream."""
         return f"{self.prefix}t:{topic}"
+
+    def epoch_key(self, topic: str) -> str:
+        """The Redis key of a topic's epoch (see :class:`~fullduplex.hub.base.Gap`)."""
+        return f"{self.prefix}e:{topic}"
 
     async def start(self, deliver: Deliver) -> None:
         """Check that Redis answers, then start the live feed.
@@ -291,26 +307,35 @@ class RedisBackend(Backend):
         size = "" if config.history_size is None else str(config.history_size)
         age = "" if config.history_age is None else str(int(config.history_age * 1e6))
         try:
-            seq, now = await self._publish(keys=[self.key(topic)], args=[payload, size, age])
+            seq, now, epoch = await self._publish(
+                keys=[self.key(topic), self.epoch_key(topic)], args=[payload, size, age]
+            )
         except _UNAVAILABLE as exc:
             raise HubUnavailable(f"redis unavailable, {topic!r} not published: {exc}") from exc
-        return Message(topic, int(seq), data, int(now) / 1e6)
+        return Message(topic, int(seq), data, int(now) / 1e6, epoch.decode())
 
     async def history(
-        self, topic: str, since: int, limit: int | None, config: TopicConfig
+        self,
+        topic: str,
+        since: int,
+        limit: int | None,
+        config: TopicConfig,
+        epoch: str | None = None,
     ) -> tuple[Gap | None, list[Message]]:
         """See :meth:`Backend.history`."""
         count = "" if limit is None else str(limit)
         age = "" if config.history_age is None else str(int(config.history_age * 1e6))
         try:
-            last, first, entries = await self._history(
-                keys=[self.key(topic)], args=[since, count, age]
+            last, first, entries, current = await self._history(
+                keys=[self.key(topic), self.epoch_key(topic)],
+                args=[since, count, age, epoch or ""],
             )
         except _UNAVAILABLE as exc:
             raise HubUnavailable(f"redis unavailable: {exc}") from exc
+        current = current.decode()
         gap: Gap | None = None
-        if since > last:
-            gap = Gap(topic, since, first, GapReason.RESET)
+        if since > last or (since and epoch and epoch != current):
+            gap = Gap(topic, since, first, GapReason.RESET, current)
         elif since < first - 1:
             gap = Gap(topic, since, first)
         return gap, [_message(topic, entry_id, fields) for entry_id, fields in entries]
@@ -319,16 +344,22 @@ class RedisBackend(Backend):
         """See :meth:`Backend.last_seq`."""
         return (await self._stream_info(topic))[0]
 
-    async def _stream_info(self, topic: str) -> tuple[int, int]:
+    async def position(self, topic: str) -> tuple[int, str]:
+        """See :meth:`Backend.position`."""
+        last, _, epoch = await self._stream_info(topic)
+        return last, epoch
+
+    async def _stream_info(self, topic: str) -> tuple[int, int, str]:
         try:
-            last, first = await self._info(keys=[self.key(topic)])
+            last, first, epoch = await self._info(keys=[self.key(topic), self.epoch_key(topic)])
         except _UNAVAILABLE as exc:
             raise HubUnavailable(f"redis unavailable: {exc}") from exc
-        return int(last), int(first)
+        return int(last), int(first), epoch.decode()
 
-    def listen(self, topic: str, after: int) -> None:
-        """Add the topic to the live feed's XREAD, from ``after``."""
+    def listen(self, topic: str, after: int, epoch: str = "") -> None:
+        """Add the topic to the live feed's XREAD, from ``after`` (of ``epoch``)."""
         self._cursors[topic] = after
+        self._epochs[topic] = epoch.encode()
         self._changed.set()
         if self._reading and (self._kick_task is None or self._kick_task.done()):
             # Interrupt the XREAD in progress, so that the new topic is read at once.
@@ -337,6 +368,7 @@ class RedisBackend(Backend):
     def unlisten(self, topic: str) -> None:
         """Drop the topic from the live feed's next XREAD."""
         self._cursors.pop(topic, None)
+        self._epochs.pop(topic, None)
 
     async def _kick(self) -> None:
         try:
@@ -397,27 +429,53 @@ class RedisBackend(Backend):
         for key, entries in response or ():
             topic = key[start:].decode()
             for entry_id, fields in entries:
-                self._advance(topic, int(entry_id.split(b"-", 1)[0]), fields)
+                if not self._advance(topic, int(entry_id.split(b"-", 1)[0]), fields):
+                    break
             if entries and b"t" in entries[-1][1]:
                 # One clock read per topic and XREAD, not per message.
                 self.lag = max(0.0, time.time() - int(entries[-1][1][b"t"]) / 1e6)
 
-    def _advance(self, topic: str, seq: int, fields: dict[bytes, bytes]) -> None:
+    def _advance(self, topic: str, seq: int, fields: dict[bytes, bytes]) -> bool:
+        """Deliver one entry; False if it starts a new epoch (read again from its start)."""
         cursor = self._cursors.get(topic)
         if cursor is None or seq <= cursor or self._deliver is None:
-            return  # unlistened meanwhile, or already delivered
+            return True  # unlistened meanwhile, or already delivered
+        epoch = fields.get(b"e", b"")
+        known = self._epochs.get(topic, b"")
+        if epoch != known:
+            if known and epoch:
+                # Redis lost the topic and numbered past the cursor before this reader
+                # noticed: the entries before this one are new too. Read from the start.
+                self._reset(topic, cursor, 1, epoch)
+                return False
+            self._epochs[topic] = epoch
         self._cursors[topic] = seq
-        self._deliver(Message(topic, seq, json.loads(fields[b"d"]), int(fields[b"t"]) / 1e6))
+        message = Message(
+            topic, seq, json.loads(fields[b"d"]), int(fields[b"t"]) / 1e6, epoch.decode()
+        )
+        self._deliver(message)
+        return True
+
+    def _reset(self, topic: str, cursor: int, first: int, epoch: bytes) -> None:
+        logger.warning("topic %r restarted (was at %d)", topic, cursor)
+        self._cursors[topic] = first - 1
+        self._epochs[topic] = epoch
+        if self._deliver is not None:
+            self._deliver(Gap(topic, cursor, first, GapReason.RESET, epoch.decode()))
 
     async def _check_resets(self) -> None:
-        """After an outage: announce topics whose sequence restarted (Redis lost its data)."""
+        """After an outage: announce topics whose data Redis lost (epoch or numbers)."""
         for topic, cursor in list(self._cursors.items()):
-            last, first = await self._stream_info(topic)
-            if last < cursor and self._cursors.get(topic) == cursor:
-                logger.warning("topic %r restarted at %d (was at %d)", topic, last, cursor)
-                self._cursors[topic] = first - 1
-                if self._deliver is not None:
-                    self._deliver(Gap(topic, cursor, first, GapReason.RESET))
+            last, first, epoch = await self._stream_info(topic)
+            if self._cursors.get(topic) != cursor:
+                continue
+            known = self._epochs.get(topic, b"").decode()
+            if known and epoch and epoch != known:
+                self._reset(topic, cursor, first, epoch.encode())
+            elif last < cursor:
+                # Numbers went back within one epoch (a snapshot older than the last
+                # writes): a reset all the same, with no new epoch to name.
+                self._reset(topic, cursor, first, b"")
 
     def _where(self) -> str:
         kwargs = self._redis.connection_pool.connection_kwargs
@@ -425,7 +483,8 @@ class RedisBackend(Backend):
 
 
 def _message(topic: str, entry_id: bytes, fields: list[bytes]) -> Message:
-    # Lua returns an entry's fields as a flat list: t, time, d, data.
+    # Lua returns an entry's fields as a flat list: t, time, d, data, e, epoch.
+    epoch = fields[5].decode() if len(fields) > 5 else ""
     return Message(
-        topic, int(entry_id.split(b"-", 1)[0]), json.loads(fields[3]), int(fields[1]) / 1e6
+        topic, int(entry_id.split(b"-", 1)[0]), json.loads(fields[3]), int(fields[1]) / 1e6, epoch
     )

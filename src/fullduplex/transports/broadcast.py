@@ -271,10 +271,13 @@ class Fanout:
         self.frames = frames
         self._topics: dict[str, _TopicFanout] = {}
 
-    def subscribe(self, sink: WebSocketSink, backlog: Backlog, since: int | None) -> None:
+    def subscribe(
+        self, sink: WebSocketSink, backlog: Backlog, since: int | None, epoch: str | None = None
+    ) -> None:
         """Deliver ``backlog.topic`` to ``sink``.
 
-        From now if ``since`` is None, else every message after ``since`` (history first, a
+        From now if ``since`` is None, else every message after ``since`` (of ``epoch``, if
+        given: see :meth:`Hub.subscribe <fullduplex.hub.Hub.subscribe>`; history first, a
         gap for what is gone).
 
         Raises:
@@ -285,7 +288,7 @@ class Fanout:
         if group is None:
             group = self._topics[topic] = _TopicFanout(self, topic)
         try:
-            group.add(sink, backlog, since)
+            group.add(sink, backlog, since, epoch)
         except BaseException:
             if not group.members and not group.joining:
                 self._forget(group)
@@ -340,15 +343,20 @@ class _TopicFanout:
             topic, on_message=self.deliver, on_close=self._closed
         )
 
-    def add(self, sink: WebSocketSink, backlog: Backlog, since: int | None) -> None:
+    def add(
+        self, sink: WebSocketSink, backlog: Backlog, since: int | None, epoch: str | None = None
+    ) -> None:
         own = self.subscription
-        if since is None or (own.started and not own.closed and since == own.cursor):
+        same_epoch = not epoch or epoch == own.epoch
+        if since is None or (own.started and not own.closed and since == own.cursor and same_epoch):
             # From now, or from exactly where the loop stands: the loop's next message is
             # this connection's next one (no replay, no history read).
             self._join(sink, backlog)
             return
         hub = self.fanout.hub
-        subscription = hub.subscribe(self.topic, since, on_message=self._replay(sink, backlog))
+        subscription = hub.subscribe(
+            self.topic, since, epoch=epoch, on_message=self._replay(sink, backlog)
+        )
         self.joining[backlog] = (sink, subscription)
 
     def remove(self, backlog: Backlog) -> None:

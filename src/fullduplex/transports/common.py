@@ -26,11 +26,12 @@ from typing import Any
 from ..asyncio.router import App, json_response
 from ..auth.identity import Identity
 from ..auth.permissions import PatternSet
-from ..hub import Gap, Message
+from ..hub import Gap, GapReason, Message
 from ..hub.stats import STATS
 from ..protocol.http11 import Response
 
 __all__ = [
+    "EPOCH_RE",
     "MAX_SEQ",
     "MAX_TOPIC_LENGTH",
     "TOPIC_RE",
@@ -38,12 +39,14 @@ __all__ = [
     "InvalidInput",
     "OpenRequests",
     "TopicRules",
+    "check_epoch",
     "check_history",
     "check_since",
     "check_topic",
     "error_response",
     "gap_envelope",
     "message_envelope",
+    "query_epoch",
     "query_one",
     "query_since",
     "query_topics",
@@ -61,6 +64,8 @@ MAX_TOPIC_LENGTH = 128
 TOPIC_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_TOPIC_LENGTH}}}")
 #: Largest sequence number accepted from a client (a signed 64-bit integer, as Redis counts).
 MAX_SEQ = 2**63 - 1
+#: Epochs given back by clients: what the hub's backends make (digits, hex), with room.
+EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 _JSON_SEPARATORS = (",", ":")
 
@@ -230,6 +235,28 @@ def check_since(value: object) -> int:
     return value
 
 
+def check_epoch(value: object) -> str | None:
+    """Return ``value`` as an epoch (see :class:`~fullduplex.hub.Gap`); None if absent.
+
+    Raises:
+        InvalidInput: not a string of 1 to 64 characters among ``A-Z a-z 0-9 _ -``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or EPOCH_RE.fullmatch(value) is None:
+        raise InvalidInput("invalid epoch: 1 to 64 characters among A-Z a-z 0-9 _ -")
+    return value
+
+
+def query_epoch(query: Mapping[str, list[str]]) -> str | None:
+    """The ``epoch`` parameter, or None if absent.
+
+    Raises:
+        InvalidInput: it is invalid or repeated.
+    """
+    return check_epoch(query_one(query, "epoch"))
+
+
 def query_one(query: Mapping[str, list[str]], name: str) -> str | None:
     """The single value of query parameter ``name``, or None if absent.
 
@@ -299,16 +326,19 @@ def message_envelope(message: Message) -> dict[str, Any]:
 
 
 def gap_envelope(gap: Gap) -> dict[str, Any]:
-    """The JSON-ready form of a gap (counted, by reason, as a gap sent to a client)."""
+    """The JSON-ready form of a gap (counted, by reason, as a gap sent to a client).
+
+    A ``reset`` also names the topic's new ``epoch``.
+    """
     STATS.gap(gap.reason)
-    return {
-        "topic": gap.topic,
-        "gap": {
-            "since": gap.since,
-            "first_available": gap.first_available,
-            "reason": str(gap.reason),
-        },
+    body: dict[str, Any] = {
+        "since": gap.since,
+        "first_available": gap.first_available,
+        "reason": str(gap.reason),
     }
+    if gap.epoch and gap.reason is GapReason.RESET:
+        body["epoch"] = gap.epoch
+    return {"topic": gap.topic, "gap": body}
 
 
 def dumps(value: Any) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App
-from ..hub import Gap, Hub, HubUnavailable, Message
+from ..hub import Gap, GapReason, Hub, HubUnavailable, Message
 from ..protocol.http11 import Headers, Request, Response
 from .backlog import Backlog, Mailbox
 from .common import (
@@ -38,6 +38,7 @@ from .common import (
     dumps,
     error_response,
     gap_envelope,
+    query_epoch,
     query_one,
     query_since,
     query_topics,
@@ -60,19 +61,26 @@ _NO_CACHE = (("Cache-Control", "no-store"),)
 
 
 def batch_response(
-    items: Sequence[Message | Gap], since: int, envelopes: EnvelopeCache
+    items: Sequence[Message | Gap], since: int, envelopes: EnvelopeCache, epoch: str | None = None
 ) -> Response:
-    """The JSON answer for ``items`` after cursor ``since``; each message serialized once."""
+    """The JSON answer for ``items`` after cursor ``since``; each message serialized once.
+
+    ``epoch`` is the cursor's epoch when no item tells it (the last one does otherwise).
+    """
     cursor = since
     parts = []
     for item in items:
         if isinstance(item, Gap):
             parts.append(dumps(gap_envelope(item)))
             cursor = item.first_available - 1
+            if item.reason is GapReason.RESET:
+                epoch = item.epoch
         else:
             parts.append(envelopes.text(item))
             cursor = item.seq
-    body = f'{{"messages":[{",".join(parts)}],"cursor":{cursor}}}'
+            epoch = item.epoch or epoch
+    tail = f',"epoch":{dumps(epoch)}' if epoch else ""
+    body = f'{{"messages":[{",".join(parts)}],"cursor":{cursor}{tail}}}'
     headers = Headers([("Content-Type", "application/json"), *_NO_CACHE])
     return Response(200, headers, body.encode())
 
@@ -86,21 +94,25 @@ def _query_limit(request: Request, max_batch: int) -> int:
     return int(value)
 
 
-async def _history(hub: Hub, topic: str, since: int, limit: int) -> list[Message | Gap]:
-    gap, messages = await hub.history(topic, since=since, limit=limit)
+async def _history(
+    hub: Hub, topic: str, since: int, limit: int, epoch: str | None
+) -> list[Message | Gap]:
+    gap, messages = await hub.history(topic, since=since, limit=limit, epoch=epoch)
     items: list[Message | Gap] = [gap] if gap is not None else []
     items.extend(messages)
     return items
 
 
-def _poll_query(request: Request, rules: TopicRules, max_batch: int) -> tuple[str, int | None, int]:
-    """The topic, cursor and batch size of a polling request (both kinds share them)."""
+def _poll_query(
+    request: Request, rules: TopicRules, max_batch: int
+) -> tuple[str, int | None, int, str | None]:
+    """The topic, cursor, batch size and epoch of a polling request (both kinds share them)."""
     identity = request.identity
     topic = query_topics(request.query, rules, identity=identity)[0]
     since = query_since(request.query)
     if since is not None:
         check_history(rules, topic, identity)
-    return topic, since, _query_limit(request, max_batch)
+    return topic, since, _query_limit(request, max_batch), query_epoch(request.query)
 
 
 def mount_poll(
@@ -132,13 +144,15 @@ def mount_poll(
     @app.get(path, auth=auth)
     async def poll(request: Request) -> Response:
         try:
-            topic, since, limit = _poll_query(request, topic_rules, max_batch)
+            topic, since, limit, epoch = _poll_query(request, topic_rules, max_batch)
         except InvalidInput as exc:
             return error_response(exc)
         try:
             if since is None:
-                return batch_response([], await hub.last_seq(topic), cache)
-            return batch_response(await _history(hub, topic, since, limit), since, cache)
+                last, epoch = await hub.position(topic)
+                return batch_response([], last, cache, epoch)
+            items = await _history(hub, topic, since, limit, epoch)
+            return batch_response(items, since, cache, epoch)
         except HubUnavailable:
             return error_response(InvalidInput("hub unavailable", 503))
 
@@ -181,16 +195,16 @@ def mount_longpoll(
     @app.get(path, auth=auth)
     async def longpoll(request: Request) -> Response:
         try:
-            topic, since, limit = _poll_query(request, topic_rules, max_batch)
+            topic, since, limit, epoch = _poll_query(request, topic_rules, max_batch)
         except InvalidInput as exc:
             return error_response(exc)
         try:
             if since is None:
-                since = await hub.last_seq(topic)
+                since, epoch = await hub.position(topic)
             else:
-                items = await _history(hub, topic, since, limit)
+                items = await _history(hub, topic, since, limit, epoch)
                 if items:
-                    return batch_response(items, since, cache)
+                    return batch_response(items, since, cache, epoch)
         except HubUnavailable:
             return error_response(InvalidInput("hub unavailable", 503))
         # Nothing yet: subscribing from ``since`` replays whatever was published meanwhile.
@@ -198,7 +212,9 @@ def mount_longpoll(
         # Subscription.wait costs a task on Python 3.11 (asyncio.wait_for wraps coroutines).
         mailbox = Mailbox()
         backlog = Backlog(topic, hub.config(topic), since, from_history=True)
-        subscription = hub.subscribe(topic, since=since, on_message=mailbox.add(backlog))
+        subscription = hub.subscribe(
+            topic, since=since, epoch=epoch, on_message=mailbox.add(backlog)
+        )
         held.add(mailbox.close)
         try:
             await mailbox.wait(longpoll_timeout)
@@ -210,9 +226,11 @@ def mount_longpoll(
             # over what it kept during an outage): the answer comes from history, where
             # they all are, rather than with a "dropped" gap.
             try:
-                return batch_response(await _history(hub, topic, since, limit), since, cache)
+                items = await _history(hub, topic, since, limit, epoch)
             except HubUnavailable:
                 return error_response(InvalidInput("hub unavailable", 503))
-        return batch_response(mailbox.take()[:limit], since, cache)
+            return batch_response(items, since, cache, epoch)
+        items = mailbox.take()[:limit]
+        return batch_response(items, since, cache, subscription.epoch or epoch)
 
     return held

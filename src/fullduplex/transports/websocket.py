@@ -52,6 +52,7 @@ from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import (
     InvalidInput,
     TopicRules,
+    check_epoch,
     check_since,
     check_topic,
     dumps,
@@ -145,6 +146,7 @@ class _Session:
             since = check_since(since)
             if not self.rules.can_read_history(topic, self.identity):
                 raise InvalidInput("history not readable")
+        epoch = check_epoch(request.get("epoch"))
         sink = self.sink
         if topic in sink.topics:
             raise InvalidInput("already subscribed")
@@ -152,7 +154,7 @@ class _Session:
             raise _ProtocolAbuse("too many subscriptions")
         backlog = sink.add(topic, self.hub.config(topic), since)
         try:
-            self.fanout.subscribe(sink, backlog, since)
+            self.fanout.subscribe(sink, backlog, since, epoch)
         except ValueError:
             sink.remove(topic)
             raise InvalidInput("unknown topic") from None
