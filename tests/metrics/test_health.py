@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,5 +203,52 @@ async def test_routes_with_parameters_are_labelled_by_their_template() -> None:
         assert value(snap, "fullduplex_handshakes_total", route="/rooms/{room}", status="101") == 3
         labels = {dict(k[1]).get("route") for k in snap if k[0] == "fullduplex_messages_total"}
         assert labels == {"/rooms/{room}"}
+    finally:
+        await server.shutdown()
+
+
+async def asgi_echo(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"from the app"})
+        return
+    assert scope["type"] == "websocket"
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        event = await receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": event["text"]})
+
+
+async def test_metrics_of_an_asgi_application() -> None:
+    from fullduplex.asgi import ASGIAdapter
+
+    adapter = ASGIAdapter(asgi_echo, lifespan="off")
+    adapter.enable_metrics()
+    server = await fullduplex.serve(adapter, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        async with fullduplex.connect(f"ws://127.0.0.1:{server.port}/anything") as ws:
+            for text in ("one", "two"):
+                await ws.send(text)
+                assert await ws.recv() == text
+            async with httpx.AsyncClient() as client:
+                during = await scrape(client, base)
+                assert value(during, "fullduplex_connections", transport="websocket", route=OTHER)
+                assert (await client.get(f"{base}/healthz")).text == "ok\n"
+                assert (await client.get(f"{base}/other")).text == "from the app"
+        async with httpx.AsyncClient() as client:
+            after = await wait_for(
+                client,
+                base,
+                lambda s: value(s, "fullduplex_connections_closed_total", route=OTHER) == 1,
+            )
+        assert value(after, "fullduplex_messages_total", route=OTHER, direction="in") == 2
+        assert value(after, "fullduplex_message_bytes_total", route=OTHER, direction="out") == 6
+        assert value(after, "fullduplex_handshakes_total", route=OTHER, status="101") == 1
+        assert value(after, "fullduplex_closes_total", route=OTHER, code="1000") == 1
+        assert value(after, "fullduplex_connections", transport="websocket", route=OTHER) == 0
     finally:
         await server.shutdown()

@@ -597,11 +597,17 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self.websocket = ws
         self.session = None
         self.server.websockets.add(ws)
+        metrics = self.server.metrics
+        if metrics is not None:
+            metrics.handshake(ws.request.path, 101)
 
     def websocket_closed(self) -> None:
         """The WebSocket's TCP connection is closed and its application returned."""
         if self.websocket is not None:
             self.server.websockets.discard(self.websocket)
+            metrics = self.server.metrics
+            if metrics is not None:
+                metrics.closed(self.websocket)  # its counters join the closed totals
         self.server.discard_connection(self)
         self._cancel_timer()
 

@@ -686,8 +686,9 @@ class WebSocket(asyncio.Protocol):
             if entry is not None:
                 sent, fut = entry
                 self.latency = now - sent
-                if self._owner is not None:
-                    self._owner.pong_received(self.latency)  # the server's metrics
+                pong_received = getattr(self._owner, "pong_received", None)
+                if pong_received is not None:
+                    pong_received(self.latency)  # the server's metrics (once per ping)
                 if not fut.done():
                     fut.set_result(self.latency)
 

@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from ..asyncio.router import text_response
 from ..protocol.http11 import Headers, Request, Response
 from .collector import DEFAULT_MAX_CLOSE_CODES, DEFAULT_MAX_TOPICS, OTHER, PING_BUCKETS, Metrics
 from .workers import ENV_DIR, Merged, WorkerPeers, merge, prepare_directory
@@ -141,38 +141,85 @@ def mount(
         peers = WorkerPeers(directory, lambda: generate_latest(registry))
         app.on_startup(peers.start)
         app.on_shutdown(peers.close)
-    # The classic text format, which every Prometheus version reads (prometheus-client 0.26's
-    # CONTENT_TYPE_LATEST says 1.0.0; the body is the same for names without UTF-8).
-    content_type = Headers([("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)])
+    answers: dict[str, Answer] = {path: _scrape(registry, peers)}
+    if health:
+        answers["/healthz"] = _healthz
+        answers["/readyz"] = _readyz(metrics, hub, ready_timeout)
+    if app.protocol_factory is not None:
+        # An ASGI application (fullduplex.asgi.ASGIAdapter): every request goes to it, so
+        # these paths are answered in front of it, at the ASGI level.
+        inner = getattr(app, "app", None)
+        if inner is None or not callable(inner):
+            raise TypeError(f"cannot serve metrics for {type(app).__name__}")
+        app.app = _OpsASGI(inner, answers)  # type: ignore[attr-defined]
+    else:
+        for route, answer in answers.items():
+            app.get(route)(_native(answer))
+    return metrics
 
-    @app.get(path)
-    async def scrape(request: Request) -> Response:
+
+#: What an operations route answers: status, content type, body.
+Answer = Callable[[], Awaitable[tuple[int, str, bytes]]]
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _scrape(registry: CollectorRegistry, peers: WorkerPeers | None) -> Answer:
+    async def scrape() -> tuple[int, str, bytes]:
         body = generate_latest(registry)
         if peers is not None:
             others = await peers.gather()
             if others:
                 body = generate_latest(Merged(merge([body.decode(), *others])))
-        return Response(200, content_type.copy(), body)
+        # The classic text format, which every Prometheus version reads (prometheus-client
+        # 0.26's CONTENT_TYPE_LATEST says 1.0.0; the body is the same for plain names).
+        return 200, CONTENT_TYPE_PLAIN_0_0_4, body
 
-    if health:
-        _mount_health(app, metrics, hub, ready_timeout)
-    return metrics
+    return scrape
 
 
-def _mount_health(app: App, metrics: Metrics, hub: Hub | None, timeout: float | None) -> None:
-    @app.get("/healthz")
-    async def healthz(request: Request) -> Response:
-        return text_response("ok\n")
+async def _healthz() -> tuple[int, str, bytes]:
+    return 200, _TEXT, b"ok\n"
 
-    @app.get("/readyz")
-    async def readyz(request: Request) -> Response:
+
+def _readyz(metrics: Metrics, hub: Hub | None, timeout: float | None) -> Answer:
+    async def readyz() -> tuple[int, str, bytes]:
         if metrics.draining:
-            return text_response("draining\n", 503)
+            return 503, _TEXT, b"draining\n"
         if hub is not None:
             problem = await _check_hub(hub, timeout)
             if problem is not None:
-                return text_response(problem + "\n", 503)
-        return text_response("ready\n")
+                return 503, _TEXT, problem.encode() + b"\n"
+        return 200, _TEXT, b"ready\n"
+
+    return readyz
+
+
+def _native(answer: Answer) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        status, content_type, body = await answer()
+        return Response(status, Headers([("Content-Type", content_type)]), body)
+
+    return handler
+
+
+class _OpsASGI:
+    """An ASGI application answering the operations paths and passing the rest on."""
+
+    def __init__(self, app: Any, answers: dict[str, Answer]) -> None:
+        self.app = app
+        self.answers = answers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        answer = self.answers.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if answer is None:
+            await self.app(scope, receive, send)
+            return
+        status, content_type, body = await answer()
+        headers = [(b"content-type", content_type.encode()), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": body if scope["method"] != "HEAD" else b""}
+        )
 
 
 async def _check_hub(hub: Hub, timeout: float | None) -> str | None:

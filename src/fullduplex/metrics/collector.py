@@ -201,10 +201,11 @@ class Metrics(Collector):
                 row[4] += ws.bytes_sent
                 buffered["websocket"] += _buffered(ws.transport)
             for conn in list(server.connections):
-                if conn.websocket is not None:
+                # getattr: the ASGI server's protocol keeps no request and no busy flag.
+                if getattr(conn, "websocket", None) is not None:
                     continue
-                request = conn.request
-                if conn.busy and request is not None:
+                request = getattr(conn, "request", None)
+                if getattr(conn, "busy", False) and request is not None:
                     # An HTTP handler running: an event stream or a long poll, mostly.
                     key = ("http", self.route(request.path))
                     open_by[key] = open_by.get(key, 0) + 1
