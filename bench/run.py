@@ -92,6 +92,10 @@ SERVERS = [
     ServerSpec("wsproto", _py("wsproto_echo.py"), "wsproto"),
     ServerSpec("node-ws", ["node", str(SERVERS_DIR / "ws_echo.mjs")], "node"),
     ServerSpec("raw-tcp", _py("raw_tcp_echo.py"), "uvloop", raw=True),
+    # One bare ASGI echo application (bench/servers/asgi_echo.py) on three ASGI servers.
+    ServerSpec("asgi-fd", _py("asgi_echo.py", "--server", "fullduplex"), "fullduplex"),
+    ServerSpec("asgi-uvicorn", _py("asgi_echo.py", "--server", "uvicorn"), "uvicorn"),
+    ServerSpec("asgi-granian", _py("asgi_echo.py", "--server", "granian"), "granian"),
 ]
 BASELINE = "fullduplex"
 TESTS = ["echo", "latency", "throughput", "memory", "broadcast", "handshake"]
@@ -679,7 +683,7 @@ def targets(
                 True,
             ),
         ]
-    out = []
+    out = asgi_targets(med, callgrind)
     # The async API (BASELINE) and the WebSocketListener callback API are checked apart.
     for ours_name in (BASELINE, "fd-listener"):
         if ours_name not in summary:
@@ -697,6 +701,38 @@ def targets(
         if mem is not None:
             verdict = "PASS" if mem < 6 else "FAIL"
             out.append(f"    {verdict} memory per idle connection < 6 KiB: {mem:.1f}")
+    return out
+
+
+def asgi_targets(med: Callable[[str, str], float | None], callgrind: bool) -> list[str]:
+    """Issue 10's targets: the same ASGI echo app on fullduplex against uvicorn and granian."""
+    if med("asgi-fd", "echo_cpu" if not callgrind else "echo_uinstr") is None:
+        return []
+    if callgrind:
+        checks = [
+            ("user instructions/msg <= 0.5x uvicorn", "echo_uinstr", "asgi-uvicorn", 0.5, True),
+            ("user instructions/msg <= 0.75x granian", "echo_uinstr", "asgi-granian", 0.75, True),
+            ("handshake instructions <= uvicorn's", "hs_uinstr", "asgi-uvicorn", 1.0, True),
+        ]
+    else:
+        checks = [
+            ("per-message CPU <= 0.5x uvicorn", "echo_cpu", "asgi-uvicorn", 0.5, True),
+            ("per-message CPU <= 0.75x granian", "echo_cpu", "asgi-granian", 0.75, True),
+            ("handshakes/s >= uvicorn", "hs_rate", "asgi-uvicorn", 1.0, False),
+        ]
+    out = ["  asgi-fd (ASGI echo on fullduplex):"]
+    for label, key, other, factor, at_most in checks:
+        ours, theirs = med("asgi-fd", key), med(other, key)
+        if ours is None or theirs is None:
+            out.append(f"    ?    {label}: not measured")
+            continue
+        ratio = ours / theirs
+        ok = ratio <= factor if at_most else ratio >= factor
+        out.append(f"    {'PASS' if ok else 'FAIL'} {label}: {ratio:.2f}x")
+    native = med(BASELINE, "echo_cpu" if not callgrind else "echo_uinstr")
+    ours = med("asgi-fd", "echo_cpu" if not callgrind else "echo_uinstr")
+    if native is not None and ours is not None:
+        out.append(f"    info ASGI echo / native async for echo: {ours / native:.2f}x")
     return out
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
+from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..asyncio.connection import WebSocket
@@ -69,6 +71,7 @@ class ASGIWebSocketSession:
         "accepted",
         "conn",
         "connect_sent",
+        "done",
         "early",
         "lost",
         "request",
@@ -91,6 +94,9 @@ class ASGIWebSocketSession:
         self.accepted: Accepted | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.connect_sent = False
+        #: Returned by :meth:`send` when nothing is left to wait for: a completed future.
+        self.done: asyncio.Future[None] = conn.loop.create_future()
+        self.done.set_result(None)
 
     # -- called by the HTTP connection -----------------------------------------------------
 
@@ -176,12 +182,17 @@ class ASGIWebSocketSession:
         finally:
             conn.websocket_closed()
 
-    async def receive(self) -> Message:
-        """ASGI ``receive``: ``websocket.connect``, ``.receive`` events, ``.disconnect``."""
+    @types.coroutine
+    def receive(self) -> Generator[Any, None, Message]:
+        """ASGI ``receive``: ``websocket.connect``, ``.receive`` events, ``.disconnect``.
+
+        A generator-based coroutine delegating to ``ws.__anext__`` (itself one): the app's
+        ``await receive()`` runs it with no ``async def`` frame in between.
+        """
         ws = self.ws
         if ws is not None:
             try:
-                message = await ws.__anext__()
+                message = yield from ws.__anext__()
             except (StopAsyncIteration, ConnectionClosed):
                 return {
                     "type": "websocket.disconnect",
@@ -191,6 +202,9 @@ class ASGIWebSocketSession:
             if type(message) is str:
                 return {"type": "websocket.receive", "text": message}
             return {"type": "websocket.receive", "bytes": message}
+        return (yield from self._receive_unaccepted().__await__())
+
+    async def _receive_unaccepted(self) -> Message:
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
@@ -200,28 +214,51 @@ class ASGIWebSocketSession:
             await self.waiter
         return dict(_DISCONNECT_1006)
 
-    async def send(self, message: Message) -> None:
-        """ASGI ``send``: accept, send, close, or an HTTP response instead of the upgrade."""
+    def send(self, message: Message) -> Awaitable[None]:
+        """ASGI ``send``: accept, send, close, or an HTTP response instead of the upgrade.
+
+        A message goes out at once through ``ws.send_nowait``; what is returned to await is
+        then a completed future (one per session, awaited again and again), not a coroutine:
+        an ``async def`` here cost a coroutine object and frame per message. Above the write
+        limit it is a coroutine waiting for the buffer to drain, as ``ws.send`` would.
+
+        Raises:
+            ClientDisconnected: the connection is closed.
+            RuntimeError: a message the state does not allow.
+        """
+        ws = self.ws
+        if ws is not None and message["type"] == "websocket.send":
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+                if data is None:
+                    raise RuntimeError("websocket.send without 'bytes' or 'text'")
+            try:
+                ws.send_nowait(data)
+            except ConnectionClosed:
+                raise ClientDisconnected("the WebSocket is closed") from None
+            if ws.writable:
+                return self.done
+            return self._drain(ws)
+        return self._send(message)
+
+    async def _drain(self, ws: WebSocket) -> None:
+        try:
+            await ws.wait_drain()
+        except ConnectionClosed:
+            raise ClientDisconnected("the WebSocket is closed") from None
+
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         ws = self.ws
         if ws is not None:
-            try:
-                if kind == "websocket.send":
-                    data = message.get("bytes")
-                    if data is None:
-                        data = message.get("text")
-                        if data is None:
-                            raise RuntimeError("websocket.send without 'bytes' or 'text'")
-                    await ws.send(data)
-                elif kind == "websocket.close":
-                    code = message.get("code") or CloseCode.NORMAL_CLOSURE
-                    if ws.state is not State.OPEN:
-                        raise ClientDisconnected("the WebSocket is closed")
-                    ws.close_nowait(code, message.get("reason") or "")
-                else:
-                    raise RuntimeError(f"expected websocket.send or .close, got {kind!r}")
-            except ConnectionClosed:
-                raise ClientDisconnected("the WebSocket is closed") from None
+            if kind != "websocket.close":
+                raise RuntimeError(f"expected websocket.send or .close, got {kind!r}")
+            if ws.state is not State.OPEN:
+                raise ClientDisconnected("the WebSocket is closed")
+            ws.close_nowait(
+                message.get("code") or CloseCode.NORMAL_CLOSURE, message.get("reason") or ""
+            )
             return
         if self.lost:
             raise ClientDisconnected("the client left before the WebSocket was accepted")
