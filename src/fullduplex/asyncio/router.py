@@ -368,6 +368,8 @@ class App:
         #: The :class:`fullduplex.metrics.Metrics` counting this app's connections, once
         #: :meth:`enable_metrics` turned them on; None otherwise (nothing is counted).
         self.metrics: Any = None
+        #: Called (synchronously) when the server starts closing, before it closes anything.
+        self.closing_hooks: list[Callable[[], None]] = []
 
     def authenticate(self, auth: Callable[[Request], Any]) -> Callable[[Request], Any]:
         """Set the application's authenticator (a decorator; see :mod:`fullduplex.auth`)."""
@@ -401,6 +403,16 @@ class App:
         from ..metrics import mount
 
         return mount(self, path, **options)
+
+    def on_closing(self, hook: Callable[[], None]) -> Callable[[], None]:
+        """Register a function run when the server starts closing (a decorator; synchronous).
+
+        It runs before the server sends 1001 to every WebSocket and ends streaming responses:
+        the place to close connections with another code (the pub/sub route sends 1012,
+        Service Restart) or to end event streams and long polls with a last word.
+        """
+        self.closing_hooks.append(hook)
+        return hook
 
     def websocket(
         self,

@@ -227,6 +227,11 @@ class Server:
         self._close_called.set_result(None)
         if self._server is not None:
             self._server.close()
+        for hook in self.app.closing_hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("closing hook %r raised", hook)
         for ws in list(self.websockets):
             ws.close_nowait(code, reason)
         for conn in list(self.connections):

@@ -26,35 +26,81 @@ and measurements are in ``docs/transports.md``.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App
 from ..hub import Hub
+from ..protocol.http11 import Headers, Request, Response
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
 from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, EventCache, mount_sse
 from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
-from .publish import mount_publish
+from .publish import PublishKeys, mount_publish
 from .websocket import mount_websocket
 
 __all__ = [
+    "BROWSER_DIR",
     "EnvelopeCache",
     "EventCache",
     "Fanout",
     "FrameCache",
     "InvalidInput",
     "OpenRequests",
+    "PublishKeys",
     "TopicRules",
     "Transports",
     "WebSocketSink",
     "mount_all",
+    "mount_browser_library",
     "mount_longpoll",
     "mount_poll",
     "mount_publish",
     "mount_sse",
     "mount_websocket",
 ]
+
+
+#: The browser library's files (``fullduplex.js``, ``.mjs``, ``.d.ts``), shipped in the package.
+BROWSER_DIR = Path(__file__).parent.parent / "browser"
+
+_BROWSER_TYPES = {
+    "fullduplex.js": "text/javascript; charset=utf-8",
+    "fullduplex.mjs": "text/javascript; charset=utf-8",
+    "fullduplex.d.ts": "application/typescript; charset=utf-8",
+}
+
+
+def mount_browser_library(app: App, prefix: str = "") -> None:
+    """Serve the browser library at ``{prefix}/fullduplex.js``, ``.mjs`` and ``.d.ts``.
+
+    The files are read once, here; each answer carries a strong ETag and ``Cache-Control:
+    no-cache`` (revalidated on every load: a new release is picked up at once).
+
+    Args:
+        app: the application.
+        prefix: the path prefix, as for :func:`mount_all`.
+    """
+    prefix = prefix.rstrip("/")
+    for name, ctype in _BROWSER_TYPES.items():
+        body = (BROWSER_DIR / name).read_bytes()
+        etag = f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        # Public code: no authenticator (a page loads it before it has any credentials).
+        app.get(f"{prefix}/{name}", auth=None)(_static_file(body, ctype, etag))
+
+
+def _static_file(body: bytes, ctype: str, etag: str) -> Callable[[Request], Response]:
+    headers = Headers([("Content-Type", ctype), ("Cache-Control", "no-cache"), ("ETag", etag)])
+
+    def serve(request: Request) -> Response:
+        if request.headers.get("If-None-Match") == etag:
+            return Response(304, headers, b"")
+        return Response(200, headers, body)
+
+    return serve
 
 
 @dataclass
@@ -68,12 +114,14 @@ class Transports:
         fanout: the WebSocket route's connections, topic by topic.
         events: the encoded SSE events shared by every event stream (its counter says how
             many times events were encoded).
+        keys: the idempotency keys of recent publishes (``/publish`` and ``/pubsub``).
     """
 
     frames: FrameCache
     requests: OpenRequests
     fanout: Fanout | None = None
     events: EventCache | None = None
+    keys: PublishKeys | None = None
 
     def close(self) -> None:
         """End every event stream and long poll now (call it before a server shutdown)."""
@@ -94,7 +142,10 @@ def mount_all(
 ) -> Transports:
     """Mount every transport under ``prefix``, sharing one JSON and frame cache.
 
-    The routes: ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll`` and ``/publish``.
+    The routes: ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll`` and ``/publish``, and the browser
+    library at ``/fullduplex.js`` (classic script), ``/fullduplex.mjs`` (ES module) and
+    ``/fullduplex.d.ts`` (its types). When the server shuts down, ``/pubsub`` connections are
+    closed with 1012 (Service Restart), which the clients take as "come back, with jitter".
 
     Args:
         app: the application.
@@ -116,6 +167,7 @@ def mount_all(
     envelopes = frames.envelopes
     events = EventCache(envelopes)
     held = OpenRequests()
+    keys = PublishKeys()
     prefix = prefix.rstrip("/")
     fanout = mount_websocket(
         app,
@@ -125,6 +177,7 @@ def mount_all(
         auth=auth,
         frames=frames,
         compression=compression,
+        keys=keys,
     )
     mount_sse(
         app,
@@ -147,5 +200,6 @@ def mount_all(
         longpoll_timeout=longpoll_timeout,
     )
     mount_poll(app, hub, f"{prefix}/poll", rules=rules, auth=auth, envelopes=envelopes)
-    mount_publish(app, hub, f"{prefix}/publish", rules=rules, auth=auth)
-    return Transports(frames, held, fanout, events)
+    mount_publish(app, hub, f"{prefix}/publish", rules=rules, auth=auth, keys=keys)
+    mount_browser_library(app, prefix)
+    return Transports(frames, held, fanout, events, keys)

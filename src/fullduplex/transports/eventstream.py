@@ -21,6 +21,11 @@ client see the connection alive. A stream whose client falls more than ``queue_s
 behind is handled by the topic's policy (:mod:`~fullduplex.transports.backlog`); under
 ``disconnect`` it ends, and the browser reconnects with ``Last-Event-ID`` after ``retry``.
 
+The ``retry:`` hint of each stream is drawn at random between ``retry / 2`` and ``retry * 3 / 2``
+(1.5 to 4.5 s by default): when a server restarts, the browsers it served come back spread over
+that window instead of all at once (``EventSource`` reconnects after the hint, with no jitter of
+its own).
+
 Every stream of a topic sends the same bytes for a message, but for the ``id:`` line of a
 stream of several topics: :class:`EventCache` encodes each message once for all of them.
 """
@@ -28,6 +33,7 @@ stream of several topics: :class:`EventCache` encodes each message once for all 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -241,7 +247,9 @@ class _Stream:
 
     async def events(self, heartbeat: float | None, retry: float | None) -> AsyncIterator[bytes]:
         try:
-            head = encode_retry(round(retry * 1000)) if retry is not None else b""
+            # Jittered: a restart's reconnections spread over [retry/2, 3*retry/2].
+            hint = retry * (0.5 + random.random()) if retry is not None else None
+            head = encode_retry(round(hint * 1000)) if hint is not None else b""
             # WHATWG 9.2.6 "dispatch the event": the last event ID is set before the check for
             # empty data, so an id-only block records the cursor without firing an event.
             yield head + f"id: {format_event_id(self.cursors)}\n\n".encode()

@@ -12,29 +12,119 @@ topic. Errors answer ``{"error": "..."}``:
   nothing is);
 * 413: the body is over ``max_body_size``;
 * 415: the content type is not ``application/json``.
+
+Idempotency: a body with ``"key": K`` (or an ``Idempotency-Key: K`` header), K a string of 1 to
+128 characters, is published at most once while K is remembered (the latest
+``DEFAULT_MAX_PUBLISH_KEYS`` keys of the process, :class:`PublishKeys`): a retry with the same key
+(after a timeout, a lost answer, a reconnection) gets the first publish's answer again. The
+WebSocket route's ``publish`` op shares the same keys. The keys live in each server process: with
+several processes behind one port, a retry that lands on another process than the first attempt
+is published again (the clients retry on the connection they reconnect with, usually the same
+process; a shared store would close the gap).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App, json_response
-from ..hub import Hub, HubUnavailable
+from ..hub import Hub, HubUnavailable, Message
 from ..protocol.http11 import Request, Response
 from .common import InvalidInput, TopicRules, check_topic, error_response, warn_open_publish
 
-__all__ = ["DEFAULT_MAX_PUBLISH_SIZE", "mount_publish"]
+__all__ = [
+    "DEFAULT_MAX_PUBLISH_KEYS",
+    "DEFAULT_MAX_PUBLISH_SIZE",
+    "MAX_KEY_LENGTH",
+    "PublishKeys",
+    "check_key",
+    "mount_publish",
+]
 
 #: Largest publish body: 64 KiB (a chat line or a price tick is well under 1 KiB; the server's
 #: own limit for every request body is 1 MiB).
 DEFAULT_MAX_PUBLISH_SIZE = 64 * 1024
+#: Idempotency keys remembered per process: ~200 B each, so ~2 MiB. A client retries within
+#: seconds to a minute; 10,000 keys cover 160 publishes a second for a minute.
+DEFAULT_MAX_PUBLISH_KEYS = 10_000
+#: Longest idempotency key (a UUID is 36 characters; the browser library sends 32).
+MAX_KEY_LENGTH = 128
+
+
+def check_key(value: object) -> str | None:
+    """Return ``value`` as an idempotency key (None if absent).
+
+    Raises:
+        InvalidInput: it is not a string of 1 to ``MAX_KEY_LENGTH`` characters.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_KEY_LENGTH:
+        raise InvalidInput(f"invalid key: a string of 1 to {MAX_KEY_LENGTH} characters")
+    return value
+
+
+class PublishKeys:
+    """The idempotency keys of recent publishes: a retried publish is answered, not repeated.
+
+    A key maps to the future of its publish: a retry arriving while the first attempt is still
+    publishing waits for it. Oldest keys go first beyond ``max_keys``; a publish that failed
+    forgets its key (the retry publishes).
+
+    Args:
+        max_keys: keys remembered; None remembers none (every publish goes through).
+    """
+
+    def __init__(self, max_keys: int | None = DEFAULT_MAX_PUBLISH_KEYS) -> None:
+        self.max_keys = max_keys
+        self._keys: OrderedDict[str, asyncio.Future[Message]] = OrderedDict()
+        #: Publishes answered from a key instead of published again (for tests and metrics).
+        self.deduplicated = 0
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    async def publish(self, hub: Hub, topic: str, data: object, key: str | None) -> Message:
+        """Publish ``data`` to ``topic`` once per ``key`` (always, if ``key`` is None).
+
+        Raises:
+            InvalidInput: ``key`` was used for another topic.
+            HubUnavailable: the hub could not publish.
+        """
+        if key is None or not self.max_keys:
+            return await hub.publish(topic, data)
+        keys = self._keys
+        earlier = keys.get(key)
+        if earlier is not None:
+            keys.move_to_end(key)
+            message = await asyncio.shield(earlier)
+            if message.topic != topic:
+                raise InvalidInput("key already used for another topic", 409)
+            self.deduplicated += 1
+            return message
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        keys[key] = future
+        while len(keys) > self.max_keys:
+            keys.popitem(last=False)
+        try:
+            message = await hub.publish(topic, data)
+        except BaseException as exc:
+            if keys.get(key) is future:
+                del keys[key]
+            future.set_exception(exc if isinstance(exc, Exception) else HubUnavailable("cancelled"))
+            future.exception()  # retrieved: waiters (if any) get it; no "never retrieved" log
+            raise
+        future.set_result(message)
+        return message
 
 
 def parse_publish(
     request: Request, rules: TopicRules, max_body_size: int | None
-) -> tuple[str, object]:
-    """Validate a publish request; return its topic and data.
+) -> tuple[str, object, str | None]:
+    """Validate a publish request; return its topic, data and idempotency key (or None).
 
     Raises:
         InvalidInput: with the status to answer (400, 403, 413 or 415).
@@ -55,7 +145,8 @@ def parse_publish(
         raise InvalidInput("missing field: data")
     if not rules.can_publish(topic, request.identity):
         raise InvalidInput("topic not publishable", 403)
-    return topic, payload["data"]
+    key = check_key(payload.get("key", request.headers.get("Idempotency-Key")))
+    return topic, payload["data"], key
 
 
 def mount_publish(
@@ -65,6 +156,7 @@ def mount_publish(
     *,
     rules: TopicRules | None = None,
     auth: Any = APP_AUTH,
+    keys: PublishKeys | None = None,
     # Limits
     max_body_size: int | None = DEFAULT_MAX_PUBLISH_SIZE,
 ) -> None:
@@ -76,21 +168,22 @@ def mount_publish(
         path: the route (POST).
         rules: which topics clients may publish to; none if None (the default
             :class:`~.common.TopicRules`).
+        keys: idempotency keys shared with other mounts (one is made if None).
         auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
             None for none.
         max_body_size: largest body accepted (413 above it), None for the server's limit.
     """
     topic_rules = rules or TopicRules()
     warn_open_publish(app, path, topic_rules)
+    known = keys if keys is not None else PublishKeys()
 
     @app.post(path, auth=auth)
     async def publish(request: Request) -> Response:
         try:
-            topic, data = parse_publish(request, topic_rules, max_body_size)
+            topic, data, key = parse_publish(request, topic_rules, max_body_size)
+            message = await known.publish(hub, topic, data, key)
         except InvalidInput as exc:
             return error_response(exc)
-        try:
-            message = await hub.publish(topic, data)
         except HubUnavailable:
             return error_response(InvalidInput("hub unavailable", 503))
         return json_response({"topic": message.topic, "seq": message.seq, "time": message.time})

@@ -6,12 +6,23 @@ Client to server, one JSON object per text message::
     {"op": "subscribe", "topic": "chat", "since": 41}    history after seq 41, then live
     {"op": "unsubscribe", "topic": "chat"}
     {"op": "publish", "topic": "chat", "data": {"name": "ann", "text": "hi"}}
+    {"op": "publish", "topic": "chat", "data": ..., "id": 7, "key": "3f2a..."}   acknowledged
+    {"op": "ping"}                                       an application-level heartbeat
 
 Server to client::
 
     {"topic": "chat", "seq": 42, "data": {...}, "time": 1700000000.123}    a message
     {"topic": "chat", "gap": {"since": 41, "first_available": 57}}       42-56 are lost
     {"error": "unknown topic", "op": "subscribe", "topic": "secret"}     a recoverable error
+    {"ack": 7, "topic": "chat", "seq": 43, "time": 1700000000.2}         publish 7 is seq 43
+    {"pong": true}                                                       the answer to a ping
+
+A publish with an ``id`` (an integer, or a string of at most 64 characters) is acknowledged
+with that id, or answered with an error carrying it. A ``key`` (1 to 128 characters) makes the
+publish idempotent: the same key again (a client retrying after a reconnection) is answered
+with the first publish's ack and not published twice (:class:`~.publish.PublishKeys`, shared
+with ``POST /publish``). ``ping`` lets a client notice a dead connection where it cannot send
+WebSocket pings itself (browsers).
 
 ``seq`` numbers each topic's messages from 1, the same in every transport; ``time`` is the
 publish time in seconds since the epoch. A client keeps, per topic, the ``seq`` of the last
@@ -35,6 +46,10 @@ A message over ``max_message_size`` is closed by the core with 1009 (message too
 
 A slow consumer (see :mod:`~fullduplex.transports.broadcast`) under the ``disconnect`` policy
 is closed with 1013 (try again later): it may reconnect and resume from its cursor.
+
+When the server shuts down, every connection of the route is closed with 1012 (Service Restart,
+IANA WebSocket Close Code registry) instead of the server's 1001: the clients of this library
+come back, spread over a random delay, and resume from their cursors.
 """
 
 from __future__ import annotations
@@ -58,6 +73,7 @@ from .common import (
     dumps,
     warn_open_publish,
 )
+from .publish import PublishKeys, check_key
 
 __all__ = [
     "DEFAULT_MAX_SUBSCRIPTIONS",
@@ -93,6 +109,7 @@ class _Session:
         rules: TopicRules,
         max_subs: int,
         on_publish: OnPublish | None,
+        keys: PublishKeys,
     ) -> None:
         self.ws = ws
         self.hub = hub
@@ -102,6 +119,7 @@ class _Session:
         self.on_publish = on_publish
         # Who the connection is, read once: the permission checks cost no lookup per message.
         self.identity = ws.identity
+        self.keys = keys
         self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.release)
 
     async def handle(self, text: str) -> None:
@@ -119,15 +137,19 @@ class _Session:
                 self.unsubscribe(request)
             elif op == "publish":
                 await self.publish(request)
+            elif op == "ping":
+                self.ws.send_nowait('{"pong":true}')
             else:
                 raise InvalidInput("unknown op")
         except InvalidInput as exc:
-            self.error(str(exc), op, request.get("topic"))
+            self.error(str(exc), op, request.get("topic"), request.get("id"))
 
-    def error(self, message: str, op: object, topic: object) -> None:
+    def error(self, message: str, op: object, topic: object, id: object = None) -> None:
         reply: dict[str, Any] = {"error": message}
         if isinstance(op, str) and len(op) <= 32:
             reply["op"] = op
+        if _valid_id(id):
+            reply["id"] = id
         if isinstance(topic, str):
             with contextlib.suppress(InvalidInput):
                 reply["topic"] = check_topic(topic)
@@ -174,12 +196,19 @@ class _Session:
         if "data" not in request:
             raise InvalidInput("missing field: data")
         data = request["data"]
+        request_id = request.get("id")
+        if request_id is not None and not _valid_id(request_id):
+            raise InvalidInput("invalid id: an integer or a string of at most 64 characters")
+        key = check_key(request.get("key"))
         if self.on_publish is not None:
             data = self.on_publish(self.ws, topic, data)
         try:
-            await self.hub.publish(topic, data)
+            message = await self.keys.publish(self.hub, topic, data, key)
         except HubUnavailable:
             raise InvalidInput("hub unavailable") from None
+        if request_id is not None:
+            ack = {"ack": request_id, "topic": topic, "seq": message.seq, "time": message.time}
+            self.ws.send_nowait(dumps(ack))
 
     def release(self, sink: WebSocketSink | None = None) -> None:
         """Leave every topic's fan-out (at the end, or when closed as a slow consumer)."""
@@ -189,6 +218,12 @@ class _Session:
     def close(self) -> None:
         self.release()
         self.sink.close()
+
+
+def _valid_id(value: object) -> bool:
+    return (type(value) is int and abs(value) <= 2**53) or (
+        isinstance(value, str) and len(value) <= 64
+    )
 
 
 def mount_websocket(
@@ -203,6 +238,7 @@ def mount_websocket(
     origins: list[str] | None = None,
     on_publish: OnPublish | None = None,
     on_disconnect: OnDisconnect | None = None,
+    keys: PublishKeys | None = None,
     # Limits
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
@@ -226,6 +262,7 @@ def mount_websocket(
         on_publish: checks or rewrites each client publish: ``(ws, topic, data) -> data``;
             raise :class:`~.common.InvalidInput` to refuse it (the client gets an error).
         on_disconnect: awaited when a connection ends (e.g. to announce a leave).
+        keys: idempotency keys shared with ``POST /publish`` (one is made if None).
         max_subscriptions: topics one connection may subscribe to (1008 above it).
         max_message_size: largest client message (1009 above it), None for no limit.
 
@@ -236,6 +273,13 @@ def mount_websocket(
     fanout = Fanout(hub, frames or FrameCache())
     if on_publish is None:  # a hook checks each publish itself: no warning then
         warn_open_publish(app, path, topic_rules)
+    known = keys if keys is not None else PublishKeys()
+    connections: set[WebSocket] = set()
+
+    @app.on_closing
+    def restart() -> None:
+        for ws in list(connections):
+            ws.close_nowait(CloseCode.SERVICE_RESTART, "service restart")
 
     @app.websocket(
         path,
@@ -246,7 +290,8 @@ def mount_websocket(
         auth=auth,
     )
     async def pubsub(ws: WebSocket) -> None:
-        session = _Session(ws, hub, fanout, topic_rules, max_subscriptions, on_publish)
+        session = _Session(ws, hub, fanout, topic_rules, max_subscriptions, on_publish, known)
+        connections.add(ws)
         try:
             async for message in ws:
                 if isinstance(message, bytes):
@@ -256,6 +301,7 @@ def mount_websocket(
         except _ProtocolAbuse as exc:
             await ws.close(CloseCode.POLICY_VIOLATION, str(exc))
         finally:
+            connections.discard(ws)
             session.close()
             if on_disconnect is not None:
                 await on_disconnect(ws)
