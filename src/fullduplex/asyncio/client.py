@@ -117,8 +117,7 @@ class ClientProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         """The server closed its sending side."""
         if self.websocket is not None:
-            self.websocket.eof_received()
-            return True
+            return self.websocket.eof_received()  # False over TLS (see there)
         try:
             self.parser.feed_eof()
         except InvalidMessage as exc:

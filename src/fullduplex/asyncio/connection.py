@@ -464,7 +464,8 @@ class WebSocket(asyncio.Protocol):
         if not self._lost and self.core.state is not State.CLOSED:
             self.core.fail(code, reason)
         self._flush()
-        self.transport.close()
+        if not self.transport.is_closing():  # see _flush: TLS transports mind a second close
+            self.transport.close()
 
     # -- called by the transport's protocol ---------------------------------------------------
 
@@ -483,11 +484,14 @@ class WebSocket(asyncio.Protocol):
     def eof_received(self) -> bool:
         """The peer closed its end of the TCP connection.
 
-        Returns True: the WebSocket closes the transport itself, after its close frame.
+        Returns:
+            True over plain TCP: the WebSocket closes the transport itself, after its close
+            frame. False over TLS, whose transports (asyncio's and uvloop's) close after a
+            close_notify whatever this returns, and log a warning when it returns True.
         """
         self.core.receive_eof()
         self._process_events()
-        return True
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The TCP connection is closed."""
@@ -613,9 +617,13 @@ class WebSocket(asyncio.Protocol):
             # it open forever, so the close timer aborts it. With nothing left to write the
             # transport closes at once (TLS: within its own shutdown timeout): no timer to arm
             # and cancel in the commonest case.
-            transport.close()
-            if transport.get_write_buffer_size():
-                self._start_close_timer()
+            # Once: a second close() of asyncio's TLS transport drops its SSL protocol, and its
+            # get_write_buffer_size() then raises AttributeError (the ERROR "Error calling
+            # eof_received()" that every wss:// close logged without uvloop).
+            if not transport.is_closing():
+                transport.close()
+                if transport.get_write_buffer_size():
+                    self._start_close_timer()
         elif core.close_timer_wanted:
             self._start_close_timer()
 
