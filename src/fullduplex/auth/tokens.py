@@ -27,6 +27,7 @@ Refusals are :class:`~fullduplex.auth.identity.Unauthorized` (401, RFC 6750 3.1
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,8 +38,18 @@ from ..protocol.http11 import Request
 from .identity import Identity, Unauthorized
 from .redact import SENSITIVE_QUERY_PARAMS
 
-__all__ = ["DEFAULT_TOKEN_COOKIE", "DEFAULT_TOKEN_PARAM", "JWTAuth", "bearer_token", "cookie"]
+__all__ = [
+    "DEFAULT_TOKEN_COOKIE",
+    "DEFAULT_TOKEN_PARAM",
+    "MIN_HMAC_KEY_BYTES",
+    "JWTAuth",
+    "bearer_token",
+    "cookie",
+]
 
+#: Shortest HMAC secret accepted: RFC 7518 3.2, "A key of the same size as the hash output
+#: (for instance, 256 bits for "HS256") or larger MUST be used with this algorithm."
+MIN_HMAC_KEY_BYTES = 32
 #: The cookie :class:`JWTAuth` reads by default.
 DEFAULT_TOKEN_COOKIE = "token"
 #: The query parameter :class:`JWTAuth` reads by default (and the server redacts from logs).
@@ -73,7 +84,8 @@ class JWTAuth:
     """An authenticator for JSON Web Tokens (see the module docstring).
 
     Args:
-        key: the HMAC secret (HS256), or the PEM public key (RS256/ES256...).
+        key: the HMAC secret (HS256: at least 32 bytes), or the PEM public key (RS256,
+            ES256...).
         algorithms: the algorithms accepted; give one family only.
         audience: the ``aud`` required (a string or several); None: a token with ``aud`` is
             refused, as RFC 7519 4.1.3 asks of a recipient not named in it.
@@ -86,6 +98,9 @@ class JWTAuth:
             refused): for routes anyone may read, with more rights for those logged in.
         signing_key: the key :meth:`issue` signs with (the secret for HS256, the PEM private
             key for RS256); ``key`` when None.
+
+    Raises:
+        ValueError: no algorithm, ``none``, or an HMAC secret shorter than 32 bytes.
     """
 
     def __init__(
@@ -104,6 +119,9 @@ class JWTAuth:
     ) -> None:
         if not algorithms or any(a.lower() == "none" for a in algorithms):
             raise ValueError("algorithms: at least one, and never 'none'")
+        hmac = any(a.upper().startswith("HS") for a in algorithms)
+        if hmac and len(key.encode() if isinstance(key, str) else key) < MIN_HMAC_KEY_BYTES:
+            raise ValueError(f"an HMAC secret of at least {MIN_HMAC_KEY_BYTES} bytes")
         self.key = key
         self.algorithms = list(algorithms)
         self.audience = (
@@ -187,7 +205,9 @@ class JWTAuth:
         ``aud`` and ``iss`` are set from this authenticator's settings unless given.
         """
         now = time.time()
-        payload: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": now + expires_in}
+        # Whole seconds (RFC 7519 2 NumericDate; PyJWT truncates fractions), rounded up.
+        exp = math.ceil(now + expires_in)
+        payload: dict[str, Any] = {"sub": sub, "iat": int(now), "exp": exp}
         if self.audience is not None:
             payload["aud"] = self.audience
         if self.issuer is not None:
