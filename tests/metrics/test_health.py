@@ -14,6 +14,8 @@ from tests.hub.conftest import RedisServer
 
 from .scrape import parse, scrape, value, wait_for
 
+OPEN = "fullduplex_connections"
+
 
 async def test_healthz_and_readyz_with_a_memory_hub() -> None:
     app = fullduplex.App()
@@ -252,3 +254,35 @@ async def test_metrics_of_an_asgi_application() -> None:
         assert value(after, "fullduplex_connections", transport="websocket", route=OTHER) == 0
     finally:
         await server.shutdown()
+
+
+async def test_open_event_streams_and_long_polls_by_transport() -> None:
+    from fullduplex.transports import TopicRules, mount_all
+    from tests.transports.client import EventStream, request
+
+    app = fullduplex.App()
+    hub = Hub()
+    await hub.start()
+    transports = mount_all(app, hub, rules=TopicRules(subscribe=["*"]), longpoll_timeout=10)
+    app.enable_metrics(hub=hub, transports=transports)
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    stream = await EventStream.open(server.port, "/sse?topic=a")
+    poll = asyncio.ensure_future(request(server.port, "GET", "/longpoll?topic=b", timeout=15))
+    try:
+        async with httpx.AsyncClient() as client:
+            snap = await wait_for(
+                client,
+                base,
+                lambda s: value(s, OPEN, transport="longpoll", route="/longpoll") == 1,
+            )
+        assert value(snap, OPEN, transport="sse", route="/sse") == 1
+        assert value(snap, "fullduplex_topic_subscribers", topic="a") == 1
+        assert value(snap, "fullduplex_topic_subscribers", topic="b") == 1
+        await hub.publish("b", "wake")
+        assert (await asyncio.wait_for(poll, 5)).status == 200
+    finally:
+        await stream.close()
+        transports.close()
+        await server.shutdown()
+        await hub.close()

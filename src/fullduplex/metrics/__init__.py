@@ -9,7 +9,8 @@ or ``fullduplex serve --metrics`` (on in the demo). The metrics, all prefixed ``
 =======================================  =========  ============================================
 metric                                   type       labels
 =======================================  =========  ============================================
-``connections``                          gauge      ``transport`` (websocket, http), ``route``
+``connections``                          gauge      ``transport`` (websocket, sse, longpoll,
+                                                    poll, publish, http), ``route``
 ``handshakes_total``                     counter    ``route``, ``status`` (101 or the refusal's)
 ``messages_total``                       counter    ``route``, ``direction`` (in, out)
 ``message_bytes_total``                  counter    ``route``, ``direction``
@@ -34,6 +35,9 @@ Cost: nothing per message beyond the per-connection integer adds the WebSocket a
 ping. A scrape is O(open connections + topics).
 
 Several workers: see :mod:`~fullduplex.metrics.workers` (the scraped worker sums the others).
+
+An ASGI application (:class:`fullduplex.asgi.ASGIAdapter`): ``adapter.enable_metrics()``
+answers the three paths in front of the application and passes every other request to it.
 
 Health: ``/healthz`` answers 200 while the process serves; ``/readyz`` answers 200 when the
 hub's backend answers (a Redis round trip, at most ``ready_timeout`` seconds), 503 while it

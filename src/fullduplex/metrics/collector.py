@@ -185,6 +185,7 @@ class Metrics(Collector):
 
     def _connections(self) -> Iterator[Metric]:
         open_by: dict[tuple[str, str], int] = {}
+        kinds = self.transports.routes if self.transports is not None else {}
         buffered: dict[str, int] = {"websocket": 0, "http": 0}
         totals = {route: list(values) for route, values in self._closed.items()}
         for server in self.servers:
@@ -207,13 +208,14 @@ class Metrics(Collector):
                 request = getattr(conn, "request", None)
                 if getattr(conn, "busy", False) and request is not None:
                     # An HTTP handler running: an event stream or a long poll, mostly.
-                    key = ("http", self.route(request.path))
+                    route = self.route(request.path)
+                    key = (kinds.get(route, "http"), route)
                     open_by[key] = open_by.get(key, 0) + 1
                 buffered["http"] += _buffered(conn.transport)
         gauge = GaugeMetricFamily(
             "fullduplex_connections",
-            "Open connections: WebSockets, and HTTP requests being handled (event streams, "
-            "long polls), by transport and route.",
+            "Open connections by transport and route: WebSockets, and HTTP requests being "
+            "handled (transport sse, longpoll... on the hub's routes, else http).",
             labels=["transport", "route"],
         )
         for (transport, route), count in sorted(open_by.items()):

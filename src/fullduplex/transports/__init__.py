@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class Transports:
         events: the encoded SSE events shared by every event stream (its counter says how
             many times events were encoded).
         keys: the idempotency keys of recent publishes (``/publish`` and ``/pubsub``).
+        routes: the transport behind each mounted path (``"/sse": "sse"``...), which
+            metrics use to label open connections.
     """
 
     frames: FrameCache
@@ -122,6 +124,7 @@ class Transports:
     fanout: Fanout | None = None
     events: EventCache | None = None
     keys: PublishKeys | None = None
+    routes: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         """End every event stream and long poll now (call it before a server shutdown)."""
@@ -202,4 +205,6 @@ def mount_all(
     mount_poll(app, hub, f"{prefix}/poll", rules=rules, auth=auth, envelopes=envelopes)
     mount_publish(app, hub, f"{prefix}/publish", rules=rules, auth=auth, keys=keys)
     mount_browser_library(app, prefix)
-    return Transports(frames, held, fanout, events, keys)
+    names = ("pubsub", "sse", "longpoll", "poll", "publish")
+    routes = {f"{prefix}/{name}": "websocket" if name == "pubsub" else name for name in names}
+    return Transports(frames, held, fanout, events, keys, routes)
