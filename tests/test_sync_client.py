@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any
 
 import pytest
@@ -111,6 +112,27 @@ def test_against_websockets_sync_server() -> None:
                     ws.send(str(i))
                     messages.append(ws.recv(timeout=5))
                 assert messages == ["0", "1", "2"]
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+def test_refused_with_a_large_body_gets_invalid_status() -> None:
+    # Issue 15: as for the asyncio client, InvalidStatus (body cut at 1 MiB), not MessageTooBig.
+    body = "no entry. " * 300_000  # 3 MB
+
+    def refuse(connection: wssync.ServerConnection, request: object) -> object:
+        return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, body)
+
+    with wssync.serve(lambda ws: None, "127.0.0.1", 0, process_request=refuse) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            port = server.socket.getsockname()[1]
+            with pytest.raises(fullduplex.InvalidStatus) as info:
+                fullduplex.sync.connect(f"ws://127.0.0.1:{port}/")
+            assert info.value.status == 503
+            assert info.value.body == body.encode()[: 2**20]
         finally:
             server.shutdown()
             thread.join(5)

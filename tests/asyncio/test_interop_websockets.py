@@ -6,6 +6,7 @@ Its client against our server, and our client against its server, on asyncio and
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 
 import pytest
 import websockets.asyncio.client as wsclient
@@ -283,6 +284,25 @@ async def test_our_client_refused_origin_and_subprotocol() -> None:
             await fullduplex.connect(
                 their_url(server), origin="https://good.example", subprotocols=["chat"]
             )
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_our_client_refused_with_a_large_body_gets_invalid_status() -> None:
+    # Issue 15: a non-101 answer with a body over the client's 1 MiB body limit raised
+    # MessageTooBig; docs/server.md promises InvalidStatus. The body is cut at the limit.
+    body = "no entry. " * 300_000  # 3 MB
+
+    def refuse(connection: wsserver.ServerConnection, request: object) -> object:
+        return connection.respond(HTTPStatus.FORBIDDEN, body)
+
+    server = await wsserver.serve(_their_echo, "127.0.0.1", 0, process_request=refuse)
+    try:
+        with pytest.raises(InvalidStatus) as info:
+            await fullduplex.connect(their_url(server))
+        assert info.value.status == 403
+        assert info.value.body == body.encode()[: 2**20]
     finally:
         server.close()
         await server.wait_closed()

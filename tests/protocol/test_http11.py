@@ -598,9 +598,28 @@ class TestResponseParser:
         parser.feed(b"ignored")
         assert parser.next_response() is None
 
-    def test_body_to_eof_limited(self) -> None:
-        with pytest.raises(MessageTooBig):
-            responses(b"HTTP/1.1 400 Bad\r\n\r\n" + b"x" * 20, max_body_size=10)
+    @pytest.mark.parametrize(
+        "head, body",
+        [
+            (b"HTTP/1.1 400 Bad\r\n\r\n", b"x" * 20),  # read to EOF
+            (b"HTTP/1.1 403 No\r\nContent-Length: 20\r\n\r\n", b"x" * 20),
+            (b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n", b"14\r\n" + b"x" * 20),
+        ],
+    )
+    def test_body_over_limit_is_cut_and_ends_the_response(self, head: bytes, body: bytes) -> None:
+        # Issue 15: a refused handshake with a large body must give the client its status
+        # (InvalidStatus), not MessageTooBig. The body is cut at the limit; nothing after it
+        # is parsed.
+        parser = ResponseParser(max_body_size=10)
+        for byte in head + body:  # the same at every chunk boundary
+            parser.feed(bytes([byte]))
+        response = parser.next_response()
+        assert response is not None
+        assert (response.status, response.body) == (int(head[9:12]), b"x" * 10)
+        parser.feed(SWITCHING)
+        parser.feed_eof()
+        assert parser.next_response() is None
+        assert not parser.upgraded
 
     def test_interim_responses_skipped(self) -> None:
         data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"

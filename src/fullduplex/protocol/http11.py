@@ -669,15 +669,27 @@ class _Parser(abc.ABC):
             if self.max_head_size is not None and self._head_size > self.max_head_size:
                 raise MessageTooBig("HTTP head too large", 431)
         elif self.max_body_size is not None and len(self._message.body) > self.max_body_size:
-            raise MessageTooBig("HTTP body too large", 413)
+            self._body_too_large()
 
     def _start_body(self) -> None:
         self._state = _BODY
         length = self._content_length()
-        if length is not None:
-            if self.max_body_size is not None and length > self.max_body_size:
-                raise MessageTooBig("HTTP body too large", 413)
+        if length is not None and not self._declared_too_large(length):
             self._body_remaining = length
+
+    def _declared_too_large(self, length: int) -> bool:
+        """Whether ``Content-Length`` is over ``max_body_size`` (a request: 413 at once).
+
+        True: the body is counted as it arrives instead, and :meth:`_body_too_large` is called
+        when it goes over the limit.
+        """
+        if self.max_body_size is not None and length > self.max_body_size:
+            raise MessageTooBig("HTTP body too large", 413)
+        return False
+
+    def _body_too_large(self) -> None:
+        """The body received went over ``max_body_size``."""
+        raise MessageTooBig("HTTP body too large", 413)
 
     def _content_length(self) -> int | None:
         value = self._fields_get("content-length")
@@ -793,13 +805,15 @@ class ResponseParser(_Parser):
     frames a server sends right after accepting a WebSocket, is :meth:`trailing_data`. Interim
     1xx responses other than 101 are skipped (RFC 7231 6.2: "A user agent MAY ignore unexpected
     1xx responses"). A response without ``Content-Length`` or chunked encoding ends at
-    :meth:`feed_eof`. Responses to ``HEAD`` requests are not supported.
+    :meth:`feed_eof`. A body over ``max_body_size`` is cut there: the response is complete
+    with its first ``max_body_size`` bytes and the parser stops (a client needs the status and
+    head of a refusal, not all of its body). Responses to ``HEAD`` requests are not supported.
 
     Args:
         max_head_size: bytes allowed in a response head.
         max_header_count: header fields allowed in a response head.
         max_line_size: bytes allowed in one line, CRLF included.
-        max_body_size: body bytes allowed.
+        max_body_size: body bytes kept; a longer body is cut there.
     """
 
     def _new_parser(self, message: _Message) -> Any:
@@ -816,6 +830,17 @@ class ResponseParser(_Parser):
 
     def _switches_protocols(self) -> bool:
         return bool(self._parser.get_status_code() == 101)
+
+    def _declared_too_large(self, length: int) -> bool:
+        return self.max_body_size is not None and length > self.max_body_size
+
+    def _body_too_large(self) -> None:
+        # A client reads a response to learn its status (a refused handshake: 401, 403, 404,
+        # 503 ...), and the head says it: a large body is cut at max_body_size and the response
+        # ends there rather than failing the parse. Nothing more is read on this connection.
+        del self._message.body[self.max_body_size :]
+        self._message.keep_alive = False
+        self._complete()
 
     def _build(self) -> Response | None:
         m = self._message
