@@ -1,4 +1,6 @@
-"""The ``fullduplex`` command: ``serve`` the demo, ``connect`` to a WebSocket, ``bench`` a server.
+"""The ``fullduplex`` command: ``serve`` an app, ``connect`` to a WebSocket, ``bench`` a server.
+
+``fullduplex serve [MODULE:ATTR]`` is in :mod:`fullduplex.cli_serve`.
 
 ``fullduplex connect URL`` is an interactive client like wscat: each line of standard input is
 sent as a text message, each message received is printed. On a terminal, lines get a timestamp
@@ -12,17 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import os
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
-from .asyncio.proxies import DEFAULT_FORWARDED_ALLOW_IPS, TrustedProxies
+from .cli_serve import add_serve_parser
 
 __all__ = ["main"]
 
@@ -41,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
+    args.serve_argv = argv[1:]  # a supervisor gives its workers the same options
     if args.command is None:
         parser.print_help()
         return EXIT_FAILED
@@ -55,41 +55,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fullduplex {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser(
-        "serve", help="run the demo server (echo, live transports, chat; /ws, /echo, /api/data)"
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--certfile", help="TLS certificate (PEM) to serve https:// and wss://")
-    serve.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
-    serve.add_argument(
-        "--broker",
-        metavar="URL",
-        help="hub backend shared by several servers, e.g. redis://127.0.0.1:6379/0 "
-        "(default: in memory, this process only)",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="processes sharing the port with SO_REUSEPORT (needs --broker; default 1)",
-    )
-    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    _add_proxy_arguments(serve)
-    serve.add_argument(
-        "--metrics",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="serve Prometheus metrics at /metrics, and /healthz and /readyz (the demo: on)",
-    )
-    serve.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="logging level (default info)",
-    )
-    serve.set_defaults(func=_serve)
+    add_serve_parser(sub)
 
     connect = sub.add_parser("connect", help="interactive WebSocket client, like wscat")
     connect.add_argument("url", help="ws:// or wss:// URL")
@@ -119,181 +85,6 @@ def _build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return parser
-
-
-def _add_proxy_arguments(parser: argparse.ArgumentParser) -> None:
-    # uvicorn's names and defaults, so that a deployment moves over unchanged.
-    parser.add_argument(
-        "--proxy-headers",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="take the client address and scheme from X-Forwarded-For / X-Forwarded-Proto "
-        "when the peer is a trusted proxy (default on)",
-    )
-    parser.add_argument(
-        "--forwarded-allow-ips",
-        metavar="IPS",
-        default=os.environ.get("FORWARDED_ALLOW_IPS", DEFAULT_FORWARDED_ALLOW_IPS),
-        help="comma-separated trusted proxy IPs or networks, '*' for all (default "
-        "$FORWARDED_ALLOW_IPS or 127.0.0.1)",
-    )
-
-
-# -- serve ------------------------------------------------------------------------------------
-
-
-def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.workers < 1:
-        print("fullduplex: --workers must be at least 1", file=sys.stderr)
-        return EXIT_FAILED
-    if args.workers > 1 and not args.broker:
-        print(
-            "fullduplex: --workers > 1 needs --broker: each process has its own hub, so "
-            "without a shared broker (redis://...) clients of different processes would "
-            "see different topics",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
-    if args.broker and not args.broker.startswith(("redis://", "rediss://", "unix://")):
-        print(f"fullduplex: --broker wants a redis:// URL, got {args.broker!r}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        TrustedProxies(args.forwarded_allow_ips)
-    except ValueError as exc:
-        print(f"fullduplex: --forwarded-allow-ips: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    ctx = None
-    if args.certfile:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(args.certfile, args.keyfile)
-    elif args.keyfile:
-        print("fullduplex: --keyfile needs --certfile", file=sys.stderr)
-        return EXIT_FAILED
-    http, ws = ("https", "wss") if ctx else ("http", "ws")
-    host = f"[{args.host}]" if ":" in args.host else args.host
-    base = f"{host}:{args.port}"
-    if args.worker_index == 0:
-        workers = f", {args.workers} workers" if args.workers > 1 else ""
-        broker = f" (hub: {args.broker})" if args.broker else ""
-        print(f"fullduplex {__version__} serving on {http}://{base}/{workers}{broker}", flush=True)
-        print(f"  page      {http}://{base}/", flush=True)
-        print(f"  echo      {ws}://{base}/ws  (subprotocol echo, timestamped)", flush=True)
-        print(f"  raw echo  {ws}://{base}/echo", flush=True)
-        print(f"  JSON      {http}://{base}/api/data", flush=True)
-        print(f"  live      {http}://{base}/live.html  chat {http}://{base}/chat.html", flush=True)
-    if args.workers > 1 and args.worker_index == 0:
-        return _run_workers_with_metrics(args)
-    try:
-        _run(_serve_main(args, ctx))
-    except OSError as exc:
-        print(f"fullduplex: cannot serve on {base}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_CLEAN
-
-
-async def _serve_main(args: argparse.Namespace, ctx: ssl.SSLContext | None) -> None:
-    import signal
-
-    from .asyncio.server import serve
-    from .demo import create_app
-
-    # One process of several publishes the ticker; the broker shares it with the others.
-    app = create_app(args.broker, ticker=args.worker_index == 0, metrics=args.metrics is not False)
-    await app.start()
-    try:
-        server = await serve(
-            app,
-            args.host,
-            args.port,
-            ssl=ctx,
-            reuse_port=args.workers > 1,
-            proxy_headers=args.proxy_headers,
-            forwarded_allow_ips=args.forwarded_allow_ips,
-        )
-    except BaseException:
-        await app.stop()
-        raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    # Event streams and long polls are never idle: end them first, then close gracefully.
-    app.transports.close()
-    await server.shutdown()
-    await app.stop()
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
-
-
-def _run_workers_with_metrics(args: argparse.Namespace) -> int:
-    """Run the workers, with a directory where their metrics find each other (if on)."""
-    if args.metrics is False:
-        return _run_workers(args)
-    from .metrics import ENV_DIR, prepare_directory
-
-    given = os.environ.get(ENV_DIR)
-    directory = prepare_directory()  # exported to the workers through the environment
-    try:
-        return _run_workers(args)
-    finally:
-        if not given:
-            import shutil
-
-            shutil.rmtree(directory, ignore_errors=True)
-
-
-def _run_workers(args: argparse.Namespace) -> int:
-    """Start worker processes 1..N-1 on the same port, serve as worker 0, stop them all."""
-    import signal
-    import subprocess
-
-    argv = [sys.executable, "-m", "fullduplex", "serve", "--host", args.host]
-    argv += ["--port", str(args.port), "--broker", args.broker, "--workers", str(args.workers)]
-    argv += ["--log-level", args.log_level, "--forwarded-allow-ips", args.forwarded_allow_ips]
-    argv += ["--proxy-headers" if args.proxy_headers else "--no-proxy-headers"]
-    if args.metrics is not None:
-        argv += ["--metrics" if args.metrics else "--no-metrics"]
-    if args.certfile:
-        argv += ["--certfile", args.certfile] + (
-            ["--keyfile", args.keyfile] if args.keyfile else []
-        )
-    children = [subprocess.Popen([*argv, "--worker-index", str(i)]) for i in range(1, args.workers)]
-    status = EXIT_CLEAN
-    try:
-        ctx = None
-        if args.certfile:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(args.certfile, args.keyfile)
-        _run(_serve_main(args, ctx))
-    except OSError as exc:
-        print(
-            f"fullduplex: cannot serve on port {args.port}: {exc.strerror or exc}", file=sys.stderr
-        )
-        status = EXIT_FAILED
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-    return status
 
 
 # -- connect ----------------------------------------------------------------------------------

@@ -283,6 +283,9 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._server_addr: tuple[str, int] | None = None
         self._scheme = "http"
         self._pending_ws: Scope | None = None
+        # A request head is expected (from connect, or once another starts arriving): see
+        # awaiting_request.
+        self._awaiting = True
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -341,6 +344,11 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self.write_paused = False
         self._wake_drain()
 
+    @property
+    def awaiting_request(self) -> bool:
+        """True while a request head is expected (``Server.stop_accepting`` waits for it)."""
+        return self._awaiting and not self.transport.is_closing()
+
     def stop(self) -> None:
         """Close for shutdown: idle connections now, others after their current response."""
         self.closing = True
@@ -351,6 +359,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         """llhttp: a request starts."""
+        self._awaiting = True
         self._url = b""
         self._headers = []
         self._head_size = 0
@@ -377,6 +386,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         """llhttp: the head is complete: start the exchange (or the upgrade)."""
+        self._awaiting = False
         parser = self.parser
         if self.cycle is None:
             self._cancel_timer()

@@ -186,6 +186,11 @@ class Server:
                 lambda: factory(self), uds, ssl=ssl, backlog=backlog
             )
             return
+        if sock is not None and sock.family == socket.AF_UNIX:
+            self._server = await loop.create_unix_server(
+                lambda: factory(self), sock=sock, ssl=ssl, backlog=backlog
+            )
+            return
         if sock is not None:
             server = await loop.create_server(
                 lambda: factory(self), sock=sock, ssl=ssl, backlog=backlog, start_serving=False
@@ -239,6 +244,28 @@ class Server:
                 # Idle keep-alive connections close now; event streams and long polls are
                 # cancelled (their generators' finally blocks run) and their sockets closed.
                 conn.stop()
+
+    async def stop_accepting(self, timeout: float | None = 2.0) -> None:
+        """Stop listening, then let the connections accepted so far send their request.
+
+        For a restart that refuses no one (``fullduplex serve --workers``, SIGHUP): another
+        process goes on accepting from the same listening socket, and a connection this server
+        accepted just before it stopped is answered (an upgrade completes; :meth:`close` then
+        sends it 1001 like every other WebSocket) instead of being closed unanswered. Waits
+        until no connection is in the middle of sending a request head or waiting to send its
+        first, at most ``timeout`` seconds (a client that connects and says nothing is not
+        waited for longer).
+        """
+        if self._server is not None:
+            self._server.close()
+        # Nothing is accepted any more, so the set of connections still waiting only shrinks:
+        # a check every 10 ms of those few, at shutdown only, rather than a hook on every
+        # request's path.
+        waiting = [conn for conn in self.connections if conn.awaiting_request]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting and (deadline is None or time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+            waiting = [conn for conn in waiting if conn.awaiting_request]
 
     async def wait_closed(self) -> None:
         """Wait until every connection and handler has finished."""
@@ -458,6 +485,21 @@ class HTTPProtocol(asyncio.Protocol):
         self._write_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+
+    @property
+    def awaiting_request(self) -> bool:
+        """True while a request head is expected (``Server.stop_accepting`` waits for it).
+
+        From the connection, or from the first byte of another request on a kept-alive one,
+        until the request is dispatched.
+        """
+        return (
+            self.websocket is None
+            and not self.busy
+            and not self._idle
+            and self.parser is not None
+            and not self.transport.is_closing()
+        )
 
     def stop(self) -> None:
         """Close an HTTP connection for shutdown: cancel its handler if one runs."""

@@ -1,0 +1,109 @@
+"""Find the application named on the command line: ``MODULE:ATTR``, as uvicorn and gunicorn do.
+
+``fullduplex serve myproject.main:app`` imports ``myproject.main`` and takes its ``app``
+attribute (dotted attributes are followed: ``main:api.app``). With ``factory=True`` the
+attribute is called with no arguments and its result is the application. The application is a
+:class:`fullduplex.App` or any ASGI 3 application (a callable taking ``scope, receive, send``).
+
+A mistake in the name (no colon, no such module, no such attribute, not an application) raises
+:class:`ImportFromStringError` with a one-line message. An exception raised by the module's own
+code while it is imported is not a naming mistake: it propagates, traceback and all.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from typing import Any
+
+__all__ = ["ImportFromStringError", "import_from_string", "load_app"]
+
+
+class ImportFromStringError(Exception):
+    """``MODULE:ATTR`` does not name an importable object (the message says why, in one line)."""
+
+
+def import_from_string(spec: str) -> Any:
+    """Import ``MODULE:ATTR`` and return the attribute.
+
+    Args:
+        spec: ``"package.module:attribute"``; the attribute may be dotted.
+
+    Raises:
+        ImportFromStringError: the string is malformed, or names a module or attribute that
+            does not exist.
+    """
+    module_name, sep, attrs = spec.partition(":")
+    if not sep or not module_name or not attrs:
+        raise ImportFromStringError(f"the app must be MODULE:ATTR (e.g. main:app), got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Only the module named here: a missing import *inside* it is the module's own error.
+        if exc.name is None or not _is_prefix(exc.name, module_name):
+            raise
+        raise ImportFromStringError(f"cannot import module {module_name!r} ({exc})") from None
+    target: Any = module
+    for attr in attrs.split("."):
+        try:
+            target = getattr(target, attr)
+        except AttributeError:
+            raise ImportFromStringError(
+                f"module {module_name!r} has no attribute {attrs!r}"
+            ) from None
+    return target
+
+
+def _is_prefix(missing: str, module_name: str) -> bool:
+    # "a.b.c" is not found because "a" or "a.b" or "a.b.c" is missing.
+    return module_name == missing or module_name.startswith(missing + ".")
+
+
+def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
+    """Import the application ``spec`` names, as ``fullduplex serve`` does.
+
+    Args:
+        spec: ``MODULE:ATTR``.
+        app_dir: a folder put first on ``sys.path`` before importing (uvicorn's
+            ``--app-dir``; the current folder by default).
+        factory: call the attribute with no arguments to get the application.
+
+    Returns:
+        A :class:`fullduplex.App`, or an ASGI 3 application.
+
+    Raises:
+        ImportFromStringError: see :func:`import_from_string`; also when the object found
+            is not an application (or, with ``factory``, not callable).
+    """
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
+    target = import_from_string(spec)
+    if factory:
+        if not callable(target):
+            raise ImportFromStringError(f"--factory: {spec} is not callable")
+        target = target()
+    from .asyncio.router import App
+
+    if isinstance(target, App):
+        return target
+    if not callable(target):
+        kind = type(target).__name__
+        raise ImportFromStringError(
+            f"{spec} is a {kind}, not a fullduplex.App or an ASGI application"
+        )
+    if not factory and _looks_like_factory(target):
+        raise ImportFromStringError(
+            f"{spec} takes no arguments: if it builds the app, add --factory"
+        )
+    return target
+
+
+def _looks_like_factory(target: Any) -> bool:
+    # An ASGI 3 application takes (scope, receive, send); a function of no arguments is the
+    # usual create_app() named without --factory.
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return False
+    return not signature.parameters
