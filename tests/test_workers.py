@@ -302,16 +302,15 @@ async def test_unix_domain_socket(tmp_path: Path, kind: str, workers: list[str])
 
 
 async def test_factory_root_path_and_limits_reach_the_app(tmp_path: Path) -> None:
-    args = ("workers_app:create_app", "--factory", "--port", "0", "--ws-max-size", "8")
-    async with serve(tmp_path, *args) as served:
-        async with connect(f"{served.ws}/ws") as ws:
+    args = ("workers_app:create_app", "--factory", "--port", "0", "--ws-max-size", "64")
+    async with serve(tmp_path, *args) as served, connect(f"{served.ws}/ws") as ws:
+        await ws.recv()
+        await ws.send("x" * 64)
+        assert await ws.recv() == "x" * 64
+        await ws.send("x" * 65)
+        with pytest.raises(ConnectionClosed):
             await ws.recv()
-            await ws.send("12345678")
-            assert await ws.recv() == "12345678"
-            await ws.send("123456789")
-            with pytest.raises(ConnectionClosed):
-                await ws.recv()
-            assert ws.close_code == 1009
+        assert ws.close_code == 1009
     async with (
         serve(tmp_path, ATTRS["asgi"], "--port", "0", "--root-path", "/api") as served,
         httpx.AsyncClient() as http,
