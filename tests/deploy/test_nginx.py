@@ -123,6 +123,7 @@ async def deployed(tmp_path: Path, **options: Any) -> AsyncIterator[Deployment]:
         async for message in ws:
             await ws.send(message)
 
+    app.enable_metrics(hub=hub, transports=transports)
     server = await fullduplex.serve(app, "127.0.0.1", 0, **options)
     nginx = Nginx(tmp_path, server.port)
     try:
@@ -240,3 +241,18 @@ async def test_client_ip_is_the_proxy_when_nginx_is_not_trusted(
     async with deployed(tmp_path) as deployment:  # trusts 127.0.0.1 only: not nginx here
         line = await _close_line(deployment, access_log)
     assert line.startswith(f"{PROXY_ADDRESS} websocket /echo closed 1000 "), line
+
+
+async def test_metrics_only_for_the_operator(behind_nginx: Deployment) -> None:
+    port = behind_nginx.nginx.port
+    local = await request(port, "GET", "/metrics")
+    assert local.status == 200 and b"fullduplex_connections" in local.body
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(CLIENT_ADDRESS, 0)
+    )
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 403 "), head[:100]
+    health = await request(port, "GET", "/healthz")
+    assert health.status == 200
