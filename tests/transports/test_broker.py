@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -13,12 +14,59 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .client import EventStream, publish, request
+from .client import EventStream, request
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class ChatClient:
+    """A chat page's connection to ``/chat/ws``: clients publish to ``chat`` only through it
+    (the demo refuses anonymous ``POST /publish``)."""
+
+    def __init__(self, ws: Any, name: str) -> None:
+        self.ws = ws
+        self.name = name
+
+    @classmethod
+    async def join(cls, port: int, name: str) -> ChatClient:
+        import websockets.asyncio.client as wsclient
+
+        ws = await wsclient.connect(f"ws://127.0.0.1:{port}/chat/ws")
+        # From history: a live-only subscription may start after the join is published.
+        await ws.send(json.dumps({"op": "subscribe", "topic": "chat", "since": 0}))
+        join = {"op": "publish", "topic": "chat", "data": {"type": "join", "name": name}}
+        await ws.send(json.dumps(join))
+        async with asyncio.timeout(10):  # until the join itself comes back, numbered
+            while json.loads(await ws.recv()).get("data") != {"type": "join", "name": name}:
+                pass
+        return cls(ws, name)
+
+    async def say(self, text: str) -> int:
+        """Send a line; return its seq, as the hub numbered it."""
+        line = {"op": "publish", "topic": "chat", "data": {"type": "message", "text": text}}
+        await self.ws.send(json.dumps(line))
+        async with asyncio.timeout(10):
+            while True:
+                item = json.loads(await self.ws.recv())
+                data = item.get("data") or {}
+                if data.get("name") == self.name and data.get("text") == text:
+                    return int(item["seq"])
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def chat_say(port: int, text: str) -> int:
+    """Join the demo's chat on ``port`` under a fresh name, say ``text``, return its seq."""
+    client = await ChatClient.join(port, f"t{time.monotonic_ns() % 10**9}")
+    try:
+        return await client.say(text)
+    finally:
+        await client.close()
 
 
 def free_port() -> int:
@@ -96,14 +144,14 @@ async def test_publish_on_one_server_reaches_sse_on_another(redis_url: str) -> N
         try:
             await stream.next_block()  # retry
             await stream.next_block()  # id: the current cursor
-            sent = await publish(port_a, "chat", {"type": "probe"})
-            while True:  # skip nothing else: only this test publishes to chat
+            sent = await chat_say(port_a, "probe")
+            while True:  # skip joins and leaves: only this test says "probe"
                 event = await stream.next_event(timeout=10)
                 assert event is not None
-                if event.json()["data"] == {"type": "probe"}:
+                if event.json()["data"].get("text") == "probe":
                     break
-            assert event.json()["seq"] == sent["seq"]
-            assert int(event.get("id") or 0) == sent["seq"]
+            assert event.json()["seq"] == sent
+            assert int(event.get("id") or 0) == sent
         finally:
             await stream.close()
         # The ticker runs in each single-process server: both publish to one shared sequence.
@@ -118,7 +166,15 @@ async def test_workers_share_one_port(redis_url: str) -> None:
     with serve("--port", str(port), "--broker", redis_url, "--workers", "2") as process:
         await asyncio.to_thread(wait_port, port, process)
         await asyncio.sleep(0.5)  # the second worker
-        seqs = [(await publish(port, "chat", {"i": i}))["seq"] for i in range(6)]
+        # Six connections (the kernel spreads them over the workers), all joined before any
+        # speaks: their lines, one after the other, get consecutive numbers.
+        tag = time.monotonic_ns() % 10**9
+        clients = [await ChatClient.join(port, f"w{i}-{tag}") for i in range(6)]
+        try:
+            seqs = [await client.say(f"line {i}") for i, client in enumerate(clients)]
+        finally:
+            for client in clients:
+                await client.close()
         assert seqs == list(range(seqs[0], seqs[0] + 6))
 
 
@@ -146,6 +202,8 @@ async def test_publish_on_one_server_reaches_every_transport_on_another(redis_ur
     ):
         await asyncio.to_thread(wait_port, port_a, a)
         await asyncio.to_thread(wait_port, port_b, b)
+        # Joined before the cursor is taken: the line is the only message after it.
+        sender = await ChatClient.join(port_a, f"sender-{time.monotonic_ns() % 10**9}")
         cursor = (await request(port_b, "GET", "/poll?topic=chat")).json()["cursor"]
         ws = await wsclient.connect(f"ws://127.0.0.1:{port_b}/pubsub")
         stream = await EventStream.open(port_b, f"/sse?topic=chat&since={cursor}")
@@ -155,7 +213,7 @@ async def test_publish_on_one_server_reaches_every_transport_on_another(redis_ur
                 request(port_b, "GET", f"/longpoll?topic=chat&since={cursor}")
             )
             await asyncio.sleep(0.3)  # the long poll is held, the subscriptions are live
-            sent = (await publish(port_a, "chat", {"type": "probe", "text": "across"}))["seq"]
+            sent = await sender.say("across")
 
             async def ws_seq() -> int:
                 while True:
@@ -182,3 +240,4 @@ async def test_publish_on_one_server_reaches_every_transport_on_another(redis_ur
         finally:
             await stream.close()
             await ws.close()
+            await sender.close()
