@@ -286,3 +286,31 @@ async def test_open_event_streams_and_long_polls_by_transport() -> None:
         transports.close()
         await server.shutdown()
         await hub.close()
+
+
+async def test_health_stays_open_and_metrics_can_ask_the_apps_credentials() -> None:
+    from fullduplex.asyncio.router import APP_AUTH
+    from fullduplex.auth import Identity, Unauthorized
+
+    app = fullduplex.App()
+
+    @app.authenticate
+    async def who(request: Any) -> Identity:
+        if request.headers.get("Authorization") != "Bearer ops":
+            raise Unauthorized("log in first")
+        return Identity("ops", {}, False)
+
+    app.enable_metrics(auth=APP_AUTH)
+    with pytest.raises(RuntimeError, match="already enabled"):
+        app.enable_metrics()
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{base}/metrics")).status_code == 401
+            ok = await client.get(f"{base}/metrics", headers={"Authorization": "Bearer ops"})
+            assert ok.status_code == 200
+            assert (await client.get(f"{base}/healthz")).status_code == 200
+            assert (await client.get(f"{base}/readyz")).status_code == 200
+    finally:
+        await server.shutdown()

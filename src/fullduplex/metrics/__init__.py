@@ -94,11 +94,12 @@ def mount(
     registry: CollectorRegistry | None = None,
     health: bool = True,
     workers_dir: str | None = None,
+    auth: Any = None,
     # Timeouts
     ready_timeout: float | None = DEFAULT_READY_TIMEOUT,
     # Limits
-    max_topics: int = DEFAULT_MAX_TOPICS,
-    max_close_codes: int = DEFAULT_MAX_CLOSE_CODES,
+    max_topics: int | None = DEFAULT_MAX_TOPICS,
+    max_close_codes: int | None = DEFAULT_MAX_CLOSE_CODES,
 ) -> Metrics:
     """Count ``app``'s connections and serve the metrics at ``path`` (and health routes).
 
@@ -116,14 +117,24 @@ def mount(
         workers_dir: the directory shared by worker processes (see
             :mod:`~fullduplex.metrics.workers`); None reads ``$FULLDUPLEX_METRICS_DIR``, and
             without it the process answers for itself alone.
+        auth: the authenticator of the metrics route: None for none (the usual: restrict
+            it at the proxy or the network, see docs/deploy.md), ``APP_AUTH`` for the
+            app's. The health routes never ask for credentials (probes carry none).
         ready_timeout: seconds ``/readyz`` waits for the backend; None waits as long as it
             takes.
-        max_topics: topics labelled apart in ``fullduplex_topic_subscribers``.
-        max_close_codes: close codes labelled apart in ``fullduplex_closes_total``.
+        max_topics: topics labelled apart in ``fullduplex_topic_subscribers``; None for
+            every topic (unbounded: only with few, fixed topics).
+        max_close_codes: close codes labelled apart in ``fullduplex_closes_total``; None
+            for every code.
 
     Returns:
         The collector (also ``app.metrics``).
+
+    Raises:
+        RuntimeError: metrics are already enabled on ``app``.
     """
+    if app.metrics is not None:
+        raise RuntimeError("metrics are already enabled on this app")
     if hub is None:
         hub = getattr(app, "hub", None)
     if transports is None:
@@ -158,7 +169,7 @@ def mount(
         app.app = _OpsASGI(inner, answers)  # type: ignore[attr-defined]
     else:
         for route, answer in answers.items():
-            app.get(route)(_native(answer))
+            app.get(route, auth=auth if route == path else None)(_native(answer))
     return metrics
 
 

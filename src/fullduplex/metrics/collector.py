@@ -71,8 +71,9 @@ class Metrics(Collector):
         hub: the hub whose subscribers and Redis backend to report, or None.
         transports: what :func:`~fullduplex.transports.mount_all` returned, to count WebSocket
             subscribers per topic as connections rather than as the fan-out's subscriptions.
-        max_topics: topics labelled apart in ``fullduplex_topic_subscribers``.
-        max_close_codes: close codes labelled apart in ``fullduplex_closes_total``.
+        max_topics: topics labelled apart in ``fullduplex_topic_subscribers``; None for all.
+        max_close_codes: close codes labelled apart in ``fullduplex_closes_total``; None for
+            all.
     """
 
     def __init__(
@@ -82,8 +83,8 @@ class Metrics(Collector):
         hub: Hub | None = None,
         transports: Transports | None = None,
         # Limits
-        max_topics: int = DEFAULT_MAX_TOPICS,
-        max_close_codes: int = DEFAULT_MAX_CLOSE_CODES,
+        max_topics: int | None = DEFAULT_MAX_TOPICS,
+        max_close_codes: int | None = DEFAULT_MAX_CLOSE_CODES,
     ) -> None:
         #: The application.
         self.app = app
@@ -160,7 +161,8 @@ class Metrics(Collector):
         code = ws.close_code
         key = (route, str(code if code is not None else 1006))
         codes = self._close_codes
-        if key not in codes and len(codes) >= self.max_close_codes:
+        limit = self.max_close_codes
+        if key not in codes and limit is not None and len(codes) >= limit:
             key = (route, OTHER)
         codes[key] = codes.get(key, 0) + 1
 
@@ -325,15 +327,22 @@ class Metrics(Collector):
                 counts[topic] = max(0, counts.get(topic, 0) - internal) + connections
         gauge = GaugeMetricFamily(
             "fullduplex_topic_subscribers",
-            f"Subscribers per topic (WebSocket connections, event streams, long polls, "
-            f"application subscriptions); past the {self.max_topics} largest topics, the "
-            f"rest are summed under topic={OTHER!r}.",
+            "Subscribers per topic (WebSocket connections, event streams, long polls, "
+            "application subscriptions)"
+            + (
+                ""
+                if self.max_topics is None
+                else f"; past the {self.max_topics} largest topics, the rest are summed "
+                f"under topic={OTHER!r}"
+            )
+            + ".",
             labels=["topic"],
         )
         ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        for topic, count in ranked[: self.max_topics]:
+        limit = len(ranked) if self.max_topics is None else self.max_topics
+        for topic, count in ranked[:limit]:
             gauge.add_metric([topic], count)
-        rest = ranked[self.max_topics :]
+        rest = ranked[limit:]
         if rest:
             gauge.add_metric([OTHER], sum(count for _, count in rest))
         return gauge
