@@ -86,6 +86,8 @@ SERVERS = [
     ServerSpec("fullduplex", _py("fullduplex_echo.py", "--loop", "uvloop"), "fullduplex"),
     ServerSpec("fd-asyncio", _py("fullduplex_echo.py", "--loop", "asyncio"), "fullduplex"),
     ServerSpec("fd-listener", _py("fullduplex_echo.py", "--api", "listener"), "fullduplex"),
+    # The first column with app.enable_metrics() (issue 13: metrics cost under 5% a message).
+    ServerSpec("fd-metrics", _py("fullduplex_echo.py", "--metrics"), "fullduplex"),
     ServerSpec("websockets", _py("websockets_echo.py"), "websockets"),
     ServerSpec("aiohttp", _py("aiohttp_echo.py"), "aiohttp"),
     ServerSpec("picows", _py("picows_echo.py"), "picows"),
@@ -683,7 +685,7 @@ def targets(
                 True,
             ),
         ]
-    out = asgi_targets(med, callgrind)
+    out = asgi_targets(med, callgrind) + metrics_targets(med, callgrind)
     # The async API (BASELINE) and the WebSocketListener callback API are checked apart.
     for ours_name in (BASELINE, "fd-listener"):
         if ours_name not in summary:
@@ -702,6 +704,20 @@ def targets(
             verdict = "PASS" if mem < 6 else "FAIL"
             out.append(f"    {verdict} memory per idle connection < 6 KiB: {mem:.1f}")
     return out
+
+
+def metrics_targets(med: Callable[[str, str], float | None], callgrind: bool) -> list[str]:
+    """Issue 13's target: metrics on cost under 5% per message (fd-metrics / fullduplex)."""
+    key = "echo_uinstr" if callgrind else "echo_cpu"
+    ours, base = med("fd-metrics", key), med(BASELINE, key)
+    if ours is None or base is None:
+        return []
+    ratio = ours / base
+    verdict = "PASS" if ratio < 1.05 else "FAIL"
+    return [
+        "  fd-metrics (fullduplex with app.enable_metrics()):",
+        f"    {verdict} per-message cost ({key}) < 1.05x fullduplex: {ratio:.3f}x",
+    ]
 
 
 def asgi_targets(med: Callable[[str, str], float | None], callgrind: bool) -> list[str]:
