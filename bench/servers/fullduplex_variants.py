@@ -36,7 +36,7 @@ def patch_lazy_flush() -> None:
 
     def _flush(self: Any) -> None:
         core = self.core
-        if core._out or core.transport_should_close or core.close_timer_wanted:
+        if core.pending_output or core.transport_should_close or core.close_timer_wanted:
             original(self)
 
     ws_module.WebSocket._flush = _flush  # type: ignore[method-assign]

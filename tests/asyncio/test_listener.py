@@ -9,6 +9,7 @@ import websockets.asyncio.client as wsclient
 from websockets.exceptions import ConnectionClosed as WSClosed
 
 import fullduplex
+from fullduplex.protocol import prepare_frame
 
 from .conftest import start, url
 
@@ -136,5 +137,51 @@ async def test_broadcast_frames_once_and_reaches_every_open_connection() -> None
         assert counts[-1] == 5
         for ws in [*plain[1:], deflated, sender]:
             await ws.close()
+    finally:
+        await srv.shutdown()
+
+
+async def test_send_prepared_keeps_order_and_counts() -> None:
+    # Inside a read's callbacks, a prepared frame queues behind what was sent before it (the
+    # writes of one read go out together); elsewhere it is written at once.
+    app = fullduplex.App()
+    results: list[tuple[bool, bool]] = []
+
+    class Prepared(fullduplex.WebSocketListener):
+        def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+            ws.send_nowait("first")
+            results.append((ws.takes_prepared, ws.send_prepared(prepare_frame("sécond"), 6)))
+            ws.send_nowait("third")
+            if message == "close":
+                ws.close_nowait()
+                results.append((ws.takes_prepared, ws.send_prepared(prepare_frame("no"), 2)))
+
+    app.websocket("/prepared")(Prepared)
+    srv = await start(app)
+    try:
+        plain = await wsclient.connect(url(srv, "/prepared"), compression=None)
+        await plain.send("go")
+        assert [await asyncio.wait_for(plain.recv(), 5) for _ in range(3)] == [
+            "first",
+            "sécond",
+            "third",
+        ]
+        (server_ws,) = srv.websockets
+        assert (server_ws.messages_sent, server_ws.bytes_sent) == (3, 16)
+        assert results == [(True, True)]
+        # permessage-deflate: its own compressor, so never the shared bytes.
+        deflated = await wsclient.connect(url(srv, "/prepared"))
+        await deflated.send("go")
+        assert [await asyncio.wait_for(deflated.recv(), 5) for _ in range(2)] == ["first", "third"]
+        assert results[1] == (False, False)
+        await plain.send("close")
+        assert [await asyncio.wait_for(plain.recv(), 5) for _ in range(3)] == [
+            "first",
+            "sécond",
+            "third",
+        ]
+        assert results[-1] == (False, False)  # closing: nothing more
+        await plain.wait_closed()
+        await deflated.close()
     finally:
         await srv.shutdown()

@@ -33,7 +33,7 @@ from fullduplex.protocol import (
 from fullduplex.protocol.connection import OWN_PART_SIZE
 from fullduplex.protocol.exceptions import PayloadTooBig
 from fullduplex.protocol.extensions import Extension
-from fullduplex.protocol.frames import serialize_frame
+from fullduplex.protocol.frames import prepare_frame, serialize_frame
 
 SIDES = [Side.SERVER, Side.CLIENT]
 
@@ -1010,3 +1010,60 @@ def test_extension_transforms_and_rsv(side: Side):
     # RSV1 belongs to the extension only on data frames.
     conn.receive_data(incoming(side, Opcode.PING, b"", rsv1=True))
     assert_failed(conn, 1002)
+
+
+# -- prepared frames (one frame for many connections) ---------------------------------------
+
+
+@pytest.mark.parametrize("message", ["héllo", b"\x00\xff", "x" * 70_000, b""])
+def test_prepared_frame_is_what_a_plain_server_sends(message: str | bytes):
+    conn = Connection(Side.SERVER)
+    assert conn.takes_prepared
+    if isinstance(message, str):
+        conn.send_text(message)
+    else:
+        conn.send_binary(message)
+    frame = prepare_frame(message)
+    assert conn.data_to_send() == frame
+    conn.send_prepared(frame)
+    assert conn.data_to_send() == frame
+
+
+@pytest.mark.parametrize(
+    "conn",
+    [
+        Connection(Side.CLIENT),  # masked frames
+        Connection(Side.SERVER, extensions=[FlipExtension()]),  # its own encoding
+        Connection(Side.SERVER, fragment_size=10),  # its own framing
+    ],
+    ids=["client", "extension", "fragment_size"],
+)
+def test_connections_that_never_take_prepared_frames(conn: Connection):
+    assert not conn.takes_prepared
+    with pytest.raises(LocalProtocolError):
+        conn.send_prepared(prepare_frame("x"))
+    assert conn.data_to_send() == b""
+
+
+@pytest.mark.parametrize("ending", ["send_close", "close_received", "fail", "eof"])
+def test_takes_prepared_follows_fragmented_sends_and_closing(ending: str):
+    conn = Connection(Side.SERVER)
+    conn.send_fragment("a", final=False)
+    assert not conn.takes_prepared  # RFC 6455 5.4: no other frame inside a fragmented message
+    with pytest.raises(LocalProtocolError):
+        conn.send_prepared(prepare_frame("x"))
+    conn.send_fragment("b", final=True)
+    assert conn.takes_prepared
+    conn.send_text("plain")  # the fast path again
+    assert [f.payload for f in sent(conn)] == [b"a", b"b", b"plain"]
+    if ending == "send_close":
+        conn.send_close()
+    elif ending == "close_received":
+        conn.receive_data(incoming(Side.SERVER, Opcode.CLOSE, close_payload(1000)))
+    elif ending == "fail":
+        conn.fail(1011)
+    else:
+        conn.receive_eof()
+    assert not conn.takes_prepared
+    with pytest.raises(LocalProtocolError):
+        conn.send_prepared(prepare_frame("x"))

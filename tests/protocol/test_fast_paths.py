@@ -383,10 +383,10 @@ class TestSendFastPath:
         big = b"b" * LARGE_PAYLOAD_SIZE
         text = "t" * LARGE_PAYLOAD_SIZE
         conn.send_binary(big)
-        assert conn._out[-1] is big  # not copied
+        assert conn.pending_output[-1] is big  # not copied
         conn.send_text(text)
         conn.send_binary(bytearray(big))  # mutable: copied into one frame at once
-        assert len(conn._out) == 5
+        assert len(conn.pending_output) == 5
         expected = (
             serialize_frame(2, big) + serialize_frame(1, text.encode()) + serialize_frame(2, big)
         )

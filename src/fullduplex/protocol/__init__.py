@@ -30,6 +30,7 @@ from .frames import (
     FrameParser,
     Opcode,
     parse_close,
+    prepare_frame,
     serialize_close,
     serialize_frame,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "TextFragment",
     "TextMessage",
     "parse_close",
+    "prepare_frame",
     "serialize_close",
     "serialize_frame",
     *_exceptions_all,

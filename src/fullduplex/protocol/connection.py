@@ -42,6 +42,7 @@ from .events import (
 from .exceptions import InvalidUTF8, LocalProtocolError, PayloadTooBig, ProtocolError
 from .extensions import Extension
 from .frames import (
+    FIN,
     CloseCode,
     Frame,
     FrameParser,
@@ -96,8 +97,8 @@ _OPEN = State.OPEN
 #: ~545: glibc trimmed the heap after each message's frame copy).
 LARGE_PAYLOAD_SIZE = 64 * 1024
 
-_FIN_TEXT = 0x81
-_FIN_BINARY = 0x82
+_FIN_TEXT = FIN | _TEXT
+_FIN_BINARY = FIN | int(Opcode.BINARY)
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:
@@ -158,17 +159,15 @@ class Connection:
 
     __slots__ = (
         "_decoder",
-        "_events",
         "_fast_receive",
-        "_fast_send",
         "_is_client",
         "_msg_opcode",
         "_msg_parts",
         "_msg_size",
         "_one_limit",
-        "_out",
         "_parser",
         "_pings",
+        "_plain_frames",
         "_receiving",
         "_send_compress",
         "_send_opcode",
@@ -182,10 +181,13 @@ class Connection:
         "max_frame_size",
         "max_message_size",
         "message_handler",
+        "pending_events",
+        "pending_output",
         "sending_fragmented",
         "side",
         "state",
         "stream_messages",
+        "takes_prepared",
         "transport_should_close",
     )
 
@@ -244,8 +246,14 @@ class Connection:
         self._parser = FrameParser(
             require_mask=side is Side.SERVER, max_frame_size=limit, rsv_mask=rsv_mask
         )
-        self._events: list[Event] = []
-        self._out: list[bytes] = []
+        #: Events received and not taken yet by :meth:`events_received` (read-only: an I/O
+        #: layer may test it to skip the call when it is empty).
+        self.pending_events: list[Event] = []
+        #: Bytes queued for the transport, in order, not taken yet by :meth:`data_to_send`.
+        #: An I/O layer may take the pieces instead, replacing the list with a new empty one,
+        #: to write them with ``writelines`` (a large payload is a piece of its own: see
+        #: :data:`LARGE_PAYLOAD_SIZE`).
+        self.pending_output: list[bytes] = []
         self._pings: dict[bytes, None] = {}
         # Receiving: the open message's opcode (None between messages), its parts and size.
         self._msg_opcode: int | None = None
@@ -269,7 +277,17 @@ class Connection:
         # Fast paths for the commonest configuration (no extension, whole messages, no
         # fragmentation of sent messages): see receive_data and send_binary.
         self._fast_receive = not self.extensions and not stream_messages
-        self._fast_send = not self.extensions and fragment_size is None and not self._is_client
+        # Whether sent messages are plain unmasked frames (server, no extension, no
+        # fragment_size): what takes_prepared returns to when a fragmented send ends.
+        self._plain_frames = not self.extensions and fragment_size is None and not self._is_client
+        #: True while this connection can send a frame prepared once for many connections
+        #: (:func:`~fullduplex.protocol.frames.prepare_frame`, :meth:`send_prepared`): the
+        #: bytes every such connection sends for the same message. That is: open, the server
+        #: side (unmasked frames), no extension (no per-connection compression), no
+        #: ``fragment_size``, and no fragmented send in progress (RFC 6455 5.4). Read-only;
+        #: an attribute, not a property: broadcasters read it once per connection per message,
+        #: and the send fast path of :meth:`send_text` and :meth:`send_binary` is this test.
+        self.takes_prepared = self._plain_frames
 
     # -- receiving ----------------------------------------------------------------------------
 
@@ -342,21 +360,22 @@ class Connection:
         if self.state is not State.CLOSED:
             # RFC 6455 7.1.5: closed without a close frame: code 1006.
             self.state = State.CLOSED
+        self.takes_prepared = False
         self.transport_should_close = True
         self._msg_parts = None
 
     def events_received(self) -> list[Event]:
         """Return the events received since the last call, oldest first."""
-        events = self._events
-        self._events = []
+        events = self.pending_events
+        self.pending_events = []
         return events
 
     def data_to_send(self) -> bytes:
         """Return the bytes to write to the transport since the last call (maybe empty)."""
-        out = self._out
+        out = self.pending_output
         if not out:
             return b""
-        self._out = []
+        self.pending_output = []
         return out[0] if len(out) == 1 else b"".join(out)
 
     @property
@@ -394,7 +413,7 @@ class Connection:
             # frame (CLOSING) is no exemption; receive_data stops after the peer's close frame
             # or a failure, so every ping that gets here is answered.
             self._write(Opcode.PONG, frame.payload)
-            self._events.append(Ping(frame.payload))
+            self.pending_events.append(Ping(frame.payload))
         elif opcode == Opcode.PONG:
             self._handle_pong(frame.payload)
         else:
@@ -409,7 +428,7 @@ class Connection:
         acknowledged = tuple(outstanding[: outstanding.index(payload) + 1])
         for key in acknowledged:
             del self._pings[key]
-        self._events.append(Pong(payload, acknowledged))
+        self.pending_events.append(Pong(payload, acknowledged))
 
     def _handle_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
@@ -422,8 +441,9 @@ class Connection:
             # it received.)"
             self._send_close_frame(code, "")
         self.state = State.CLOSED
+        self.takes_prepared = False
         self._msg_parts = None
-        self._events.append(CloseReceived(code, reason))
+        self.pending_events.append(CloseReceived(code, reason))
         # RFC 6455 7.1.1: the server closes the TCP connection first; the client waits for it,
         # but not forever.
         if self._is_client:
@@ -492,11 +512,11 @@ class Connection:
             except UnicodeDecodeError:
                 raise InvalidUTF8() from None
             if handler is None:
-                self._events.append(TextMessage(text))
+                self.pending_events.append(TextMessage(text))
             else:
                 handler(text)
         elif handler is None:
-            self._events.append(BinaryMessage(payload))
+            self.pending_events.append(BinaryMessage(payload))
         else:
             handler(payload)
 
@@ -524,7 +544,7 @@ class Connection:
     def _receive_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         # stream_messages: each data frame is an event, text decoded as it arrives.
         if opcode != _TEXT:
-            self._events.append(BinaryFragment(payload, fin))
+            self.pending_events.append(BinaryFragment(payload, fin))
             return
         decoder = self._utf8_decoder()
         try:
@@ -535,7 +555,7 @@ class Connection:
             decoder.reset()
         else:
             _check_utf8_prefix(decoder)
-        self._events.append(TextFragment(text, fin))
+        self.pending_events.append(TextFragment(text, fin))
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -551,13 +571,13 @@ class Connection:
             LocalProtocolError: the connection is closing, or a fragmented send is open.
         """
         if isinstance(data, str):
-            if self._fast_send and self.state is _OPEN and self._send_opcode is None:
+            if self.takes_prepared:
                 # Fast path: see send_binary.
                 payload = data.encode()
                 if len(payload) < LARGE_PAYLOAD_SIZE:
-                    self._out.append(build_frame(_FIN_TEXT, payload))
+                    self.pending_output.append(build_frame(_FIN_TEXT, payload))
                 else:
-                    self._out += (frame_header(_FIN_TEXT, len(payload)), payload)
+                    self.pending_output += (frame_header(_FIN_TEXT, len(payload)), payload)
                 return
             self._send_message(Opcode.TEXT, data.encode(), compress)
         else:
@@ -575,20 +595,35 @@ class Connection:
             LocalProtocolError: the connection is closing, or a fragmented send is open.
         """
         if isinstance(data, (bytes, bytearray, memoryview)):
-            if self._fast_send and self.state is _OPEN and self._send_opcode is None:
+            if self.takes_prepared:
                 # Fast path (a server without extensions or fragment_size): one frame built in
                 # one call, no Frame object, no keyword arguments. With the receive fast path,
                 # listener echo of 32 B messages: 9.9 -> 7.8 us per message.
                 if len(data) < LARGE_PAYLOAD_SIZE or type(data) is not bytes:
-                    self._out.append(build_frame(_FIN_BINARY, data))
+                    self.pending_output.append(build_frame(_FIN_BINARY, data))
                 else:
                     # A large immutable payload is queued as is, after its own header: no
                     # copy here, and the asyncio layer writes both pieces with writelines.
-                    self._out += (frame_header(_FIN_BINARY, len(data)), data)
+                    self.pending_output += (frame_header(_FIN_BINARY, len(data)), data)
                 return
             self._send_message(Opcode.BINARY, bytes(data), compress)
         else:
             self._send_chunks(Opcode.BINARY, (bytes(chunk) for chunk in data), compress)
+
+    def send_prepared(self, frame: bytes) -> None:
+        """Send a frame prepared once for many connections by :func:`prepare_frame`.
+
+        Broadcasting frames a message once and hands the same bytes to every connection
+        whose :attr:`takes_prepared` is True; the others send the message with
+        :meth:`send_text` or :meth:`send_binary` (their own compression, masking or
+        fragmentation).
+
+        Raises:
+            LocalProtocolError: :attr:`takes_prepared` is False.
+        """
+        if not self.takes_prepared:
+            raise LocalProtocolError("this connection cannot send a prepared frame now")
+        self.pending_output.append(frame)
 
     def send_fragment(self, data: str | bytes, *, final: bool, compress: bool = True) -> None:
         """Send one frame of a message whose parts are produced over time.
@@ -607,6 +642,7 @@ class Connection:
             self._send_compress = compress
             self._send_opcode = opcode
             self.sending_fragmented = True
+            self.takes_prepared = False
             frame_opcode = int(opcode)
         elif self._send_opcode != opcode:
             raise LocalProtocolError("fragment type differs from the message being sent")
@@ -615,6 +651,7 @@ class Connection:
         if final:
             self._send_opcode = None
             self.sending_fragmented = False
+            self.takes_prepared = self._plain_frames
         self._send_data_frame(Frame(frame_opcode, payload, final), self._send_compress)
 
     def send_ping(self, payload: bytes = b"") -> None:
@@ -648,6 +685,7 @@ class Connection:
             raise LocalProtocolError("close frame already sent or connection closed")
         self._send_close_frame(code, reason)
         self.state = State.CLOSING
+        self.takes_prepared = False
         self.close_timer_wanted = True
 
     def fail(self, code: int, reason: str = "", exc: ProtocolError | None = None) -> None:
@@ -671,6 +709,7 @@ class Connection:
         if self.close_sent is None and code != CloseCode.ABNORMAL_CLOSURE:
             self._send_close_frame(code, reason)
         self.state = State.CLOSED
+        self.takes_prepared = False
         self.transport_should_close = True
         self._msg_parts = None
 
@@ -744,7 +783,7 @@ class Connection:
         self._write_frame(frame)
 
     def _write_frame(self, frame: Frame) -> None:
-        self._out.append(
+        self.pending_output.append(
             serialize_frame(
                 frame.opcode,
                 frame.payload,
@@ -757,7 +796,7 @@ class Connection:
         )
 
     def _write(self, opcode: int, payload: bytes) -> None:
-        self._out.append(serialize_frame(opcode, payload, mask=self._is_client))
+        self.pending_output.append(serialize_frame(opcode, payload, mask=self._is_client))
 
 
 def _check_utf8_prefix(decoder: codecs.IncrementalDecoder) -> None:

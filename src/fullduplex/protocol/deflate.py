@@ -78,7 +78,7 @@ from .extensions import (
     ExtensionParameter,
     ServerExtensionFactory,
 )
-from .frames import Frame, Opcode
+from .frames import RSV1, Frame, Opcode
 
 __all__ = [
     "DEFAULT_CLIENT_MAX_WINDOW_BITS",
@@ -105,7 +105,6 @@ DEFAULT_SERVER_MAX_WINDOW_BITS = 12
 DEFAULT_CLIENT_MAX_WINDOW_BITS = 12
 
 _NAME = "permessage-deflate"
-_RSV1 = 0x40
 # RFC 7692 7.2.1 step 3 / 7.2.2 step 1: the tail of an empty stored block after a sync flush.
 _EMPTY_BLOCK_TAIL = b"\x00\x00\xff\xff"
 # zlib >= 1.2.9 refuses raw deflate with windowBits=8 (see the module docstring).
@@ -163,7 +162,7 @@ class PerMessageDeflate(Extension):
     """
 
     name = _NAME
-    rsv_mask = _RSV1
+    rsv_mask = RSV1
 
     def __init__(
         self,
@@ -440,7 +439,7 @@ def _build_params(params: _Params) -> list[ExtensionParameter]:
 def _check_rsv1_free(accepted: Sequence[Extension]) -> None:
     # RFC 7692 6: PMCEs use RSV1; two extensions cannot both claim it, and this also rejects
     # a second permessage-deflate.
-    if any(ext.rsv_mask & _RSV1 for ext in accepted):
+    if any(ext.rsv_mask & RSV1 for ext in accepted):
         raise NegotiationError(f"{_NAME} needs RSV1, already used by an accepted extension")
 
 

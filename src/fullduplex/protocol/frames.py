@@ -20,6 +20,16 @@ from .mask import apply_mask, load_speedups
 __all__ = [
     "CONTROL_OPCODES",
     "DATA_OPCODES",
+    "FIN",
+    "LENGTH_16",
+    "LENGTH_64",
+    "LENGTH_MASK",
+    "MASK_BIT",
+    "OPCODE_MASK",
+    "RSV1",
+    "RSV2",
+    "RSV3",
+    "RSV_BITS",
     "CloseCode",
     "Frame",
     "FrameParser",
@@ -32,6 +42,7 @@ __all__ = [
     "frame_header",
     "is_valid_close_code",
     "parse_close",
+    "prepare_frame",
     "read_message",
     "read_message_python",
     "read_simple_frame",
@@ -39,6 +50,30 @@ __all__ = [
     "serialize_close",
     "serialize_frame",
 ]
+
+
+# The header bits (RFC 6455 5.2), named once. First byte: FIN, RSV1-3, the opcode.
+#: FIN: the final fragment of a message.
+FIN = 0x80
+#: RSV1 (permessage-deflate's "Per-Message Compressed" bit, RFC 7692 6).
+RSV1 = 0x40
+#: RSV2.
+RSV2 = 0x20
+#: RSV3.
+RSV3 = 0x10
+#: The three RSV bits.
+RSV_BITS = RSV1 | RSV2 | RSV3
+#: The opcode's four bits.
+OPCODE_MASK = 0x0F
+# Second byte: MASK and the 7-bit payload length, or one of the two extended-length markers.
+#: MASK: a masking key follows the length.
+MASK_BIT = 0x80
+#: The 7-bit payload length.
+LENGTH_MASK = 0x7F
+#: 7-bit length value announcing a 16-bit length.
+LENGTH_16 = 126
+#: 7-bit length value announcing a 64-bit length.
+LENGTH_64 = 127
 
 
 class Opcode(enum.IntEnum):
@@ -110,6 +145,10 @@ class Frame:
     rsv3: bool = False
 
 
+# First bytes of whole unfragmented data frames without RSV bits.
+_FIN_TEXT = FIN | 0x1
+_FIN_BINARY = FIN | 0x2
+
 _pack_h = struct.Struct("!BBH").pack
 _pack_q = struct.Struct("!BBQ").pack
 _unpack_h = struct.Struct("!H").unpack_from
@@ -168,16 +207,16 @@ def serialize_frame(
     Returns:
         The frame as bytes.
     """
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | (0x20 if rsv2 else 0)
-    b0 |= (0x10 if rsv3 else 0) | opcode
+    b0 = (FIN if fin else 0) | (RSV1 if rsv1 else 0) | (RSV2 if rsv2 else 0)
+    b0 |= (RSV3 if rsv3 else 0) | opcode
     n = len(payload)
-    bit = 0x80 if mask else 0
-    if n < 126:
+    bit = MASK_BIT if mask else 0
+    if n < LENGTH_16:
         head = bytes((b0, bit | n))
     elif n < 65536:
-        head = _pack_h(b0, bit | 126, n)
+        head = _pack_h(b0, bit | LENGTH_16, n)
     else:
-        head = _pack_q(b0, bit | 127, n)
+        head = _pack_q(b0, bit | LENGTH_64, n)
     if not mask:
         return head + payload
     if mask_key is None:
@@ -206,16 +245,16 @@ def read_simple_frame_python(
         return None
     b0 = buf[pos]
     b1 = buf[pos + 1]
-    if (b0 != 0x81 and b0 != 0x82) or (b1 > 127) is not require_mask:
+    if (b0 != _FIN_TEXT and b0 != _FIN_BINARY) or (b1 > LENGTH_MASK) is not require_mask:
         return None
-    length = b1 & 0x7F
+    length = b1 & LENGTH_MASK
     head = 2
-    if length == 126:
+    if length == LENGTH_16:
         if len(buf) - pos < 4:
             return None
         (length,) = _unpack_h(buf, pos + 2)
         head = 4
-    elif length == 127:
+    elif length == LENGTH_64:
         if len(buf) - pos < 10:
             return None
         (length,) = _unpack_q(buf, pos + 2)
@@ -230,8 +269,8 @@ def read_simple_frame_python(
         return None
     if require_mask:
         data = buf[start:end] if length < 4096 else memoryview(buf)[start:end]
-        return b0 & 0x0F, apply_mask(data, buf[start - 4 : start]), end
-    return b0 & 0x0F, bytes(buf[start:end]), end
+        return b0 & OPCODE_MASK, apply_mask(data, buf[start - 4 : start]), end
+    return b0 & OPCODE_MASK, bytes(buf[start:end]), end
 
 
 def read_message_python(data: bytes, require_mask: bool, max_size: int) -> str | bytes | None:
@@ -262,11 +301,11 @@ def frame_header(first_byte: int, length: int) -> bytes:
     ``first_byte`` holds FIN, the RSV bits and the opcode; the length is in its minimal
     encoding (RFC 6455 5.2). The payload goes after it.
     """
-    if length < 126:
+    if length < LENGTH_16:
         return bytes((first_byte, length))
     if length < 65536:
-        return _pack_h(first_byte, 126, length)
-    return _pack_q(first_byte, 127, length)
+        return _pack_h(first_byte, LENGTH_16, length)
+    return _pack_q(first_byte, LENGTH_64, length)
 
 
 def build_frame_python(first_byte: int, payload: bytes | bytearray | memoryview) -> bytes:
@@ -352,6 +391,19 @@ build_frame: Callable[[int, bytes | bytearray | memoryview], bytes] = (
 )
 
 
+def prepare_frame(message: str | bytes) -> bytes:
+    """The frame a plain server connection sends for ``message``, to be sent to many.
+
+    One unmasked frame with FIN: TEXT with the UTF-8 of a ``str``, BINARY for bytes. Every
+    connection whose :attr:`~fullduplex.protocol.Connection.takes_prepared` is True sends these
+    exact bytes for this message (RFC 6455 5.1: servers do not mask), so a broadcaster builds it
+    once and hands it to each with :meth:`~fullduplex.protocol.Connection.send_prepared`.
+    """
+    if isinstance(message, str):
+        return build_frame(_FIN_TEXT, message.encode())
+    return build_frame(_FIN_BINARY, message)
+
+
 def parse_close(payload: bytes) -> tuple[int, str]:
     """Parse the payload of a close frame (RFC 6455 5.5.1).
 
@@ -413,10 +465,10 @@ _ASSEMBLING = sys.maxsize
 
 
 def _frame(b0: int, payload: bytes) -> Frame:
-    if not b0 & 0x70:
-        return Frame(b0 & 0x0F, payload, b0 > 127)
+    if not b0 & RSV_BITS:
+        return Frame(b0 & OPCODE_MASK, payload, b0 >= FIN)
     return Frame(
-        b0 & 0x0F, payload, bool(b0 & 0x80), bool(b0 & 0x40), bool(b0 & 0x20), bool(b0 & 0x10)
+        b0 & OPCODE_MASK, payload, bool(b0 & FIN), bool(b0 & RSV1), bool(b0 & RSV2), bool(b0 & RSV3)
     )
 
 
@@ -428,8 +480,8 @@ class FrameParser:
             (server frames must not be masked). RFC 6455 5.1: a violation fails with 1002.
         max_frame_size: largest payload accepted in one frame, None for no limit; checked as
             soon as the header arrives, before the payload is buffered (1009).
-        rsv_mask: RSV bits (0x40 RSV1, 0x20 RSV2, 0x10 RSV3) claimed by negotiated extensions;
-            any other RSV bit fails with 1002 (RFC 6455 5.2).
+        rsv_mask: RSV bits (:data:`RSV1`, :data:`RSV2`, :data:`RSV3`) claimed by negotiated
+            extensions; any other RSV bit fails with 1002 (RFC 6455 5.2).
     """
 
     __slots__ = (
@@ -549,17 +601,17 @@ class FrameParser:
             return None
         b0 = buf[pos]
         b1 = buf[pos + 1]
-        opcode = b0 & 0x0F
-        length = b1 & 0x7F
-        masked = b1 & 0x80
+        opcode = b0 & OPCODE_MASK
+        length = b1 & LENGTH_MASK
+        masked = b1 & MASK_BIT
         head = 2
-        if length == 126:
+        if length == LENGTH_16:
             head = 4
             if avail < 4:
                 self._wait(4)
                 return None
             (length,) = _unpack_h(buf, pos + 2)
-        elif length == 127:
+        elif length == LENGTH_64:
             head = 10
             if avail < 10:
                 self._wait(10)
@@ -573,7 +625,7 @@ class FrameParser:
         # 1.82M frames/s, bench/frames_bench.py).
         if (
             opcode > 2
-            or b0 & 0x70
+            or b0 & RSV_BITS
             or (masked != 0) is not self.require_mask
             or (limit is not None and length > limit)
         ):
@@ -646,7 +698,7 @@ class FrameParser:
     def _check_header(self, b0: int, opcode: int, length: int, masked: int) -> None:
         if opcode not in _KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode:#x}")
-        if b0 & 0x70 & ~self.rsv_mask:
+        if b0 & RSV_BITS & ~self.rsv_mask:
             raise ProtocolError("reserved bit set without a negotiated extension")
         if bool(masked) != self.require_mask:
             if masked:
@@ -657,7 +709,7 @@ class FrameParser:
             # less and MUST NOT be fragmented."
             if length > 125:
                 raise ProtocolError("control frame payload longer than 125 bytes")
-            if not b0 & 0x80:
+            if not b0 & FIN:
                 raise ProtocolError("fragmented control frame")
         elif self.max_frame_size is not None and length > self.max_frame_size:
             raise PayloadTooBig(f"frame of {length} bytes exceeds limit of {self.max_frame_size}")

@@ -1,9 +1,10 @@
 """Broadcast to WebSockets: frame each message once, write it straight to every transport.
 
 A topic with N WebSocket subscribers costs, per message, one JSON serialization, one frame
-serialization (server frames are unmasked, RFC 6455 5.1, so the same bytes suit every
-uncompressed connection) and one loop over the N connections calling ``transport.write``: no
-task, no queue and no hub subscription per subscriber while it keeps up.
+serialization (:func:`~fullduplex.protocol.prepare_frame`: server frames are unmasked, RFC
+6455 5.1, so the same bytes suit every uncompressed connection) and one loop over the N
+connections offering it to each (:meth:`WebSocket.send_prepared`, which writes it to the
+transport): no task, no queue and no hub subscription per subscriber while it keeps up.
 
 :class:`Fanout` holds, per topic, one callback-mode hub subscription and the connections
 subscribed to it (:class:`_TopicFanout`). A connection that subscribes from now joins the
@@ -11,17 +12,17 @@ topic's loop at once; one that asks for history (``since``) first gets a hub sub
 own, which replays history and closes once its cursor meets the loop's: from there on, the
 loop's next message is the connection's next message, so nothing is lost or sent twice.
 
-A connection that negotiated permessage-deflate gets its frame from its own core
-(``ws.core.send_text``), which compresses with that connection's context (RFC 7692 keeps one
-per connection with context takeover); the JSON text is still built once.
+A connection that negotiated permessage-deflate does not take the prepared frame; it gets the
+message through ``ws.send_nowait``, which compresses with that connection's context (RFC 7692
+keeps one per connection with context takeover); the JSON text is still built once.
 
 Flow control and the slow-consumer policy
 -----------------------------------------
 
-A frame is written only when the connection is OPEN (``ws.core.state``), no fragmented message
-is being sent on it, and its transport's write buffer is at or below its high-water mark
-(the server's ``write_limit``). Otherwise the message waits in the topic's
-:class:`~fullduplex.transports.backlog.Backlog` (at most ``queue_size`` messages, under the
+A frame is written only when the connection is OPEN, no fragmented message is being sent on it,
+and its transport has not paused writing (its buffer went over the server's ``write_limit`` and
+has not drained to a quarter of it since: ``ws.writable``). Otherwise the message waits in the
+topic's :class:`~fullduplex.transports.backlog.Backlog` (at most ``queue_size`` messages, under the
 topic's :class:`~fullduplex.hub.Policy`: drop-oldest with a gap, conflate, or disconnect), and
 while a backlog is not empty, one task per such connection awaits ``ws.wait_drain()`` (the
 transport's ``resume_writing``) and writes the backlog: an idle or keeping-up connection has no
@@ -38,10 +39,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from ..asyncio.connection import DEFAULT_WRITE_LIMIT, WebSocket
+from ..asyncio.connection import WebSocket
 from ..hub import CLOSED, Gap, Hub, Message, Subscription, TopicConfig
-from ..protocol import CloseCode, Connection, ConnectionClosed, State
-from ..protocol.frames import Opcode, serialize_frame
+from ..protocol import CloseCode, ConnectionClosed, State, prepare_frame
 from .backlog import Backlog
 from .common import EnvelopeCache, dumps, gap_envelope, same_message
 
@@ -77,7 +77,7 @@ class FrameCache:
         entry = self._last.get(message.topic)
         if entry is not None and same_message(entry[0], message):
             return text, entry[1]
-        frame = serialize_frame(Opcode.TEXT, text.encode())
+        frame = prepare_frame(text)
         self.framed += 1
         last = self._last
         last.pop(message.topic, None)
@@ -99,7 +99,7 @@ class WebSocketSink:
         on_slow: called once when the connection is closed as a slow consumer.
     """
 
-    __slots__ = ("_flusher", "_limit", "_on_slow", "dropped", "frames", "slow", "topics", "ws")
+    __slots__ = ("_flusher", "_on_slow", "dropped", "frames", "slow", "topics", "ws")
 
     def __init__(
         self,
@@ -122,10 +122,6 @@ class WebSocketSink:
         # The task writing backlogs as the write buffer drains; None while every backlog is
         # empty (an idle connection has no task: ~5 KiB per idle connection is the budget).
         self._flusher: asyncio.Task[None] | None = None
-        try:
-            self._limit = ws.transport.get_write_buffer_limits()[1]
-        except (AttributeError, NotImplementedError):  # pragma: no cover - exotic transports
-            self._limit = DEFAULT_WRITE_LIMIT
 
     def add(self, topic: str, config: TopicConfig, since: int | None) -> Backlog:
         """Start tracking ``topic`` (before subscribing it on the hub)."""
@@ -155,17 +151,11 @@ class WebSocketSink:
     def writable(self) -> bool:
         """Whether a frame may be written now (open, no fragmented send, buffer under limit)."""
         ws = self.ws
-        core = ws.core
-        return (
-            core.state is _OPEN
-            and not core.sending_fragmented
-            and ws.transport.get_write_buffer_size() <= self._limit
-            and not ws.transport.is_closing()
-        )
+        return ws.writable and ws.state is _OPEN and not ws.core.sending_fragmented
 
     def deliver(self, backlog: Backlog, item: Message | Gap) -> None:
         """Write ``item`` now, or keep it in the topic's backlog under its policy."""
-        if self.slow or self.ws.core.state is not _OPEN:
+        if self.slow or self.ws.state is not _OPEN:
             return
         if not backlog and self.writable():
             backlog.skip(item)
@@ -186,20 +176,13 @@ class WebSocketSink:
 
     def _write_text(self, text: str, frame: bytes | None) -> None:
         ws = self.ws
-        core = ws.core
-        if core.extensions or frame is None:
+        if frame is None or not ws.send_prepared(frame, len(text)):
             # Negotiated permessage-deflate: this connection's own compression context.
-            core.send_text(text)
-            data = core.data_to_send()
-        else:
-            data = frame
-        ws.transport.write(data)
-        ws.messages_sent += 1
-        ws.bytes_sent += len(text)
+            ws.send_nowait(text)
 
     def _write_backlogs(self) -> bool:
         """Write what the connection takes now; True if something still waits."""
-        if self.slow or self.ws.core.state is not _OPEN:
+        if self.slow or self.ws.state is not _OPEN:
             return False
         waiting = False
         for backlog in list(self.topics.values()):
@@ -249,11 +232,9 @@ class WebSocketSink:
             self._on_slow(self)
 
 
-# What the fan-out loop keeps of a subscribed connection: the sink and the topic's backlog,
-# and the objects the fast path reads, unpacked from one tuple instead of read through
-# sink.ws.core / sink.ws.transport / sink._limit: 3,650 -> 3,410 user-space instructions per
-# delivery (callgrind, the in-process loop below: 1,000 connections on Python null transports).
-_Member = tuple[WebSocketSink, Backlog, WebSocket, Connection, asyncio.Transport, int]
+# What the fan-out loop keeps of a subscribed connection: the sink, the topic's backlog and
+# the connection, unpacked from one tuple instead of read through sink.ws.
+_Member = tuple[WebSocketSink, Backlog, WebSocket]
 
 
 class Fanout:
@@ -371,8 +352,7 @@ class _TopicFanout:
             self.subscription.close()
 
     def _join(self, sink: WebSocketSink, backlog: Backlog) -> None:
-        ws = sink.ws
-        self.members[backlog] = (sink, backlog, ws, ws.core, ws.transport, sink._limit)
+        self.members[backlog] = (sink, backlog, sink.ws)
         self._snapshot = None
 
     def _replay(self, sink: WebSocketSink, backlog: Backlog) -> Callable[[Message | Gap], None]:
@@ -424,23 +404,13 @@ class _TopicFanout:
             # Subscribed, a connection also costs 655 B per topic instead of 1,192 (tracemalloc):
             # no Subscription and no closure of its own.
             for member in members:
-                sink, backlog, ws, core, transport, limit = member
+                sink, backlog, ws = member
                 try:
-                    if (
-                        backlog.pending
-                        or core.state is not _OPEN
-                        or core.sending_fragmented
-                        or core.extensions
-                        or transport.get_write_buffer_size() > limit
-                        or transport.is_closing()
-                    ):
+                    if backlog.pending or not ws.send_prepared(frame, size):
                         # Behind, closing, compressed or busy: the connection's own path.
                         sink.deliver(backlog, item)
                         continue
-                    transport.write(frame)
                     backlog.sent = seq
-                    ws.messages_sent += 1
-                    ws.bytes_sent += size
                 except Exception:
                     self._failed(member)
         else:
