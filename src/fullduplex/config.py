@@ -164,7 +164,9 @@ class Config:
         DEFAULT_MAX_MESSAGE_SIZE, "received message limit in bytes (1009 above it)"
     )
     max_frame_size: int | None = _setting(
-        DEFAULT_MAX_FRAME_SIZE, "received frame limit in bytes (1009 above it)"
+        DEFAULT_MAX_FRAME_SIZE,
+        "received frame limit in bytes (1009 above it); None: frames are bounded by the "
+        "message limit",
     )
     max_queue: int = _setting(
         DEFAULT_MAX_QUEUE, "received messages buffered per connection before reading pauses"

@@ -6,6 +6,8 @@ Its client against our server, and our client against its server, on asyncio and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
 from http import HTTPStatus
 
 import pytest
@@ -306,6 +308,62 @@ async def test_our_client_refused_with_a_large_body_gets_invalid_status() -> Non
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_raising_the_message_limit_raises_the_frame_limit() -> None:
+    # Issue 11: max_size (the client) or max_message_size (a route) at 32 MiB must accept a 4
+    # MiB message sent as one frame, without a frame limit of its own; a frame limit set
+    # separately still applies (1009 from the frame header).
+    big = bytes(range(256)) * (4 * 2**20 // 256)
+
+    async def send_big(ws: wsserver.ServerConnection) -> None:
+        with contextlib.suppress(WSClosed):
+            await ws.send(big)  # websockets sends one frame
+        await ws.wait_closed()
+
+    server = await wsserver.serve(send_big, "127.0.0.1", 0, compression=None, max_size=None)
+    try:
+        async with fullduplex.connect(their_url(server), max_size=32 * 2**20) as ws:
+            assert await asyncio.wait_for(ws.recv(), 10) == big
+        ws = await fullduplex.connect(
+            their_url(server), max_message_size=32 * 2**20, max_frame_size=2**20
+        )
+        with pytest.raises(fullduplex.ConnectionClosedError) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.code == 1009
+    finally:
+        server.close()
+        await server.wait_closed()
+
+    app = fullduplex.App()
+
+    async def echo_size(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(str(len(message)))
+
+    app.websocket("/raised", max_message_size=32 * 2**20)(echo_size)
+    app.websocket("/framed", max_message_size=32 * 2**20, max_frame_size=2**20)(echo_size)
+    ours = await start(app)
+    try:
+        async with wsclient.connect(url(ours, "/raised"), compression=None, max_size=None) as c:
+            await c.send(big)
+            assert await asyncio.wait_for(c.recv(), 10) == str(len(big))
+        # The separate frame limit trips from the header alone: send just that.
+        reader, writer = await asyncio.open_connection("127.0.0.1", ours.port)
+        writer.write(
+            b"GET /framed HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+            + struct.pack("!BBQ", 0x82, 0xFF, len(big))
+            + b"\x00\x00\x00\x00"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        close = await asyncio.wait_for(reader.readexactly(4), 5)
+        assert close[0] == 0x88 and struct.unpack("!H", close[2:])[0] == 1009
+        writer.close()
+    finally:
+        await ours.shutdown()
 
 
 async def test_our_client_gets_1011_when_their_handler_fails() -> None:

@@ -161,7 +161,8 @@ class connect:
         ping_interval: seconds between keepalive pings, None to disable.
         ping_timeout: seconds to wait for the keepalive pong before closing with 1011.
         max_message_size: received message limit (1009 above it), None for no limit.
-        max_frame_size: received frame limit (1009 above it), None for no limit.
+        max_frame_size: received frame limit (1009 above it); None (the default): frames are
+            bounded by max_message_size only.
         max_queue: received messages buffered before reading pauses.
         write_limit: write buffer size above which ``send`` waits.
         max_size: the former name of ``max_message_size`` (websockets' name), still accepted.

@@ -219,7 +219,7 @@ class WebSocketRoute:
         origins: the Origin allow-list, None for the safe default (same host or no Origin).
         compression: whether permessage-deflate is accepted.
         max_message_size: message size limit (1009 above it), None for no limit.
-        max_frame_size: frame size limit (1009 above it), None for no limit.
+        max_frame_size: frame size limit (1009 above it); None: bounded by the message limit.
         require_subprotocol: refuse (400) clients that offer none of ``subprotocols``.
         auth: the route's authenticator, :data:`APP_AUTH` for the application's, None for
             none (see :mod:`fullduplex.auth`).

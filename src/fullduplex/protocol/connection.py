@@ -63,8 +63,12 @@ __all__ = [
     "State",
 ]
 
-#: Default limit on the payload of one received frame. Like websockets' max_size (1 MiB).
-DEFAULT_MAX_FRAME_SIZE = 2**20
+#: Default limit on the payload of one received frame: None, no limit of its own. A frame is
+#: part of a message, so the message limit bounds every frame (checked from its header, before
+#: the payload is buffered): raising ``max_message_size`` raises the frame limit with it, as
+#: websockets' ``max_size`` and wsproto's ``max_message_size`` do. A frame limit set
+#: separately (lower than the message limit) still applies.
+DEFAULT_MAX_FRAME_SIZE: int | None = None
 #: Default limit on a received message, after decompression: 1 MiB, as websockets and
 #: aiohttp (4 MiB) cap messages; Node's ws allows 100 MiB, which is too generous for a server.
 DEFAULT_MAX_MESSAGE_SIZE = 2**20
@@ -146,8 +150,9 @@ class Connection:
     Args:
         side: :attr:`Side.SERVER` or :attr:`Side.CLIENT`; decides masking and who closes TCP.
         extensions: extensions negotiated in the handshake, in negotiation order.
-        max_frame_size: largest received frame payload (on the wire), None for no limit.
-            Larger frames fail the connection with 1009 before their payload is buffered.
+        max_frame_size: largest received frame payload (on the wire), None for no limit of
+            its own (the default: frames are bounded by ``max_message_size``). Larger frames
+            fail the connection with 1009 before their payload is buffered.
         max_message_size: largest received message after decompression, None for no limit.
             Larger messages fail the connection with 1009; in streaming mode this still
             bounds each message.
