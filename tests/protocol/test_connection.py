@@ -1067,3 +1067,16 @@ def test_takes_prepared_follows_fragmented_sends_and_closing(ending: str):
     assert not conn.takes_prepared
     with pytest.raises(LocalProtocolError):
         conn.send_prepared(prepare_frame("x"))
+
+
+@pytest.mark.parametrize("side", SIDES)
+def test_bytes_after_eof_are_not_parsed(side: Side):
+    # RFC 6455 7.1.5, 7.1.7: the connection is closed (1006); nothing more is processed.
+    conn = Connection(side)
+    conn.receive_eof()
+    conn.receive_data(incoming(side, Opcode.PING, b"late") + incoming(side, Opcode.TEXT, b"x"))
+    conn.receive_data(incoming(side, Opcode.CLOSE, close_payload(1000)))
+    assert conn.data_to_send() == b""  # no pong, no close
+    assert conn.events_received() == []
+    assert conn.close_code == 1006
+    assert conn.state is State.CLOSED

@@ -590,3 +590,45 @@ class TestLargeFrames:
         assert received == []
         conn.receive_data(frame[40_007:] + masked(1, b"then"))
         assert received == [apply_mask(wire, KEY), "then"]
+
+
+# -- gaps found by mutation testing (issue 15) ----------------------------------------------
+
+
+def test_whole_message_path_waits_for_a_buffered_partial_frame() -> None:
+    # A header announcing 6 bytes, then 6 bytes that happen to form a whole frame on their
+    # own: they are the first frame's payload, not a message of their own.
+    for side, inner in [
+        (Side.CLIENT, serialize_frame(2, b"abcd")),
+        (Side.SERVER, serialize_frame(2, b"", mask=True, mask_key=b"\0\0\0\0")),
+    ]:
+        received: list[str | bytes] = []
+        conn = Connection(side)
+        conn.message_handler = received.append
+        key = b"\0\0\0\0" if side is Side.SERVER else b""
+        conn.receive_data(bytes([0x82, len(inner) | (0x80 if key else 0)]) + key)
+        conn.receive_data(inner)
+        assert received == [inner]
+        assert conn.failure is None
+
+
+NON_MINIMAL = [
+    b"\x82\x7e\x00\x05" + b"hello",  # 16-bit length for 5 bytes
+    b"\x81\x7f" + struct.pack("!Q", 5) + b"hello",  # 64-bit length for 5 bytes
+    b"\x82\x7f" + struct.pack("!Q", 200) + b"y" * 200,  # 64-bit length for 200 bytes
+]
+
+
+@pytest.mark.parametrize("data", NON_MINIMAL)
+def test_c_and_python_agree_on_non_minimal_lengths(data: bytes) -> None:
+    # RFC 6455 5.2 asks senders for the minimal encoding; both implementations read the
+    # others the same way, with the frame ending exactly at the end of the buffer and not.
+    read_c, message_c = _load_c("read_simple_frame"), _load_c("read_message")
+    if read_c is None or message_c is None:  # pragma: no cover
+        pytest.skip("C accelerator not built")
+    for buf in (data, data[:-1], data + b"\x82"):
+        for limit in (-1, 4, 5, 200):
+            assert read_c(buf, 0, False, limit) == read_simple_frame_python(buf, 0, False, limit)
+            assert message_c(buf, False, limit) == read_message_python(buf, False, limit)
+    expected = data[-5:] if len(data) < 100 else data[-200:]
+    assert read_simple_frame_python(data, 0, False, -1) == (data[0] & 0x0F, expected, len(data))

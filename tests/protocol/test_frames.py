@@ -367,3 +367,37 @@ def test_close_code_enum_values_follow_the_registry():
     assert [c for c in CloseCode if is_valid_close_code(c)] == [
         c for c in CloseCode if c not in (1005, 1006, 1015)
     ]
+
+
+# -- gaps found by mutation testing (issue 15) ----------------------------------------------
+
+
+@pytest.mark.parametrize("opcode", [Opcode.TEXT, Opcode.BINARY, Opcode.CONT])
+@pytest.mark.parametrize("bit", [0x20, 0x10])
+def test_rsv2_or_rsv3_alone_is_not_read_as_rsv1(opcode: int, bit: int):
+    # Claimed by extensions, each bit comes out as itself, on text frames too.
+    parser = FrameParser(require_mask=False, rsv_mask=0x70)
+    parser.feed(bytes([0x80 | bit | opcode, 0]))
+    frame = parser.next_frame()
+    assert frame is not None
+    assert (frame.rsv1, frame.rsv2, frame.rsv3) == (False, bit == 0x20, bit == 0x10)
+    # Claimed only RSV1 (permessage-deflate): RSV2 or RSV3 fails with 1002.
+    assert parse_error(bytes([0x80 | bit | opcode, 0]), require_mask=False, rsv_mask=0x40).code == (
+        1002
+    )
+
+
+def test_64_bit_length_of_2_to_the_62_is_legal_and_too_big():
+    # RFC 6455 5.2: only the most significant bit of a 64-bit length must be 0; 2**62 is a
+    # legal length, refused by the size limit (1009), not as a framing error (1002).
+    header = b"\x82\x7f" + struct.pack("!Q", 2**62)
+    exc = parse_error(header, require_mask=False, max_frame_size=2**20)
+    assert (exc.code, type(exc)) == (1009, PayloadTooBig)
+    assert parse_error(b"\x82\x7f" + struct.pack("!Q", 2**63), require_mask=False).code == 1002
+
+
+def test_masked_frame_from_the_server_has_its_own_message():
+    exc = parse_error(b"\x82\x81abcdx", require_mask=False)
+    assert (exc.code, str(exc)) == (1002, "masked frame from the server")
+    exc = parse_error(b"\x82\x01x", require_mask=True)
+    assert (exc.code, str(exc)) == (1002, "unmasked frame from the client")
