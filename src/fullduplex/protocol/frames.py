@@ -472,6 +472,18 @@ def _frame(b0: int, payload: bytes) -> Frame:
     )
 
 
+class _LargeFrame:
+    """A large frame whose payload is being assembled (see :data:`ASSEMBLE_MIN_SIZE`)."""
+
+    __slots__ = ("first_byte", "head", "payload", "size")
+
+    def __init__(self, first_byte: int, payload: PayloadBufferPython, head: int, size: int) -> None:
+        self.first_byte = first_byte  # FIN, RSV bits, opcode
+        self.payload = payload  # filled as the bytes arrive, unmasked
+        self.head = head  # header size, masking key included
+        self.size = size  # payload size
+
+
 class FrameParser:
     """Incremental frame parser.
 
@@ -512,11 +524,10 @@ class FrameParser:
         # Bytes that must be buffered before the next frame can complete; lets a large frame
         # arriving in many chunks be appended without reparsing its header each time.
         self._need = 2
-        # A large frame whose payload is being assembled: (first byte, its PayloadBuffer, header
-        # size, payload size). While it is, _buf holds what follows the frame (nothing until
-        # the payload is complete) and _need is _ASSEMBLING, so that next_simple never reads
-        # past it.
-        self._assembly: tuple[int, PayloadBufferPython, int, int] | None = None
+        # A large frame whose payload is being assembled. While it is, _buf holds what follows
+        # the frame (nothing until the payload is complete) and _need is _ASSEMBLING, so that
+        # next_simple never reads past it.
+        self._assembly: _LargeFrame | None = None
 
     @property
     def buffered(self) -> int:
@@ -524,8 +535,7 @@ class FrameParser:
         buffered = len(self._buf) - self._pos
         assembly = self._assembly
         if assembly is not None:
-            _, payload, head, size = assembly
-            buffered += head + size - payload.missing
+            buffered += assembly.head + assembly.size - assembly.payload.missing
         return buffered
 
     @property
@@ -536,9 +546,9 @@ class FrameParser:
     def feed(self, data: bytes) -> None:
         """Add received bytes (copied first if they are a mutable buffer)."""
         assembly = self._assembly
-        if assembly is not None and assembly[1].missing:
+        if assembly is not None and assembly.payload.missing:
             # A large frame's payload goes straight into its buffer, unmasked on the way.
-            used = assembly[1].write(data, 0)
+            used = assembly.payload.write(data, 0)
             if used == len(data):
                 return
             data = data[used:]  # the frames after it
@@ -588,11 +598,11 @@ class FrameParser:
         """
         assembly = self._assembly
         if assembly is not None:
-            if assembly[1].missing:
+            if assembly.payload.missing:
                 return None
             self._assembly = None
             self._need = 2
-            return _frame(assembly[0], assembly[1].take())
+            return _frame(assembly.first_byte, assembly.payload.take())
         buf = self._buf
         pos = self._pos
         avail = len(buf) - pos
@@ -670,7 +680,7 @@ class FrameParser:
         key = bytes(buf[start - 4 : start]) if masked else None
         payload = PayloadBuffer(length, key)
         payload.write(buf, start)
-        self._assembly = (b0, payload, head, length)
+        self._assembly = _LargeFrame(b0, payload, head, length)
         self._buf = b""
         self._pos = 0
         self._need = _ASSEMBLING
