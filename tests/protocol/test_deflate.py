@@ -461,6 +461,10 @@ def test_eight_bit_remote_window_decodes_with_nine() -> None:
     assert decode(ext, Frame(BINARY, payload[:-4], rsv1=True)) == data
     # And the 7.2.3 vectors, which fit an 8-bit window.
     assert decode(ext, Frame(TEXT, HELLO, rsv1=True)) == b"Hello"
+    # The decompressor kept between messages is the 9-bit one (a gap found by mutating
+    # deflate.py: zlib here reads 8 as 9 anyway, so only the memory estimate shows it).
+    no_compressor = pmd(remote_max_window_bits=8, local_no_context_takeover=True)
+    assert no_compressor.memory_estimate() == (1 << 9) + 7360
 
 
 def test_zlib_rejects_raw_eight_bit_compression() -> None:
