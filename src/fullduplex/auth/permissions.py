@@ -9,7 +9,8 @@ or a server without authentication; a claim that is not a string or an int never
 
 :class:`PatternSet` compiles a list of patterns once: those without placeholders into one
 regular expression, the others into fragments joined with the escaped values at each check
-(the ``re`` module caches the result, so one identity's checks compile once).
+and compiled once per identity's values (a bounded cache: a check for a connected identity is a
+dict lookup and one ``fullmatch``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .identity import Identity
 __all__ = ["PatternSet", "glob_to_regex"]
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Compiled identity patterns kept per PatternSet (cleared when full).
+MAX_CACHED_PATTERNS = 4096
 
 
 def glob_to_regex(pattern: str) -> str:
@@ -66,7 +69,7 @@ class PatternSet:
         patterns: shell-style patterns, with ``{id}`` / ``{claim}`` placeholders.
     """
 
-    __slots__ = ("_static", "_templates", "patterns")
+    __slots__ = ("_cache", "_static", "_templates", "patterns")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         #: The patterns, as given.
@@ -80,6 +83,7 @@ class PatternSet:
         self._templates: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = tuple(
             _split_template(p) for p in self.patterns if "{" in p
         )
+        self._cache: dict[tuple[int, tuple[str, ...]], re.Pattern[str]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -96,17 +100,23 @@ class PatternSet:
             return True
         if not self._templates or identity is None or identity.anonymous:
             return False
-        for fragments, names in self._templates:
-            parts = [fragments[0]]
-            for name, fragment in zip(names, fragments[1:], strict=True):
-                value = _value(identity, name)
-                if value is None:
-                    break
-                parts.append(re.escape(value))
-                parts.append(fragment)
-            else:
-                if re.fullmatch("".join(parts), topic, re.DOTALL) is not None:
-                    return True
+        cache = self._cache
+        for index, (fragments, names) in enumerate(self._templates):
+            values = tuple(_value(identity, name) or "" for name in names)
+            if "" in values:
+                continue  # a missing claim, or an empty one: never a match
+            key = (index, values)
+            compiled = cache.get(key)
+            if compiled is None:
+                parts = [fragments[0]]
+                for value, fragment in zip(values, fragments[1:], strict=True):
+                    parts.append(re.escape(value))
+                    parts.append(fragment)
+                if len(cache) >= MAX_CACHED_PATTERNS:
+                    cache.clear()
+                compiled = cache[key] = re.compile("".join(parts), re.DOTALL)
+            if compiled.fullmatch(topic) is not None:
+                return True
         return False
 
 

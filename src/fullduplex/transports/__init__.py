@@ -138,6 +138,7 @@ def mount_all(
     *,
     rules: TopicRules | None = None,
     auth: Any = APP_AUTH,
+    origins: list[str] | None = None,
     compression: bool = False,
     # Timeouts
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
@@ -159,6 +160,8 @@ def mount_all(
             publish to none.
         auth: the routes' authenticator (:mod:`fullduplex.auth`): the app's when omitted,
             None for none.
+        origins: the WebSocket route's Origin allow-list (None: same host, or no Origin):
+            list the sites whose pages may open ``/pubsub`` with their users' cookies.
         compression: accept permessage-deflate on the WebSocket route.
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
@@ -178,6 +181,7 @@ def mount_all(
         f"{prefix}/pubsub",
         rules=rules,
         auth=auth,
+        origins=origins,
         frames=frames,
         compression=compression,
         keys=keys,
