@@ -341,7 +341,7 @@ def _serve_one(
 
 
 def _supervise(args: argparse.Namespace, options: dict[str, Any]) -> int:
-    from .supervisor import Supervisor
+    from .supervisor import DRAIN_TIMEOUT, Supervisor
 
     if args.reload:
         try:
@@ -367,7 +367,7 @@ def _supervise(args: argparse.Namespace, options: dict[str, Any]) -> int:
         sock,
         workers=args.workers or 1,
         reload_dirs=reload_dirs,
-        stop_timeout=(close_timeout or 30.0) + 10.0,
+        stop_timeout=(close_timeout or 30.0) + DRAIN_TIMEOUT + 5.0,
         on_ready=_banner(args, sock, bool(args.certfile), workers=args.workers or 1),
     )
     metrics_dir = _prepare_metrics(args)

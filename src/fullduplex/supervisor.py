@@ -49,6 +49,8 @@ from .config import DEFAULT_BACKLOG
 __all__ = [
     "BACKOFF_FIRST",
     "BACKOFF_MAX",
+    "DRAIN_TIMEOUT",
+    "READY_TIMEOUT",
     "STABLE_AFTER",
     "Supervisor",
     "bind_socket",
