@@ -279,6 +279,18 @@ async def test_reload_restarts_on_a_file_change(tmp_path: Path) -> None:
             answer = (await http.get(f"{served.base}/pid", timeout=10)).json()
         assert answer["version"] == "second"
         assert answer["pid"] != first["pid"]
+        # A change that breaks the app: the running worker stays, and says why.
+        app_file.write_text(APP + "\ndef broken(:\n")
+        deadline = time.monotonic() + 30
+        while "could not start" not in served.stderr() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polling a log file for a line, bounded
+        assert "SyntaxError" in served.stderr(), served.stderr()[-3000:]
+        assert (await http.get(f"{served.base}/pid", timeout=10)).json() == answer
+        app_file.write_text(APP.replace('VERSION = "one"', 'VERSION = "the third"'))
+        deadline = time.monotonic() + 30
+        while answer["version"] == "second" and time.monotonic() < deadline:
+            answer = (await http.get(f"{served.base}/pid", timeout=10)).json()
+        assert answer["version"] == "the third"
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])

@@ -315,6 +315,7 @@ class Supervisor:
         self._stopping: asyncio.Event | None = None
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_again = False
+        self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
 
     def run(self) -> int:
@@ -328,13 +329,17 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.restart)
+        if self.reload_dirs is not None:
+            # Watching from before the first worker imports the code: no change is missed.
+            self._tasks.append(asyncio.create_task(self._watch_files(self.reload_dirs)))
         try:
             status = await self._start()
             if status is not None or self._stopping.is_set():
                 return status or 0
-            self._tasks = [asyncio.create_task(self._keep(i)) for i in range(self.workers)]
-            if self.reload_dirs is not None:
-                self._tasks.append(asyncio.create_task(self._watch_files(self.reload_dirs)))
+            self._tasks += [asyncio.create_task(self._keep(i)) for i in range(self.workers)]
+            self._started = True
+            if self._restart_again:  # asked for while the workers started
+                self.restart()
             logger.info("supervisor %d: %d workers serving", os.getpid(), self.workers)
             if self.on_ready is not None:
                 self.on_ready()
@@ -368,6 +373,9 @@ class Supervisor:
     def restart(self) -> None:
         """Replace every worker, one by one, without refusing a connection (SIGHUP)."""
         if self._stopping is None or self._stopping.is_set():
+            return
+        if not self._started:
+            self._restart_again = True
             return
         if self._restart_task is not None and not self._restart_task.done():
             self._restart_again = True  # once the current round ends, with the newest code
