@@ -10,11 +10,12 @@ Routes:
 * ``/api/data`` - JSON ``{"message": ..., "time": ...}`` for the Ajax example;
 * ``/live.html`` - the ``ticker`` topic through WebSocket, SSE, long and short polling side by
   side, with latency, bytes per message and requests per minute;
-* ``/chat.html`` - a chat room on the ``chat`` topic (``/chat/ws``);
+* ``/chat.html`` - a chat room on the ``chat`` topic (``/chat/ws``, and ``/chat/pubsub`` for
+  the page's browser library);
 * ``/pubsub``, ``/sse``, ``/longpoll``, ``/poll``, ``/publish`` - the transports
   (:mod:`fullduplex.transports`): anyone may read ``ticker`` and ``chat``, nobody may publish
-  through them (the ticker is the server's; chat lines go through ``/chat/ws``, which binds a
-  name to its connection and checks every line);
+  through them (the ticker is the server's; chat lines go through ``/chat/ws`` or
+  ``/chat/pubsub``, which bind a name to their connection and check every line);
 * ``/api/request-size`` - the size of the request head as the server received it, which the
   live page uses to count request bytes it cannot see;
 * ``/metrics``, ``/healthz``, ``/readyz`` - Prometheus metrics and health checks
@@ -55,7 +56,7 @@ ECHO_MAX_FRAME_SIZE = 10 * 1024
 PLAIN_ECHO_MAX_SIZE = 16 * 2**20
 #: Topics of the demo: anyone reads ``ticker`` and ``chat``; nobody publishes through the
 #: generic transports (``POST /publish`` and the ``/pubsub`` publish op answer 403 / an error):
-#: the ticker is published by the server, the chat through ``/chat/ws`` alone.
+#: the ticker is published by the server, the chat through its own route alone.
 RULES = TopicRules(subscribe=["ticker", "chat"], publish=())
 
 
@@ -86,6 +87,9 @@ class DemoApp(App):
         #: The mounted transports (their caches and open requests).
         self.transports: Transports = mount_all(self, self.hub, rules=RULES)
         self.chat.mount(self, frames=self.transports.frames)
+        # The page reaches the room through the browser library, which connects to
+        # {base}/pubsub: the same room, at /chat/pubsub.
+        self.chat.mount(self, "/chat/pubsub", frames=self.transports.frames)
         self._started = False
         self.on_startup(self.start)
         self.on_shutdown(self.stop)
