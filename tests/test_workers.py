@@ -72,7 +72,31 @@ async def asgi(scope, receive, send):
             await send({"type": "websocket.send", "text": message.get("text")})
 '''
 
-ATTRS = {"app": "workers_app:app", "asgi": "workers_app:asgi"}
+FASTAPI_APP = """
+import os
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+app = FastAPI()
+
+
+@app.get("/pid")
+async def pid():
+    return {"pid": os.getpid()}
+
+
+@app.websocket("/ws")
+async def ws(websocket: WebSocket):
+    await websocket.accept()
+    await websocket.send_text(str(os.getpid()))
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+"""
+
+ATTRS = {"app": "workers_app:app", "asgi": "workers_app:asgi", "fastapi": "workers_fastapi:app"}
 
 
 class Served:
@@ -107,6 +131,7 @@ async def serve(tmp_path: Path, *args: str, cwd: Path | None = None) -> AsyncIte
     app_file = tmp_path / "workers_app.py"
     if not app_file.exists():
         app_file.write_text(APP)
+        (tmp_path / "workers_fastapi.py").write_text(FASTAPI_APP)
     log = tmp_path / f"stderr-{time.monotonic_ns()}.log"
     with log.open("w") as err:
         proc = await asyncio.create_subprocess_exec(
@@ -158,7 +183,7 @@ async def pids_of_workers(served: Served, count: int, tries: int = 400) -> set[s
     raise AssertionError(f"only {seen} answered in {tries} connections")
 
 
-@pytest.mark.parametrize("kind", ["app", "asgi"])
+@pytest.mark.parametrize("kind", ["app", "asgi", "fastapi"])
 async def test_two_workers_share_one_port(tmp_path: Path, kind: str) -> None:
     async with serve(tmp_path, ATTRS[kind], "--port", "0", "--workers", "2") as served:
         pids = await pids_of_workers(served, 2)
@@ -195,7 +220,7 @@ async def test_a_killed_worker_comes_back_and_the_port_keeps_answering(tmp_path:
         assert "killed by SIGKILL" in served.stderr()
 
 
-@pytest.mark.parametrize("kind", ["app", "asgi"])
+@pytest.mark.parametrize("kind", ["app", "asgi", "fastapi"])
 async def test_sigterm_closes_every_websocket_of_every_worker_with_1001(
     tmp_path: Path, kind: str
 ) -> None:
@@ -217,7 +242,7 @@ async def test_sigterm_closes_every_websocket_of_every_worker_with_1001(
         assert await served.wait() == 0
 
 
-@pytest.mark.parametrize("kind", ["app", "asgi"])
+@pytest.mark.parametrize("kind", ["app", "asgi", "fastapi"])
 async def test_sighup_restarts_every_worker_without_refusing_a_connection(
     tmp_path: Path, kind: str
 ) -> None:
