@@ -352,3 +352,26 @@ async def test_application_without_lifespan_still_serves() -> None:
         await server.shutdown()
     with pytest.raises(LifespanFailed):
         await fullduplex.serve(ASGIAdapter(app, lifespan="on"), "127.0.0.1", 0)
+
+
+async def test_trusted_proxy_headers_set_client_and_scheme() -> None:
+    scopes: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scopes.append(scope)
+            await apps.echo_app(scope, receive, send)
+
+    proxied = [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "https")]
+    server = await fullduplex.serve(app, "127.0.0.1", 0)  # 127.0.0.1 is trusted by default
+    untrusted = await fullduplex.serve(app, "127.0.0.1", 0, forwarded_allow_ips="10.0.0.1")
+    try:
+        async with httpx.AsyncClient() as client:
+            await client.get(base(server), headers=proxied)
+            await client.get(base(untrusted), headers=proxied)
+        assert scopes[0]["client"] == ("203.0.113.7", 0)
+        assert scopes[0]["scheme"] == "https"
+        assert scopes[1]["client"][0] == "127.0.0.1" and scopes[1]["scheme"] == "http"
+    finally:
+        await server.shutdown()
+        await untrusted.shutdown()

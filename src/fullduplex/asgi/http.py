@@ -519,10 +519,19 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             self._arm_timer(self.config.keepalive_timeout)
 
     async def drain(self) -> None:
-        """Wait until the write buffer is below the low-water mark (or the client left)."""
+        """Wait until the write buffer is below the low-water mark (or the client left).
+
+        Aborts the connection after ``write_timeout`` seconds without progress.
+        """
+        timeout = self.config.write_timeout
         while self.write_paused and not self.transport.is_closing():
             self._drain = self.loop.create_future()
-            await self._drain
+            try:
+                await asyncio.wait_for(self._drain, timeout)
+            except asyncio.TimeoutError:
+                # A client that stopped reading a streamed body: drop it (write_timeout, as
+                # for native streaming responses) rather than hold it until TCP gives up.
+                self.transport.abort()
 
     def _wake_drain(self) -> None:
         if self._drain is not None and not self._drain.done():
