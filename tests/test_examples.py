@@ -83,3 +83,40 @@ async def test_pubsub_example_delivers_a_publish_to_a_poller() -> None:
         assert [m["data"] for m in json.loads(answer)["messages"]] == ["hi"]
     finally:
         await server.shutdown()
+
+
+async def test_asgi_fastapi_example_on_fullduplex() -> None:
+    import httpx
+
+    app = load("asgi_fastapi").app
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(f"http://127.0.0.1:{server.port}/items/7")
+            assert reply.json() == {"item_id": 7}
+        async with fullduplex.connect(f"ws://127.0.0.1:{server.port}/ws/lobby") as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "lobby: hi"
+    finally:
+        await server.shutdown()
+
+
+async def test_asgi_mount_hub_example_delivers_to_a_subscriber() -> None:
+    import json
+
+    import httpx
+
+    app = load("asgi_mount_hub").app
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        async with fullduplex.connect(f"ws://127.0.0.1:{server.port}/rt/pubsub") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "topic": "orders"}))
+            await ws.send(json.dumps({"op": "unsubscribe", "topic": "none"}))
+            assert json.loads(await ws.recv())["error"] == "not subscribed"  # subscribed now
+            async with httpx.AsyncClient() as client:
+                reply = await client.post(f"http://127.0.0.1:{server.port}/orders", json={"pen": 2})
+            assert reply.json() == {"seq": 1}
+            message = json.loads(await ws.recv())
+            assert (message["seq"], message["data"]) == (1, {"pen": 2})
+    finally:
+        await server.shutdown()

@@ -375,3 +375,47 @@ async def test_trusted_proxy_headers_set_client_and_scheme() -> None:
     finally:
         await server.shutdown()
         await untrusted.shutdown()
+
+
+async def test_shutdown_ends_event_streams() -> None:
+    # A stream sending heartbeats ends at its next chunk (send raises, as for a client that
+    # left), and one waiting for http.disconnect gets it: neither holds the shutdown for
+    # close_timeout.
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Mount, Route
+
+    polling = asyncio.Event()
+    outcome: list[str] = []
+
+    async def heartbeats() -> AsyncIterator[bytes]:
+        yield b"data: first\n\n"
+        while True:
+            await asyncio.sleep(0.05)  # the stream's own heartbeat period, not a sync point
+            yield b": heartbeat\n\n"
+
+    async def events(request: Any) -> StreamingResponse:
+        return StreamingResponse(heartbeats(), media_type="text/event-stream")
+
+    async def long_poll(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        polling.set()
+        outcome.append((await receive())["type"])
+
+    app = Starlette(routes=[Route("/events", events), Mount("/poll", app=long_poll)])
+    server = await fullduplex.serve(app, "127.0.0.1", 0, close_timeout=30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"first\n\n"), 5)
+    poll_reader, poll_writer = await asyncio.open_connection("127.0.0.1", server.port)
+    poll_writer.write(b"GET /poll/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(polling.wait(), 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await server.shutdown()
+    assert loop.time() - started < 5  # not close_timeout (30 s)
+    await asyncio.wait_for(reader.read(), 5)  # both connections were closed
+    await asyncio.wait_for(poll_reader.read(), 5)
+    assert outcome == ["http.disconnect"]
+    writer.close()
+    poll_writer.close()

@@ -119,12 +119,15 @@ class _Cycle:
     async def run(self, app: Callable[..., Awaitable[None]]) -> None:
         try:
             await app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass  # the application did not catch what send raised: nothing to answer
         except Exception:
             logger.exception("ASGI application raised on %s", self.scope.get("path"))
             self._fail()
         else:
             if not self.response_complete and not self.disconnected:
-                logger.error("ASGI application returned without completing its response")
+                if not self.conn.closing:
+                    logger.error("ASGI application returned without completing its response")
                 self._fail()
 
     def _fail(self) -> None:
@@ -154,11 +157,12 @@ class _Cycle:
             not self.disconnected
             and not self.response_complete
             and (self.delivered or (self.more_body and not self.body))
+            and not (self.delivered and self.conn.closing)  # server shutdown
         ):
             self.conn.resume_reading()
             self.waiter = self.conn.loop.create_future()
             await self.waiter
-        if self.disconnected or self.response_complete:
+        if self.disconnected or self.response_complete or self.delivered:
             return {"type": "http.disconnect"}
         body = bytes(self.body)
         self.body.clear()
@@ -166,9 +170,15 @@ class _Cycle:
         return {"type": "http.request", "body": body, "more_body": self.more_body}
 
     async def send(self, message: Message) -> None:
-        """ASGI ``send``: ``http.response.start`` then ``http.response.body`` events."""
+        """ASGI ``send``: ``http.response.start`` then ``http.response.body`` events.
+
+        Raises:
+            ClientDisconnected: the client left (ASGI spec 2.4: an ``OSError``, which tells
+                Starlette's streaming responses to stop), or the server is shutting down
+                during a streamed body (the native server cancels its streams then too).
+        """
         if self.disconnected:
-            return  # as uvicorn: a response to a client that left goes nowhere
+            raise ClientDisconnected("the client disconnected")
         kind = message["type"]
         if not self.response_started:
             if kind != "http.response.start":
@@ -206,6 +216,10 @@ class _Cycle:
             self.response_complete = True
             self.wake()
             conn.response_done(self)
+        elif conn.closing:
+            self.disconnected = True
+            conn.transport.close()
+            raise ClientDisconnected("the server is shutting down")
         elif conn.write_paused:
             await conn.drain()
 
@@ -350,10 +364,18 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         return self._awaiting and not self.transport.is_closing()
 
     def stop(self) -> None:
-        """Close for shutdown: idle connections now, others after their current response."""
+        """Close for shutdown: idle connections now, others after their current response.
+
+        An application waiting in ``receive`` after the whole body (a long poll, an event
+        stream listening for the client leaving) gets ``http.disconnect`` now, so it ends
+        instead of holding the shutdown until ``close_timeout``.
+        """
         self.closing = True
-        if self.cycle is None or self.cycle.response_complete:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
             self.transport.close()
+        else:
+            cycle.wake()
 
     # -- llhttp callbacks ---------------------------------------------------------------------
 
