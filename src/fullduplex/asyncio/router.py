@@ -26,6 +26,7 @@ answers is tried against the parameterised ones, in registration order.
 from __future__ import annotations
 
 import json
+import logging
 import mimetypes
 import os
 import re
@@ -252,6 +253,8 @@ class HTTPRoute:
         converters: each path parameter's conversion function.
         auth: the route's authenticator, :data:`APP_AUTH` for the application's, None for
             none (see :mod:`fullduplex.auth`); the first registration of a path sets it.
+        access_log_level: the level of this route's lines in the ``fullduplex.access`` log
+            (``logging.DEBUG`` for polls, which a live page repeats all day).
     """
 
     path: str
@@ -261,6 +264,7 @@ class HTTPRoute:
     pattern: re.Pattern[str] | None = field(default=None, repr=False)
     converters: dict[str, Callable[[str], Any]] = field(default_factory=dict, repr=False)
     auth: Any = APP_AUTH
+    access_log_level: int = logging.INFO
 
     def __post_init__(self) -> None:
         if not self.handlers:
@@ -462,7 +466,12 @@ class App:
         return register
 
     def route(
-        self, path: str, methods: Sequence[str] = ("GET",), *, auth: Any = APP_AUTH
+        self,
+        path: str,
+        methods: Sequence[str] = ("GET",),
+        *,
+        auth: Any = APP_AUTH,
+        access_log_level: int = logging.INFO,
     ) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register an HTTP handler for ``path`` and ``methods`` (a decorator).
 
@@ -471,7 +480,8 @@ class App:
         handlers may share a path with different methods; other methods get 405 with
         ``Allow``. ``{name}`` and ``{name:int}`` parts of ``path`` are path parameters
         (``request.path_params``). ``auth`` is the route's authenticator: the app's when
-        omitted, None for none.
+        omitted, None for none. ``access_log_level`` is the level of the route's access log
+        lines (``logging.DEBUG`` keeps frequent requests such as polls out of an INFO log).
 
         Raises:
             ValueError: the path does not start with ``/`` or has an unknown converter.
@@ -482,6 +492,7 @@ class App:
             allowed.add("HEAD")
 
         methods_set = frozenset(allowed)
+        level = access_log_level
         if "{" in path:
             compile_path(path)  # ValueError now, not at the first request
 
@@ -495,20 +506,28 @@ class App:
             if existing is not None:
                 existing.add(methods_set, handler)
             elif table is not None:
-                table.append(HTTPRoute(path, handler, methods_set, auth=auth))
+                table.append(
+                    HTTPRoute(path, handler, methods_set, auth=auth, access_log_level=level)
+                )
             else:
-                self.http_routes[path] = HTTPRoute(path, handler, methods_set, auth=auth)
+                self.http_routes[path] = HTTPRoute(
+                    path, handler, methods_set, auth=auth, access_log_level=level
+                )
             return handler
 
         return register
 
-    def get(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
-        """Register a GET handler (a decorator)."""
-        return self.route(path, ("GET",), auth=auth)
+    def get(
+        self, path: str, *, auth: Any = APP_AUTH, access_log_level: int = logging.INFO
+    ) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a GET handler (a decorator; the options are :meth:`route`'s)."""
+        return self.route(path, ("GET",), auth=auth, access_log_level=access_log_level)
 
-    def post(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
-        """Register a POST handler (a decorator)."""
-        return self.route(path, ("POST",), auth=auth)
+    def post(
+        self, path: str, *, auth: Any = APP_AUTH, access_log_level: int = logging.INFO
+    ) -> Callable[[HTTPHandler], HTTPHandler]:
+        """Register a POST handler (a decorator; the options are :meth:`route`'s)."""
+        return self.route(path, ("POST",), auth=auth, access_log_level=access_log_level)
 
     def put(self, path: str, *, auth: Any = APP_AUTH) -> Callable[[HTTPHandler], HTTPHandler]:
         """Register a PUT handler (a decorator)."""

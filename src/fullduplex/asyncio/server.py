@@ -126,6 +126,7 @@ class Server:
         # cached on the App's route: another server on the same App may differ).
         self._handshakes: dict[int, ServerHandshake] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._tls = False
         self._closing = False
         #: What counts this server's connections (``app.metrics``), or None.
         self.metrics: Any = getattr(app, "metrics", None)
@@ -151,6 +152,24 @@ class Server:
     def closing(self) -> bool:
         """True once :meth:`close` was called: new WebSockets get 503, ``/readyz`` says 503."""
         return self._closing
+
+    @property
+    def urls(self) -> list[str]:
+        """The base URL of each listening socket, e.g. ``http://127.0.0.1:8000/``.
+
+        ``https://`` when serving TLS; ``unix:PATH`` for a Unix socket. For the startup log
+        line and banners: an address bound to every interface (``0.0.0.0``) stays as it is.
+        """
+        scheme = "https" if self._tls else "http"
+        urls = []
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple) and len(name) >= 2:
+                host = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])
+                urls.append(f"{scheme}://{host}:{name[1]}/")
+            else:
+                urls.append(f"unix:{name.decode() if isinstance(name, bytes) else name}")
+        return urls
 
     @property
     def port(self) -> int:
@@ -180,6 +199,7 @@ class Server:
             self.metrics.attach(self)
         loop = asyncio.get_running_loop()
         backlog = self.config.backlog
+        self._tls = ssl is not None
         factory = self.app.protocol_factory or HTTPProtocol  # ASGI: asgi.http.ASGIHTTPProtocol
         if uds is not None:
             self._server = await loop.create_unix_server(
@@ -371,6 +391,7 @@ class HTTPProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket."""
 
     __slots__ = (
+        "_access_level",
         "_drain_waiter",
         "_expiry",
         "_handler_task",
@@ -402,6 +423,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._handler_task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
+        # The access log level of the request being answered (its route's; INFO otherwise).
+        self._access_level = logging.INFO
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
         self._idle = False
@@ -543,6 +566,7 @@ class HTTPProtocol(asyncio.Protocol):
         if trusted is not None:
             apply_proxy_headers(request, trusted)
         self.request = request
+        self._access_level = logging.INFO
         app = self.server.app
         path = request.path
         ws_route = app.websocket_routes.get(path)
@@ -561,6 +585,7 @@ class HTTPProtocol(asyncio.Protocol):
         if route is None and app.http_patterns:
             route = app.match_http(request)
         if route is not None:
+            self._access_level = route.access_log_level
             cors = app.cors
             if cors is not None and cors.is_preflight(request):
                 self._respond(request, cors.preflight(request, route.methods))
@@ -791,10 +816,12 @@ class HTTPProtocol(asyncio.Protocol):
         self._send_error(500, "internal server error")
 
     def _log_access(self, request: Request, status: int, size: int) -> None:
-        if not access_logger.isEnabledFor(logging.INFO):
+        level = self._access_level
+        if not access_logger.isEnabledFor(level):
             return  # before reading the peer: a str per request otherwise
         client = request.client  # the proxy's client when proxy headers are trusted
-        access_logger.info(
+        access_logger.log(
+            level,
             '%s "%s %s HTTP/%s" %d %d',
             client[0] if client is not None else self._peer(),
             request.method,
@@ -1049,11 +1076,20 @@ def run(
 ) -> None:
     """Run a server until SIGINT or SIGTERM, then shut down gracefully (1001 to every client).
 
-    Uses uvloop when it is installed. Options are those of :func:`serve`.
+    Uses uvloop when it is installed. Options are those of :func:`serve`. Logs ``serving on
+    URL`` once listening; when logging is not configured yet (the root logger has no
+    handler), sets it up first: INFO and above to standard error
+    (:func:`fullduplex.logs.configure`).
     """
+    if not logging.getLogger().handlers:
+        from ..logs import configure
+
+        configure(logging.INFO)
 
     async def main() -> None:
         server = await serve(app, host, port, **options)
+        # After the bind: a taken port raises above, and port=0 shows the port it got.
+        logger.info("serving on %s", ", ".join(server.urls))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -16,6 +16,7 @@ from collections.abc import Hashable, Sequence
 from typing import Any
 
 from ..hub import Hub, HubUnavailable, Policy, TopicConfig
+from ..logs import RateLimitedLogger
 
 __all__ = ["DEFAULT_INTERVAL", "SYMBOLS", "TICKER_CONFIG", "TICKER_TOPIC", "Ticker"]
 
@@ -67,6 +68,7 @@ class Ticker:
         self.prices = {s: SYMBOLS.get(s, 100.0) for s in symbols}
         self._random = random.Random()
         self._task: asyncio.Task[None] | None = None
+        self._outage_log = RateLimitedLogger(logger)
 
     @property
     def running(self) -> bool:
@@ -101,6 +103,7 @@ class Ticker:
             try:
                 await self.hub.publish(self.topic, self.step())
             except HubUnavailable:
-                logger.warning("ticker: hub unavailable, skipping a price")
+                # Once per interval, not at every tick (5 a second) for an outage's length.
+                self._outage_log.warning("ticker: hub unavailable, skipping prices")
             next_at = max(next_at + self.interval, loop.time())
             await asyncio.sleep(next_at - loop.time())

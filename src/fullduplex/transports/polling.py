@@ -22,6 +22,7 @@ future with one timer: nothing else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,7 +142,7 @@ def mount_poll(
     topic_rules = rules or TopicRules()
     cache = envelopes or EnvelopeCache()
 
-    @app.get(path, auth=auth)
+    @app.get(path, auth=auth, access_log_level=logging.DEBUG)  # a live page polls all day
     async def poll(request: Request) -> Response:
         try:
             topic, since, limit, epoch = _poll_query(request, topic_rules, max_batch)
@@ -192,7 +193,7 @@ def mount_longpoll(
     cache = envelopes or EnvelopeCache()
     held = requests if requests is not None else OpenRequests()
 
-    @app.get(path, auth=auth)
+    @app.get(path, auth=auth, access_log_level=logging.DEBUG)  # one per wait, all day
     async def longpoll(request: Request) -> Response:
         try:
             topic, since, limit, epoch = _poll_query(request, topic_rules, max_batch)
