@@ -419,3 +419,19 @@ async def test_shutdown_ends_event_streams() -> None:
     assert outcome == ["http.disconnect"]
     writer.close()
     poll_writer.close()
+
+
+async def test_max_connections_and_compression_settings_apply() -> None:
+    server = await fullduplex.serve(
+        apps.echo_app, "127.0.0.1", 0, max_connections=1, compression=False
+    )
+    try:
+        async with wsclient.connect(base(server, "ws") + "/") as first:
+            assert "sec-websocket-extensions" not in first.response.headers
+            with pytest.raises(WSInvalidStatus) as refused:
+                await wsclient.connect(base(server, "ws") + "/")
+            assert refused.value.response.status_code == 503
+            await first.send("still here")
+            assert await first.recv() == "still here"
+    finally:
+        await server.shutdown()
