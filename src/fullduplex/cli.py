@@ -5,15 +5,17 @@
 ``fullduplex connect URL`` is an interactive client like wscat: each line of standard input is
 sent as a text message, each message received is printed. On a terminal, lines get a timestamp
 and a direction marker (``>`` sent, ``<`` received); through a pipe, received messages are
-printed as they are, one per line. Commands: ``/ping``, ``/close [code [reason]]``,
-``/binary HEX``. The exit status is 0 when the connection closed cleanly (1000 or 1001), 1 when
-it closed otherwise, 2 when it could not be opened.
+printed as they are, one per line. Commands: ``/help``, ``/ping``, ``/close [code [reason]]``,
+``/binary HEX``; ``//text`` sends ``/text``, and any other ``/word`` is refused with a hint.
+The exit status is 0 when the connection closed cleanly (1000 or 1001), 1 when it closed
+otherwise, 2 when it could not be opened.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import ssl
 import sys
 import threading
@@ -163,6 +165,11 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
                 console.received(message)
         except ConnectionClosed:
             pass
+        except BrokenPipeError:
+            # Whoever read our output left (``| head -1``): close, quietly. Later writes to
+            # stdout (and the interpreter's last flush) go to /dev/null instead of raising.
+            _silence_stdout()
+            await ws.close()
 
     receiver = asyncio.create_task(receive())
     lines: asyncio.Queue[str | None] = asyncio.Queue()
@@ -192,6 +199,22 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
     return EXIT_CLEAN if code in (1000, 1001) else EXIT_UNCLEAN
 
 
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+#: ``connect``'s commands, listed by ``/help``.
+_COMMANDS = {
+    "/help": "this list",
+    "/ping": "send a ping and show the round-trip time",
+    "/close [CODE [REASON]]": "close the connection (default 1000)",
+    "/binary HEX": "send a binary message, e.g. /binary 00ff10",
+    "//TEXT": "send the text /TEXT (a line starting with / is a command)",
+}
+
+
 async def _linger(console: _Console, linger: float, closed: asyncio.Future[None]) -> None:
     while not closed.done():
         idle = time.monotonic() - console.last_received
@@ -205,7 +228,15 @@ async def _command(ws: object, line: str, console: _Console) -> bool:
     from .asyncio.connection import WebSocket
 
     assert isinstance(ws, WebSocket)
-    if line.startswith("/ping"):
+    command = line.split(maxsplit=1)[0] if line.startswith("/") else ""
+    if line.startswith("//"):
+        await ws.send(line[1:])
+    elif command == "/help":
+        for usage, what in _COMMANDS.items():
+            console.info(f"{usage:24} {what}")
+    elif command not in ("", "/ping", "/close", "/binary"):
+        console.info(f"unknown command {command} (not sent): /help lists them, //text sends /text")
+    elif line.startswith("/ping"):
         rtt = await ws.ping()
         console.info(f"pong in {rtt * 1000:.2f} ms")
     elif line.startswith("/close"):

@@ -130,6 +130,12 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="logging level (default info)",
     )
+    serve.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text lines, or one JSON object per line (default text)",
+    )
     serve.set_defaults(func=serve_command)
     return serve
 
@@ -205,10 +211,9 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
 
 def serve_command(args: argparse.Namespace) -> int:
     """Run ``fullduplex serve`` with parsed arguments; return the exit status."""
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import configure
+
+    configure(args.log_level, args.log_format)
     options = {
         spec.name: getattr(args, spec.name)
         for spec in dataclasses.fields(Config)
@@ -244,6 +249,8 @@ def _fail(message: str) -> int:
 def _check_arguments(args: argparse.Namespace) -> str | None:
     if args.workers is not None and args.workers < 1:
         return "--workers must be at least 1"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be between 0 and 65535, not {args.port}"
     if args.keyfile and not args.certfile:
         return "--ssl-keyfile needs --ssl-certfile"
     if args.app is not None:
@@ -263,6 +270,11 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         )
     if args.broker and not args.broker.startswith(("redis://", "rediss://", "unix://")):
         return f"--broker wants a redis:// URL, got {args.broker!r}"
+    if args.broker:
+        try:
+            import redis.asyncio  # noqa: F401  # the hub's Redis backend imports it later
+        except ImportError:
+            return "--broker needs the redis package: pip install 'fullduplex[redis]'"
     return None
 
 
@@ -414,6 +426,8 @@ def _banner(
 
     def banner() -> None:
         what = args.app or "the demo"
+        # Called once listening: a taken port fails before, and never shows this.
+        logging.getLogger("fullduplex").info("serving %s on %s/", what, base)
         print(
             f"fullduplex {__version__} serving {what} on {base}/ "
             f"(pid {os.getpid()}{processes}{reload})",

@@ -167,6 +167,10 @@ def run_async(main: Coroutine[Any, Any, Any], loop: str = "auto") -> Any:
         if loop == "uvloop":
             main.close()
             raise
+        uvloop = None  # type: ignore[assignment]
+    if uvloop is None:
+        # Outside the except block: an error of the server must not be chained to
+        # "ModuleNotFoundError: No module named 'uvloop'" in its traceback.
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)

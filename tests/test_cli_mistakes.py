@@ -1,0 +1,193 @@
+"""Every command-line mistake is one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trustme
+
+import fullduplex
+
+SRC = str(Path(fullduplex.__file__).resolve().parents[1])
+
+# Makes `import NAME` fail in the subprocess, as if the package were not installed.
+BLOCKER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {blocked!r}:
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def env_without(tmp_path: Path, *blocked: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": SRC}
+    if blocked:
+        (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(blocked)))
+        env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{SRC}"
+    return env
+
+
+def fails_in_one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("fullduplex: "), lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "serving" not in proc.stdout  # no banner for a server that never listened
+    return lines[0]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fullduplex", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env or {**os.environ, "PYTHONPATH": SRC},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+pytestmark = pytest.mark.one_loop  # subprocesses: the test's own loop does not matter
+
+
+def test_missing_certificate_file() -> None:
+    fails_in_one_line(cli("serve", "--port", "0", "--certfile", "/nope.pem"), "certificate")
+
+
+def test_certificate_without_its_key(tmp_path: Path) -> None:
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    certfile = tmp_path / "cert.pem"
+    cert.cert_chain_pems[0].write_to_path(str(certfile))  # the certificate alone, no key
+    fails_in_one_line(cli("serve", "--port", "0", "--certfile", str(certfile)), "certificate")
+
+
+def test_port_out_of_range() -> None:
+    fails_in_one_line(cli("serve", "--port", "70000"), "--port", "70000")
+
+
+def test_port_taken() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        fails_in_one_line(cli("serve", "--port", str(port)), str(port), "in use")
+
+
+def test_broker_without_the_redis_package(tmp_path: Path) -> None:
+    env = env_without(tmp_path, "redis")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import redis"], capture_output=True, text=True, env=env
+    )
+    assert probe.returncode != 0 and "No module named 'redis'" in probe.stderr  # really gone
+    proc = cli("serve", "--port", "0", "--broker", "redis://127.0.0.1:1/0", env=env)
+    fails_in_one_line(proc, "redis", "pip install")
+
+
+def test_an_error_in_the_loop_is_not_chained_to_a_missing_uvloop(tmp_path: Path) -> None:
+    code = textwrap.dedent(
+        """
+        from fullduplex.supervisor import run_async
+
+        async def main():
+            raise RuntimeError("the server's own error")
+
+        try:
+            run_async(main(), "auto")
+        except RuntimeError as exc:
+            assert exc.__context__ is None, repr(exc.__context__)
+            print("clean")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env_without(tmp_path, "uvloop"),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "clean"
+
+
+# -- connect -------------------------------------------------------------------------------------
+
+
+async def connect_cli(url: str, stdin: bytes, shell_suffix: str = "") -> tuple[int, str, str]:
+    command = f"{sys.executable} -m fullduplex connect {url}{shell_suffix}"
+    proc = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        f"set -o pipefail; {command}",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(stdin), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_connect_into_head_ends_quietly() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/flood")
+    async def flood(ws: fullduplex.WebSocket) -> None:
+        for i in range(5000):  # bounded: more than a pipe holds
+            await ws.send(f"message {i} " + "x" * 100)
+        await ws.wait_closed()
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/flood"
+        status, out, err = await connect_cli(url, b"", " | head -1")
+    finally:
+        await server.shutdown()
+    assert out.startswith("message 0 ")
+    assert out.count("\n") == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert status == 0, err
+
+
+async def test_connect_help_and_unknown_commands() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/echo"
+        status, out, err = await connect_cli(url, b"/help\n/frobnicate now\n//slash\nhello\n")
+    finally:
+        await server.shutdown()
+    assert out.splitlines() == ["/slash", "hello"]  # the unknown command was not sent
+    assert "/ping" in err and "/close" in err and "/binary" in err  # the /help list
+    hints = [line for line in err.splitlines() if "/frobnicate" in line]
+    assert len(hints) == 1 and "/help" in hints[0]
+    assert status == 0
