@@ -223,3 +223,29 @@ def test_display_redraws_one_line_on_a_terminal() -> None:
     assert text.count("\r") == 2
     assert text.endswith("\n") and text.count("\n") == 1
     assert "errors 1" in text
+
+
+async def test_subprotocol_and_opening_progress() -> None:
+    app = fullduplex.App()
+
+    @app.websocket("/strict", subprotocols=["chat.v1"], require_subprotocol=True)
+    async def strict(ws: fullduplex.WebSocket) -> None:
+        assert ws.subprotocol == "chat.v1"
+        async for message in ws:
+            await ws.send(message)
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/strict"
+        with pytest.raises(BenchError, match="400"):
+            await run(BenchConfig(url, connections=2, duration=0.2))  # refused without it
+        opened: list[tuple[int, int]] = []
+        summary = await run(
+            BenchConfig(url, connections=3, duration=0.3, subprotocols=("chat.v1",)),
+            opening=lambda done, wanted: opened.append((done, wanted)),
+        )
+    finally:
+        await server.shutdown()
+    assert summary.received > 0
+    assert opened[0] == (0, 3) and opened[-1] == (3, 3)
+    assert all(wanted == 3 for _, wanted in opened)

@@ -151,6 +151,7 @@ class BenchConfig:
         compression: offer permessage-deflate (off by default: random payloads do not compress).
         open_timeout: seconds allowed for each opening handshake.
         interval: seconds between progress reports.
+        subprotocols: subprotocols offered (for routes that require one).
     """
 
     url: str
@@ -162,6 +163,7 @@ class BenchConfig:
     compression: bool = False
     open_timeout: float = 10.0
     interval: float = 1.0
+    subprotocols: tuple[str, ...] = ()
 
     def validate(self) -> None:
         """Raise :class:`BenchError` with a readable message if an option is out of range."""
@@ -269,24 +271,45 @@ class _Stats:
             self.first_error = exc
 
 
-async def _open_all(config: BenchConfig) -> list[WebSocket]:
+async def _open_all(
+    config: BenchConfig, opening: Callable[[int, int], None] | None = None
+) -> list[WebSocket]:
     sem = asyncio.Semaphore(DEFAULT_CONNECT_CONCURRENCY)
     max_size = max(config.size, 2**20)
+    done = 0
 
     async def one() -> WebSocket:
+        nonlocal done
         async with sem:
-            return await connect(
-                config.url,
-                compression=config.compression,
-                open_timeout=config.open_timeout,
-                ping_interval=None,
-                max_size=max_size,
-                max_frame_size=max_size,
-            )
+            try:
+                return await connect(
+                    config.url,
+                    subprotocols=config.subprotocols,
+                    compression=config.compression,
+                    open_timeout=config.open_timeout,
+                    ping_interval=None,
+                    max_size=max_size,
+                    max_frame_size=max_size,
+                )
+            finally:
+                done += 1
 
-    results = await asyncio.gather(
-        *(one() for _ in range(config.connections)), return_exceptions=True
-    )
+    async def report() -> None:
+        assert opening is not None
+        while True:  # bounded: cancelled once every handshake ended
+            opening(done, config.connections)
+            await asyncio.sleep(config.interval)
+
+    reporter = asyncio.ensure_future(report()) if opening is not None else None
+    try:
+        results = await asyncio.gather(
+            *(one() for _ in range(config.connections)), return_exceptions=True
+        )
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    if opening is not None:
+        opening(done, config.connections)
     opened = [r for r in results if isinstance(r, WebSocket)]
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
@@ -359,12 +382,18 @@ async def _guard(coro: Any, stats: _Stats) -> None:
         stats.error(exc)
 
 
-async def run(config: BenchConfig, progress: Callable[[Progress], None] | None = None) -> Summary:
+async def run(
+    config: BenchConfig,
+    progress: Callable[[Progress], None] | None = None,
+    opening: Callable[[int, int], None] | None = None,
+) -> Summary:
     """Run the benchmark described by ``config`` on the running loop and return its summary.
 
     Args:
         config: what to run.
         progress: called every ``config.interval`` seconds while the load runs.
+        opening: called with (handshakes ended, connections wanted) every ``config.interval``
+            seconds while the connections open, and once they all did.
 
     Raises:
         BenchError: invalid configuration, connections that could not be opened, or no echo
@@ -372,7 +401,7 @@ async def run(config: BenchConfig, progress: Callable[[Progress], None] | None =
     """
     config.validate()
     _raise_file_limit(config.connections)
-    sockets = await _open_all(config)
+    sockets = await _open_all(config, opening)
     payload: str | bytes = "x" * config.size if config.text else os.urandom(config.size)
     stats = _Stats()
     started = time.perf_counter()
@@ -522,6 +551,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--open-timeout", type=float, default=10.0, help="seconds allowed per handshake (10)"
     )
+    parser.add_argument(
+        "--subprotocol",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="offer a subprotocol, for routes that require one (repeatable)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -536,6 +572,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         compression=args.compression,
         open_timeout=args.open_timeout,
         interval=args.interval,
+        subprotocols=tuple(args.subprotocol),
     )
 
 
@@ -550,8 +587,12 @@ def run_args(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
         print(f"fullduplex bench: {exc}", file=err)
         return EXIT_USAGE
     display = _Display(err)
+
+    def opening(done: int, wanted: int) -> None:
+        print(f"opening connections: {done:,} of {wanted:,}", file=err, flush=True)
+
     try:
-        summary = _run_sync(run(config, display))
+        summary = _run_sync(run(config, display, opening))
     except (BenchError, InvalidHandshake) as exc:
         display.finish()
         print(f"fullduplex bench: {exc}", file=err)
