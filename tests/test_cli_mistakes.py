@@ -103,7 +103,7 @@ def test_broker_without_the_redis_package(tmp_path: Path) -> None:
     )
     assert probe.returncode != 0 and "No module named 'redis'" in probe.stderr  # really gone
     proc = cli("serve", "--port", "0", "--broker", "redis://127.0.0.1:1/0", env=env)
-    fails_in_one_line(proc, "redis", "pip install")
+    fails_in_one_line(proc, "redis", "pip install")  # and how to get it
 
 
 def test_an_error_in_the_loop_is_not_chained_to_a_missing_uvloop(tmp_path: Path) -> None:

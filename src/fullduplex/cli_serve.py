@@ -274,7 +274,7 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
         try:
             import redis.asyncio  # noqa: F401  # the hub's Redis backend imports it later
         except ImportError:
-            return "--broker needs the redis package: pip install 'fullduplex[redis]'"
+            return "--broker needs the redis package: pip install '.[redis]' in a checkout"
     return None
 
 
