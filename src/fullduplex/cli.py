@@ -160,16 +160,22 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
     console.info(f"connected to {args.url} (subprotocol: {ws.subprotocol or 'none'})")
 
     async def receive() -> None:
+        closing: asyncio.Future[None] | None = None
         try:
             async for message in ws:
-                console.received(message)
+                if closing is not None:
+                    continue  # read on, so that the server's close frame gets through
+                try:
+                    console.received(message)
+                except BrokenPipeError:
+                    # Whoever read our output left (``| head -1``): close, quietly. Later
+                    # writes to stdout (and the last flush) go to /dev/null, not to a traceback.
+                    _silence_stdout()
+                    closing = asyncio.ensure_future(ws.close())
         except ConnectionClosed:
             pass
-        except BrokenPipeError:
-            # Whoever read our output left (``| head -1``): close, quietly. Later writes to
-            # stdout (and the interpreter's last flush) go to /dev/null instead of raising.
-            _silence_stdout()
-            await ws.close()
+        if closing is not None:
+            await closing
 
     receiver = asyncio.create_task(receive())
     lines: asyncio.Queue[str | None] = asyncio.Queue()

@@ -95,3 +95,46 @@ async def test_two_servers_on_one_app_keep_their_own_handshake_settings() -> Non
     finally:
         await compressing.shutdown()
         await plain.shutdown()
+
+
+async def test_http_connection_states() -> None:
+    from fullduplex.asyncio.server import HTTPState
+
+    app = fullduplex.App()
+    release = asyncio.Event()
+
+    @app.get("/hold")
+    async def hold(request: object) -> str:
+        await release.wait()
+        return "done\n"
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await start(app)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            while not server.connections or next(iter(server.connections)).busy is False:
+                await asyncio.sleep(0.005)
+        (conn,) = server.connections
+        assert conn.state is HTTPState.HANDLING and not conn.awaiting_request
+        release.set()
+        await asyncio.wait_for(reader.readuntil(b"done\n"), 5)
+        assert conn.state is HTTPState.IDLE  # kept alive after the answer
+        writer.write(b"GET /hold HTTP/1.1\r\n")  # a new request starts
+        async with asyncio.timeout(5):
+            while conn.state is not HTTPState.READING:
+                await asyncio.sleep(0.005)
+        assert conn.awaiting_request
+        writer.close()
+        async with wsclient.connect(f"ws://127.0.0.1:{server.port}/echo") as client:
+            await client.send("x")
+            assert await client.recv() == "x"
+            upgraded = [c for c in server.connections if c.websocket is not None]
+            assert [c.state for c in upgraded] == [HTTPState.UPGRADED]
+    finally:
+        await server.shutdown()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import inspect
 import logging
 import signal
@@ -387,6 +388,29 @@ class Server:
         return task
 
 
+class HTTPState(enum.IntEnum):
+    """Where an :class:`HTTPProtocol` is between requests (its :attr:`~HTTPProtocol.state`).
+
+    ``READING`` -> ``HANDLING`` (a handler or an asynchronous authenticator runs; reading goes
+    on to notice a client that leaves, and pipelined bytes wait) -> ``IDLE`` (kept alive
+    after an answer, under ``keepalive_timeout``) -> ``READING`` at the next byte; a request
+    answered at once goes from ``READING`` to ``IDLE``. ``UPGRADED`` is final: the transport
+    then calls the WebSocket.
+    """
+
+    #: A request head is expected or being read (under ``open_timeout``).
+    READING = 0
+    #: A handler runs for the request dispatched.
+    HANDLING = 1
+    #: Kept alive between two requests.
+    IDLE = 2
+    #: Upgraded to a WebSocket.
+    UPGRADED = 3
+
+
+_READING, _HANDLING, _IDLE, _UPGRADED = HTTPState
+
+
 class HTTPProtocol(asyncio.Protocol):
     """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket."""
 
@@ -395,14 +419,13 @@ class HTTPProtocol(asyncio.Protocol):
         "_drain_waiter",
         "_expiry",
         "_handler_task",
-        "_idle",
         "_pending",
         "_timer",
         "_write_paused",
-        "busy",
         "parser",
         "request",
         "server",
+        "state",
         "transport",
         "websocket",
     )
@@ -416,8 +439,8 @@ class HTTPProtocol(asyncio.Protocol):
         )
         #: The WebSocket once upgraded, else None.
         self.websocket: WebSocket | None = None
-        #: True while an HTTP handler runs.
-        self.busy = False
+        #: Where the connection is between requests (:class:`HTTPState`).
+        self.state = _READING
         #: The last request dispatched (while :attr:`busy`, the one being handled).
         self.request: Request | None = None
         self._handler_task: asyncio.Task[None] | None = None
@@ -427,7 +450,6 @@ class HTTPProtocol(asyncio.Protocol):
         self._access_level = logging.INFO
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self._timer: asyncio.TimerHandle | None = None
-        self._idle = False
         # Bytes that arrived while a handler ran (a pipelined request), parsed after it.
         self._pending: bytes | None = None
         # Ends a connection when its identity's token expires (set only with an authenticator).
@@ -443,16 +465,16 @@ class HTTPProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Bytes of HTTP requests arrived (once upgraded, the transport calls the WebSocket)."""
-        if self.busy:
+        if self.state is _HANDLING:
             # The connection reads on while a handler runs, to notice a client that goes away
             # (EOF) during a long poll or an event stream. Bytes sent meanwhile (a pipelined
             # request) wait, unparsed, and reading pauses until the handler is done.
             self._pending = data if self._pending is None else self._pending + data
             self.transport.pause_reading()
             return
-        if self._idle:
+        if self.state is _IDLE:
             # A new request starts on a kept-alive connection: it gets open_timeout.
-            self._idle = False
+            self.state = _READING
             self._arm_timer(self.server.config.open_timeout)
         assert self.parser is not None
         try:
@@ -510,6 +532,11 @@ class HTTPProtocol(asyncio.Protocol):
             self._drain_waiter.set_result(None)
 
     @property
+    def busy(self) -> bool:
+        """True while an HTTP handler (or an asynchronous authenticator) runs."""
+        return self.state is _HANDLING
+
+    @property
     def awaiting_request(self) -> bool:
         """True while a request head is expected (``Server.stop_accepting`` waits for it).
 
@@ -517,11 +544,7 @@ class HTTPProtocol(asyncio.Protocol):
         until the request is dispatched.
         """
         return (
-            self.websocket is None
-            and not self.busy
-            and not self._idle
-            and self.parser is not None
-            and not self.transport.is_closing()
+            self.state is _READING and self.parser is not None and not self.transport.is_closing()
         )
 
     def stop(self) -> None:
@@ -534,7 +557,7 @@ class HTTPProtocol(asyncio.Protocol):
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _next_request(self) -> None:
-        if self.busy or self.transport.is_closing() or self.parser is None:
+        if self.state is _HANDLING or self.transport.is_closing() or self.parser is None:
             return
         try:
             pending = self._pending
@@ -613,7 +636,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._respond(request, text_response("not found\n", 404))
 
     def _start_handler(self, handler: Any, request: Request) -> None:
-        self.busy = True  # reading goes on: see data_received
+        self.state = _HANDLING  # reading goes on: see data_received
         self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
 
     # -- authentication (fullduplex.auth): only for routes with an authenticator -------------
@@ -625,7 +648,7 @@ class HTTPProtocol(asyncio.Protocol):
             if inspect.isawaitable(result):
                 # Reading goes on (to notice a client that leaves); bytes that arrive wait in
                 # _pending, as during a handler.
-                self.busy = True
+                self.state = _HANDLING
                 self._handler_task = self.server.run_task(
                     self._authenticate_async(request, result, target)
                 )
@@ -648,7 +671,7 @@ class HTTPProtocol(asyncio.Protocol):
             refusal = exc
         except Exception:
             logger.exception("authenticator for %s raised", request.path)
-        self.busy = False
+        self.state = _READING
         self._handler_task = None
         if self.transport.is_closing():
             return
@@ -722,7 +745,7 @@ class HTTPProtocol(asyncio.Protocol):
         if isinstance(response, StreamingResponse):
             await self._stream(request, response)
             return
-        self.busy = False
+        self.state = _READING
         self._handler_task = None
         if not self.transport.is_closing():
             self.transport.resume_reading()
@@ -751,7 +774,7 @@ class HTTPProtocol(asyncio.Protocol):
             if aclose is not None:
                 await aclose()
             self._log_access(request, response.status, size)
-        self.busy = False
+        self.state = _READING
         self._handler_task = None
         if transport.is_closing():
             return
@@ -760,7 +783,7 @@ class HTTPProtocol(asyncio.Protocol):
             transport.close()
             return
         transport.resume_reading()
-        self._idle = True
+        self.state = _IDLE
         self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
@@ -791,7 +814,7 @@ class HTTPProtocol(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
             return
-        self._idle = True
+        self.state = _IDLE
         self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
@@ -849,9 +872,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self.websocket is None and not self.busy:
+        if self.state is _READING or self.state is _IDLE:
             # Idle keep-alive or a handshake that never completed: drop it.
-            self.transport.abort() if self._idle else self.transport.close()
+            self.transport.abort() if self.state is _IDLE else self.transport.close()
 
     # -- WebSocket upgrade --------------------------------------------------------------------
 
@@ -915,6 +938,7 @@ class HTTPProtocol(asyncio.Protocol):
             owner=self,
         )
         self.websocket = ws
+        self.state = _UPGRADED
         server.websockets.add(ws)
         # From now on the transport calls the WebSocket directly, not through data_received
         # here: ~500 of ~14k user-space instructions per 32 B listener echo (callgrind). The
