@@ -437,3 +437,22 @@ def test_serve_help_lists_uvicorn_names(tmp_path: Path) -> None:
         "--loop",
     ):
         assert flag in result.stdout, flag
+
+
+def gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status  # exited, not yet reaped by its new parent
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    async with serve(tmp_path, ATTRS["app"], "--port", "0", "--workers", "2") as served:
+        pids = [int(pid) for pid in await pids_of_workers(served, 2)]
+        served.signal(signal.SIGKILL)
+        await served.wait()
+        deadline = time.monotonic() + 20
+        while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # another process's exit: nothing to wait on but /proc
+        assert all(gone(pid) for pid in pids), "orphaned workers still serving"
