@@ -208,3 +208,34 @@ def test_run_says_nothing_about_serving_when_the_port_is_taken() -> None:
     assert proc.returncode != 0
     assert "serving on" not in proc.stderr
     assert "address already in use" in proc.stderr.lower()
+
+
+@pytest.mark.one_loop
+def test_serve_log_format_json_and_startup_line_after_the_bind() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fullduplex", "serve", "--port", str(port), "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        record = json.loads(proc.stderr.readline())  # the first log line is a JSON object
+        assert record["level"] == "INFO" and record["logger"] == "fullduplex"
+        assert f"127.0.0.1:{port}/" in record["message"]
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()  # the banner
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            client.sendall(b"GET /api/data HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert client.recv(100).startswith(b"HTTP/1.1 200")
+        access = json.loads(proc.stderr.readline())
+        assert access["logger"] == "fullduplex.access" and "/api/data" in access["message"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    for line in err.splitlines():
+        json.loads(line)  # every line, to the end
