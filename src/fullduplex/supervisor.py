@@ -241,6 +241,12 @@ async def _serve_until_stopped(
         "pid %d shutting down: %d WebSocket connections", os.getpid(), len(server.websockets)
     )
     await server.stop_accepting(DRAIN_TIMEOUT)
+    # Held long polls and event streams answer before shutdown cancels their handlers (the
+    # demo's and any app keeping mount_all's Transports as ``app.transports``; issue 15).
+    transports = getattr(app, "transports", None)
+    if transports is not None and hasattr(transports, "wait_closed"):
+        transports.close()
+        await transports.wait_closed()
     await server.shutdown()
 
 

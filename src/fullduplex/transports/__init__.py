@@ -130,6 +130,15 @@ class Transports:
         """End every event stream and long poll now (call it before a server shutdown)."""
         self.requests.close()
 
+    async def wait_closed(self, timeout: float | None = 5.0) -> None:
+        """After :meth:`close`, wait until every held request has written its answer.
+
+        Call ``close()``, then this, then ``Server.shutdown()``: held long polls get an
+        empty batch with their cursor and event streams their last chunk, rather than a
+        cancelled handler and a closed connection.
+        """
+        await self.requests.wait_closed(timeout)
+
 
 def mount_all(
     app: App,

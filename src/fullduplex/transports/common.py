@@ -16,6 +16,7 @@ that send it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -92,13 +93,19 @@ class OpenRequests:
 
     def __init__(self) -> None:
         self._closers: dict[Callable[[], None], None] = {}
+        # The handler tasks of the requests: once one is done, its answer is written.
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
         return len(self._closers)
 
     def add(self, closer: Callable[[], None]) -> None:
-        """Track an open request, ended by calling ``closer``."""
+        """Track an open request, ended by calling ``closer`` (from its handler's task)."""
         self._closers[closer] = None
+        task = asyncio.current_task()
+        if task is not None and task not in self._tasks:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     def discard(self, closer: Callable[[], None]) -> None:
         """Forget a request that ended."""
@@ -108,6 +115,22 @@ class OpenRequests:
         """End every open request (each answers or ends its stream at once)."""
         for closer in list(self._closers):
             closer()
+
+    async def wait_closed(self, timeout: float | None = 5.0) -> None:
+        """Wait until the handlers of the requests ended by :meth:`close` have answered.
+
+        A server shutdown cancels the handlers still running and closes their connections:
+        awaiting this between :meth:`close` and ``Server.shutdown()`` lets each held long
+        poll write its answer (an empty batch with its cursor) and each event stream its
+        last chunk first (issue 15: a held poll used to get a FIN and no answer).
+
+        Args:
+            timeout: seconds to wait at most; None waits as long as it takes.
+        """
+        current = asyncio.current_task()
+        tasks = {task for task in self._tasks if task is not current}
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
 
 
 #: A permission callable: ``(identity, action, topic) -> bool``, ``action`` being
