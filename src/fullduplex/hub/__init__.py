@@ -14,6 +14,7 @@ from .base import (
     CLOSED,
     ERROR,
     HUB_CLOSED,
+    MAX_SEQ,
     SLOW_CONSUMER,
     Backend,
     Gap,
@@ -24,6 +25,8 @@ from .base import (
     Policy,
     SubscriptionClosed,
     TopicConfig,
+    check_since,
+    whole_topic,
 )
 from .hub import Hub, Subscription
 from .memory import MemoryBackend
@@ -36,6 +39,7 @@ __all__ = [
     "CLOSED",
     "ERROR",
     "HUB_CLOSED",
+    "MAX_SEQ",
     "SLOW_CONSUMER",
     "STATS",
     "Backend",
@@ -52,6 +56,8 @@ __all__ = [
     "Subscription",
     "SubscriptionClosed",
     "TopicConfig",
+    "check_since",
+    "whole_topic",
 ]
 
 

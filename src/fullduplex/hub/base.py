@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "ERROR",
     "HUB_CLOSED",
+    "MAX_SEQ",
     "SLOW_CONSUMER",
     "Backend",
     "Deliver",
@@ -42,6 +43,8 @@ __all__ = [
     "Policy",
     "SubscriptionClosed",
     "TopicConfig",
+    "check_since",
+    "whole_topic",
 ]
 
 #: Messages of history kept per topic (a reconnect within 1000 messages resumes exactly).
@@ -52,6 +55,9 @@ DEFAULT_HISTORY_AGE = 3600.0
 #: Messages queued per subscriber before the topic's policy applies (websockets queues 16
 #: received messages; a hub subscriber is one write away from a socket, so more slack).
 DEFAULT_QUEUE_SIZE = 256
+
+#: Largest sequence number (a signed 64-bit integer, as Redis counts stream IDs).
+MAX_SEQ = 2**63 - 1
 
 #: Close reason: the subscriber's queue was full under :attr:`Policy.DISCONNECT`. The WebSocket
 #: transport closes with 1008 (policy violation) or 1013 (try again later).
@@ -217,6 +223,25 @@ class TopicConfig:
         if self.queue_size < 2:
             raise ValueError("queue_size must be at least 2")
         self.policy = Policy(self.policy)
+
+
+def check_since(value: object) -> int:
+    """Return ``value`` if it is a cursor: an int (not a bool) from 0 to :data:`MAX_SEQ`.
+
+    The one rule for cursors: the hub checks ``since`` with it, and the transports after
+    parsing what clients send (``fullduplex.transports.common.parse_since``).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise ValueError("since must be a sequence number: an integer from 0 to 2**63-1")
+    return value
+
+
+def whole_topic(data: Any) -> Hashable:
+    """The conflate key when :attr:`TopicConfig.conflate_key` is None: one for the whole topic."""
+    return None
 
 
 #: How a backend hands messages to the hub. A :class:`Gap` (reason ``trimmed`` or ``reset``)

@@ -50,6 +50,8 @@ from .base import (
     Policy,
     SubscriptionClosed,
     TopicConfig,
+    check_since,
+    whole_topic,
 )
 from .stats import STATS
 
@@ -186,7 +188,7 @@ class Hub:
             HubUnavailable: the backend is down.
         """
         self._check_open(topic)
-        _check_since(since)
+        check_since(since)
         if limit is not None and limit < 0:
             raise ValueError("limit must be None or at least 0")
         return await self.backend.history(topic, since, limit, self.config(topic), epoch or None)
@@ -240,7 +242,7 @@ class Hub:
         """
         self._check_open(topic)
         if since is not None:
-            _check_since(since)
+            check_since(since)
         feed = self._feeds.get(topic)
         if feed is None:
             feed = self._open_feed(topic)
@@ -433,7 +435,7 @@ class Subscription:
         if on_message is None:
             key = config.conflate_key
             if config.policy is Policy.CONFLATE:
-                self._queue = _ConflatingQueue(key if key is not None else _whole_topic)
+                self._queue = _ConflatingQueue(key if key is not None else whole_topic)
             else:
                 self._queue = _FifoQueue()
         # Futures of whoever waits for a change: queued, dequeued, started, closed. One list,
@@ -765,10 +767,6 @@ def _release(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _whole_topic(data: Any) -> Hashable:
-    return None
-
-
 class _Queue:
     """A subscriber's queue: a deque."""
 
@@ -859,11 +857,6 @@ class _ConflatingQueue(_Queue):
             del self._map[arrival]
         self.append(message, key)
         return len(arrivals)
-
-
-def _check_since(since: int) -> None:
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-        raise ValueError("since must be a sequence number: an int, at least 0")
 
 
 def _make_backend(backend: Backend | str | None) -> Backend:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Hashable
 
-from ..hub import Gap, GapReason, Message, Policy, TopicConfig
+from ..hub import Gap, GapReason, Message, Policy, TopicConfig, whole_topic
 from ..hub.stats import STATS
 
 __all__ = ["Backlog", "Mailbox"]
@@ -305,11 +305,5 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 def _key_function(config: TopicConfig) -> Callable[[Message], Hashable] | None:
     if config.policy != Policy.CONFLATE:
         return None
-    key = config.conflate_key
-    if key is None:
-        return _whole_topic
+    key = config.conflate_key or whole_topic
     return lambda message: key(message.data)
-
-
-def _whole_topic(message: Message) -> Hashable:
-    return None

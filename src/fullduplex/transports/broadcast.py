@@ -332,7 +332,7 @@ class _TopicFanout:
         if since is None or (own.started and not own.closed and since == own.cursor and same_epoch):
             # From now, or from exactly where the loop stands: the loop's next message is
             # this connection's next one (no replay, no history read).
-            self._join(sink, backlog)
+            self._add_member(sink, backlog)
             return
         hub = self.fanout.hub
         subscription = hub.subscribe(
@@ -351,7 +351,7 @@ class _TopicFanout:
             self.fanout._forget(self)
             self.subscription.close()
 
-    def _join(self, sink: WebSocketSink, backlog: Backlog) -> None:
+    def _add_member(self, sink: WebSocketSink, backlog: Backlog) -> None:
         self.members[backlog] = (sink, backlog, sink.ws)
         self._snapshot = None
 
@@ -374,7 +374,7 @@ class _TopicFanout:
         """A replaying connection caught up with the loop: serve it from the loop."""
         del self.joining[backlog]
         entry[1].close()
-        self._join(entry[0], backlog)
+        self._add_member(entry[0], backlog)
 
     def _closed(self, reason: str) -> None:
         if reason != CLOSED:

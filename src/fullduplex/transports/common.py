@@ -27,7 +27,7 @@ from typing import Any
 from ..asyncio.router import App, json_response
 from ..auth.identity import Identity
 from ..auth.permissions import PatternSet
-from ..hub import Gap, GapReason, Message
+from ..hub import MAX_SEQ, Gap, GapReason, Message, check_since
 from ..hub.stats import STATS
 from ..protocol.http11 import Response
 
@@ -42,11 +42,11 @@ __all__ = [
     "TopicRules",
     "check_epoch",
     "check_history",
-    "check_since",
     "check_topic",
     "error_response",
     "gap_envelope",
     "message_envelope",
+    "parse_since",
     "query_epoch",
     "query_one",
     "query_since",
@@ -63,8 +63,6 @@ MAX_TOPIC_LENGTH = 128
 #: Topic names: ASCII letters, digits, ``_``, ``-`` and ``.``; never ``:`` or ``,``, which
 #: separate topics and sequence numbers in SSE event ids.
 TOPIC_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_TOPIC_LENGTH}}}")
-#: Largest sequence number accepted from a client (a signed 64-bit integer, as Redis counts).
-MAX_SEQ = 2**63 - 1
 #: Epochs given back by clients: what the hub's backends make (digits, hex), with room.
 EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
@@ -245,17 +243,20 @@ def check_topic(value: object) -> str:
     return value
 
 
-def check_since(value: object) -> int:
-    """Return ``value`` as a cursor: an int, or a string of decimal digits, from 0 to 2**63-1.
+def parse_since(value: object) -> int:
+    """Return a client's ``since`` as a cursor: an int, or a string of decimal digits.
+
+    The range is the hub's rule (:func:`fullduplex.hub.check_since`: 0 to ``MAX_SEQ``).
 
     Raises:
         InvalidInput: anything else (negative, fractional, boolean, too large).
     """
     if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
-    if type(value) is not int or not 0 <= value <= MAX_SEQ:
-        raise InvalidInput("invalid since: a non-negative integer")
-    return value
+    try:
+        return check_since(value)
+    except ValueError:
+        raise InvalidInput("invalid since: a non-negative integer") from None
 
 
 def check_epoch(value: object) -> str | None:
@@ -301,7 +302,7 @@ def query_since(query: Mapping[str, list[str]]) -> int | None:
         InvalidInput: it is invalid or repeated.
     """
     value = query_one(query, "since")
-    return None if value is None else check_since(value)
+    return None if value is None else parse_since(value)
 
 
 def query_topics(

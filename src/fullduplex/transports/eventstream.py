@@ -47,10 +47,10 @@ from .common import (
     OpenRequests,
     TopicRules,
     check_history,
-    check_since,
     dumps,
     error_response,
     gap_envelope,
+    parse_since,
     query_one,
     query_topics,
     same_message,
@@ -102,7 +102,7 @@ def _start_cursors(request: Request, topics: list[str]) -> dict[str, int | None]
     if value is None:
         return cursors
     if last_id is None and ":" not in value:
-        number = check_since(value)
+        number = parse_since(value)
         return dict.fromkeys(topics, number)
     try:
         cursors.update(parse_event_id(value, topics))

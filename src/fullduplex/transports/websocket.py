@@ -68,9 +68,9 @@ from .common import (
     InvalidInput,
     TopicRules,
     check_epoch,
-    check_since,
     check_topic,
     dumps,
+    parse_since,
     warn_open_publish,
 )
 from .publish import PublishKeys, check_key
@@ -165,7 +165,7 @@ class _Session:
             raise InvalidInput("unknown topic")
         since = request.get("since")
         if since is not None:
-            since = check_since(since)
+            since = parse_since(since)
             if not self.rules.can_read_history(topic, self.identity):
                 raise InvalidInput("history not readable")
         epoch = check_epoch(request.get("epoch"))
