@@ -27,14 +27,18 @@ __all__ = [
     "DEFAULT_FORWARDED_ALLOW_IPS",
     "DEFAULT_KEEPALIVE_TIMEOUT",
     "DEFAULT_MAX_BODY_SIZE",
+    "DEFAULT_MAX_BYTES_PER_SECOND",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_CONNECTIONS_PER_IP",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_MAX_HEAD_SIZE",
+    "DEFAULT_MAX_MESSAGES_PER_SECOND",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_OPEN_TIMEOUT",
     "DEFAULT_PING_INTERVAL",
     "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_RATE_PER_IP",
     "DEFAULT_SEND_BUFFER_SIZE",
     "DEFAULT_WRITE_LIMIT",
     "DEFAULT_WRITE_TIMEOUT",
@@ -78,6 +82,19 @@ DEFAULT_SEND_BUFFER_SIZE = 64 * 1024
 #: Connections the kernel queues for accept() (listen(2) backlog; uvicorn 2048, nginx 511).
 DEFAULT_BACKLOG = 1024
 
+# Abuse limits (fullduplex.asyncio.limits; docs/security.md).
+
+#: Open WebSockets plus HTTP requests being handled (held long polls, event streams) per
+#: client IP; over it, 429 with Retry-After. Generous for users behind one NAT.
+DEFAULT_MAX_CONNECTIONS_PER_IP = 256
+#: WebSocket handshakes plus HTTP route requests per client IP per second (token bucket of
+#: one second's worth); over it, 429 with Retry-After.
+DEFAULT_RATE_PER_IP = 50.0
+#: Messages received per WebSocket per second; over it, close 1008.
+DEFAULT_MAX_MESSAGES_PER_SECOND = 1_000
+#: Payload bytes received per WebSocket per second; over it, close 1008.
+DEFAULT_MAX_BYTES_PER_SECOND = 16 * 1024 * 1024
+
 # Proxies.
 
 #: Proxies trusted by default: this machine only (uvicorn's default, also read from the
@@ -102,6 +119,9 @@ _OPTIONAL_LIMITS = (
     "max_head_size",
     "max_body_size",
     "send_buffer_size",
+    "max_connections_per_ip",
+    "max_messages_per_second",
+    "max_bytes_per_second",
 )
 
 
@@ -186,6 +206,23 @@ class Config:
         "kernel's autotuning",
     )
     backlog: int = _setting(DEFAULT_BACKLOG, "connections the kernel queues for accept()")
+    # Abuse limits
+    max_connections_per_ip: int | None = _setting(
+        DEFAULT_MAX_CONNECTIONS_PER_IP,
+        "open WebSockets and HTTP requests being handled per client IP (429 above it)",
+    )
+    rate_per_ip: float | None = _setting(
+        DEFAULT_RATE_PER_IP,
+        "WebSocket handshakes and HTTP route requests per client IP per second (429 above it)",
+    )
+    max_messages_per_second: int | None = _setting(
+        DEFAULT_MAX_MESSAGES_PER_SECOND,
+        "messages received per WebSocket per second (close 1008 above it)",
+    )
+    max_bytes_per_second: int | None = _setting(
+        DEFAULT_MAX_BYTES_PER_SECOND,
+        "payload bytes received per WebSocket per second (close 1008 above it)",
+    )
 
     def __post_init__(self) -> None:
         for name in ("compression", "proxy_headers"):
@@ -194,7 +231,7 @@ class Config:
         root = self.root_path
         if not isinstance(root, str) or (root and (root[0] != "/" or root[-1] == "/")):
             raise ValueError(f"root_path must be '' or like '/api' (no trailing /), not {root!r}")
-        for name in _TIMEOUTS:
+        for name in (*_TIMEOUTS, "rate_per_ip"):
             _check_number(name, getattr(self, name), allow_none=True)
         for name in _OPTIONAL_LIMITS:
             _check_count(name, getattr(self, name), minimum=1, allow_none=True)

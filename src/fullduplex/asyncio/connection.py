@@ -24,6 +24,7 @@ import asyncio
 import collections
 import logging
 import secrets
+import sys
 import time
 import types
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Mapping
@@ -139,6 +140,11 @@ class WebSocket(asyncio.Protocol):
         "_pings",
         "_pong_deadline",
         "_queue",
+        "_rate_bytes",
+        "_rate_bytes_at",
+        "_rate_messages",
+        "_rate_messages_at",
+        "_rate_window",
         "_read_paused",
         "_recv_waiter",
         "_write_paused",
@@ -201,6 +207,13 @@ class WebSocket(asyncio.Protocol):
         self.bytes_sent = 0
         #: When the connection opened (``time.monotonic()``).
         self.opened_at = time.monotonic()
+        # Rate limits (limit_rate): the counts above which _rate_check runs; never reached
+        # when unlimited, so the per-message cost is two integer compares.
+        self._rate_messages: int | None = None
+        self._rate_bytes: int | None = None
+        self._rate_messages_at = sys.maxsize
+        self._rate_bytes_at = sys.maxsize
+        self._rate_window = self.opened_at
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
@@ -605,9 +618,41 @@ class WebSocket(asyncio.Protocol):
             elif isinstance(event, CloseReceived):
                 pass  # the core answered it; the close code is read from the core
 
+    def limit_rate(self, messages: int | None, size: int | None) -> None:
+        """Close with 1008 above ``messages`` messages or ``size`` bytes a second.
+
+        None disables either limit. The server calls this on each upgrade with
+        ``max_messages_per_second`` and ``max_bytes_per_second``.
+        """
+        self._rate_messages = messages
+        self._rate_bytes = size
+        self._rate_window = time.monotonic()
+        self._rate_messages_at = (
+            sys.maxsize if messages is None else self.messages_received + messages
+        )
+        self._rate_bytes_at = sys.maxsize if size is None else self.bytes_received + size
+
+    def _rate_check(self) -> bool:
+        """A budget ran out: open a new one-second window, or close 1008 (returns True)."""
+        now = time.monotonic()
+        if now - self._rate_window >= 1.0:
+            self.limit_rate(self._rate_messages, self._rate_bytes)
+            # The message that crossed counts in the new window.
+            self._rate_messages_at -= 1 if self._rate_messages is not None else 0
+            return False
+        # RFC 6455 7.4.1: 1008, a message that violates the endpoint's policy.
+        what = "messages" if self.messages_received > self._rate_messages_at else "bytes"
+        self.close_nowait(CloseCode.POLICY_VIOLATION, f"too many {what} per second")
+        return True
+
     def _deliver(self, message: Data) -> None:
         self.messages_received += 1
         self.bytes_received += len(message)
+        if (
+            self.messages_received > self._rate_messages_at
+            or self.bytes_received > self._rate_bytes_at
+        ) and self._rate_check():
+            return
         waiter = self._recv_waiter
         if waiter is not None:
             # Handed straight to the waiting recv() / async for: no queue round trip.
@@ -625,6 +670,11 @@ class WebSocket(asyncio.Protocol):
     def _deliver_to_listener(self, message: Data) -> None:
         self.messages_received += 1
         self.bytes_received += len(message)
+        if (
+            self.messages_received > self._rate_messages_at
+            or self.bytes_received > self._rate_bytes_at
+        ) and self._rate_check():
+            return
         listener = self._listener
         assert listener is not None
         if self.core.state is _OPEN:

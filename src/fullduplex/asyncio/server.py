@@ -15,6 +15,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import math
 import signal
 import socket
 import ssl as ssl_module
@@ -30,14 +31,18 @@ from ..config import (
     DEFAULT_FORWARDED_ALLOW_IPS,
     DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_MAX_BYTES_PER_SECOND,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_HEAD_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_MESSAGES_PER_SECOND,
     DEFAULT_MAX_QUEUE,
     DEFAULT_OPEN_TIMEOUT,
     DEFAULT_PING_INTERVAL,
     DEFAULT_PING_TIMEOUT,
+    DEFAULT_RATE_PER_IP,
     DEFAULT_SEND_BUFFER_SIZE,
     DEFAULT_WRITE_LIMIT,
     DEFAULT_WRITE_TIMEOUT,
@@ -49,6 +54,7 @@ from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationE
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http11 import Request, RequestParser, Response
 from .connection import WebSocket, WebSocketListener
+from .limits import ClientLimits
 from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
     APP_AUTH,
@@ -141,6 +147,11 @@ class Server:
         self.trusted_proxies: TrustedProxies | None = None
         if self.config.proxy_headers:
             self.trusted_proxies = TrustedProxies(self.config.forwarded_allow_ips)
+        #: Per-IP connection counts and rates (:mod:`fullduplex.asyncio.limits`); None when
+        #: both ``max_connections_per_ip`` and ``rate_per_ip`` are None.
+        self.limits: ClientLimits | None = None
+        if self.config.max_connections_per_ip is not None or self.config.rate_per_ip is not None:
+            self.limits = ClientLimits(self.config.max_connections_per_ip, self.config.rate_per_ip)
 
     @property
     def sockets(self) -> Sequence[Any]:
@@ -511,6 +522,10 @@ class HTTPProtocol(asyncio.Protocol):
         ws = self.websocket
         if ws is not None:
             self.server.websockets.discard(ws)
+            limits = self.server.limits
+            client = ws.request.client
+            if limits is not None and client is not None:
+                limits.release(client[0])
             metrics = self.server.metrics
             if metrics is not None:
                 metrics.closed(ws)
@@ -596,6 +611,8 @@ class HTTPProtocol(asyncio.Protocol):
         if ws_route is None and app.websocket_patterns:
             ws_route = app.match_websocket(request)  # {parameters}: request.path_params
         if ws_route is not None:
+            if self.server.limits is not None and self._limited(request, True):
+                return
             auth = ws_route.auth
             if auth is APP_AUTH:
                 auth = app.auth
@@ -609,6 +626,8 @@ class HTTPProtocol(asyncio.Protocol):
             route = app.match_http(request)
         if route is not None:
             self._access_level = route.access_log_level
+            if self.server.limits is not None and self._limited(request, False):
+                return
             cors = app.cors
             if cors is not None and cors.is_preflight(request):
                 self._respond(request, cors.preflight(request, route.methods))
@@ -637,7 +656,39 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _start_handler(self, handler: Any, request: Request) -> None:
         self.state = _HANDLING  # reading goes on: see data_received
-        self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
+        task = self._handler_task = self.server.run_task(self._run_http_handler(handler, request))
+        limits = self.server.limits
+        client = request.client
+        if limits is not None and client is not None:
+            # A request being handled (a held long poll, an event stream) holds a connection.
+            ip = client[0]
+            limits.acquire(ip)
+            task.add_done_callback(lambda _: limits.release(ip))
+
+    def _limited(self, request: Request, websocket: bool) -> bool:
+        """Answer 429 with Retry-After if the client IP is over its limits (before auth)."""
+        limits = self.server.limits
+        client = request.client
+        if limits is None or client is None:
+            return False
+        wait = limits.admit(client[0])
+        if wait is None:
+            return False
+        retry = [("Retry-After", str(math.ceil(wait)))]
+        # RFC 6585 4: 429 Too Many Requests, MAY include Retry-After (RFC 7231 7.1.3).
+        response = text_response("too many requests from this address\n", 429, retry)
+        if websocket:
+            self._count_handshake(request, 429)
+            response.headers["Connection"] = "close"
+            self.transport.write(response.serialize())
+            self._log_access(request, 429, len(response.body))
+            self.transport.close()
+        else:
+            cors = self.server.app.cors
+            if cors is not None:
+                cors.add_headers(request, response.headers)
+            self._respond(request, response)
+        return True
 
     # -- authentication (fullduplex.auth): only for routes with an authenticator -------------
 
@@ -940,6 +991,11 @@ class HTTPProtocol(asyncio.Protocol):
         self.websocket = ws
         self.state = _UPGRADED
         server.websockets.add(ws)
+        limits = server.limits
+        if limits is not None and request.client is not None:
+            limits.acquire(request.client[0])
+        if config.max_messages_per_second is not None or config.max_bytes_per_second is not None:
+            ws.limit_rate(config.max_messages_per_second, config.max_bytes_per_second)
         # From now on the transport calls the WebSocket directly, not through data_received
         # here: ~500 of ~14k user-space instructions per 32 B listener echo (callgrind). The
         # WebSocket tells this protocol (its owner) when TCP closes, for the bookkeeping.
@@ -1018,6 +1074,11 @@ async def serve(
     max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
     send_buffer_size: int | None = DEFAULT_SEND_BUFFER_SIZE,
     backlog: int = DEFAULT_BACKLOG,
+    # Abuse limits
+    max_connections_per_ip: int | None = DEFAULT_MAX_CONNECTIONS_PER_IP,
+    rate_per_ip: float | None = DEFAULT_RATE_PER_IP,
+    max_messages_per_second: int | None = DEFAULT_MAX_MESSAGES_PER_SECOND,
+    max_bytes_per_second: int | None = DEFAULT_MAX_BYTES_PER_SECOND,
 ) -> Server:
     """Start a server for ``app`` and return it, listening.
 
@@ -1059,6 +1120,15 @@ async def serve(
             in bytes (Linux reserves twice that); None keeps the kernel's autotuning, which
             lets a client that stopped reading pin ~1.5 MiB before ``write_limit`` counts.
         backlog: connections the kernel queues for ``accept()``.
+        max_connections_per_ip: open WebSockets and HTTP requests being handled per client
+            IP (``request.client``); over it, 429 with Retry-After. None: no limit.
+        rate_per_ip: WebSocket handshakes and HTTP route requests per client IP per second
+            (a token bucket of one second's worth); over it, 429 with Retry-After. None: no
+            limit.
+        max_messages_per_second: messages received per WebSocket per second; over it, the
+            connection is closed with 1008. None: no limit.
+        max_bytes_per_second: payload bytes received per WebSocket per second; over it, the
+            connection is closed with 1008. None: no limit.
 
     Raises:
         ValueError: a limit or timeout is out of range.
@@ -1085,6 +1155,10 @@ async def serve(
         max_body_size=max_body_size,
         send_buffer_size=send_buffer_size,
         backlog=backlog,
+        max_connections_per_ip=max_connections_per_ip,
+        rate_per_ip=rate_per_ip,
+        max_messages_per_second=max_messages_per_second,
+        max_bytes_per_second=max_bytes_per_second,
     )
     if not isinstance(app, App):
         from ..asgi.server import ASGIAdapter  # only ASGI users import it

@@ -1,0 +1,189 @@
+"""Abuse limits per client IP and per connection (fullduplex.asyncio.limits), real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+import websockets.asyncio.client as wsclient
+from websockets.exceptions import ConnectionClosed as WSClosed
+from websockets.exceptions import InvalidStatus
+
+import fullduplex
+from fullduplex.asyncio.limits import ClientLimits
+
+from .conftest import start, url
+
+
+def echo_app() -> fullduplex.App:
+    app = fullduplex.App()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    @app.websocket("/sink")
+    async def sink(ws: fullduplex.WebSocket) -> None:
+        async for _ in ws:
+            pass
+
+    @app.get("/hello")
+    async def hello(request: fullduplex.Request) -> str:
+        return "hello\n"
+
+    return app
+
+
+async def test_connections_per_ip_101st_refused_429() -> None:
+    server = await start(echo_app(), max_connections_per_ip=100, rate_per_ip=None)
+    clients = []
+    refused = []
+    try:
+        for _ in range(200):
+            try:
+                clients.append(await asyncio.wait_for(wsclient.connect(url(server, "/echo")), 5))
+            except InvalidStatus as exc:
+                refused.append(exc.response)
+        assert len(clients) == 100
+        assert len(refused) == 100
+        assert all(r.status_code == 429 and r.headers["Retry-After"] == "1" for r in refused)
+        for ws in clients:  # the first 100 work
+            await ws.send("x")
+            assert await asyncio.wait_for(ws.recv(), 5) == "x"
+        await clients.pop().close()
+        ok = await asyncio.wait_for(wsclient.connect(url(server, "/echo")), 5)
+        clients.append(ok)  # a freed slot is usable again
+    finally:
+        for ws in clients:
+            await ws.close()
+        await server.shutdown()
+
+
+async def test_handshake_rate_per_ip_429() -> None:
+    server = await start(echo_app(), rate_per_ip=5.0, max_connections_per_ip=None)
+    statuses = []
+    try:
+        for _ in range(10):
+            try:
+                ws = await asyncio.wait_for(wsclient.connect(url(server, "/echo")), 5)
+                statuses.append(101)
+                await ws.close()
+            except InvalidStatus as exc:
+                statuses.append(exc.response.status_code)
+                assert int(exc.response.headers["Retry-After"]) >= 1
+        assert statuses.count(101) >= 5 and 429 in statuses
+    finally:
+        await server.shutdown()
+
+
+async def test_http_429_with_retry_after() -> None:
+    server = await start(echo_app(), rate_per_ip=3.0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        request = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
+        heads = []
+        for _ in range(5):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            heads.append(head)
+        assert all(h.startswith(b"HTTP/1.1 200") for h in heads[:3])
+        assert heads[3].startswith(b"HTTP/1.1 429") and b"Retry-After: 1\r\n" in heads[3]
+        writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_message_flood_closed_1008_others_unaffected() -> None:
+    server = await start(echo_app(), max_messages_per_second=100, rate_per_ip=None)
+    try:
+        quiet = await wsclient.connect(url(server, "/echo"))
+
+        async def ping_pong(n: int) -> list[float]:
+            samples = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await quiet.send("p")
+                await asyncio.wait_for(quiet.recv(), 5)
+                samples.append(time.perf_counter() - t0)
+                await asyncio.sleep(0.02)  # pacing: ~50 per second, under the budget of 100
+            return sorted(samples)
+
+        before = await ping_pong(50)
+        flooder = await wsclient.connect(url(server, "/sink"))
+
+        async def flood() -> None:
+            with pytest.raises(WSClosed):
+                for _ in range(10_000):  # bounded: 10,000 messages at up to 10,000 per second
+                    await flooder.send("f")
+                    await asyncio.sleep(0.0001)
+                # closed by now, reading raises
+                while True:
+                    await asyncio.wait_for(flooder.recv(), 5)
+
+        flood_task = asyncio.create_task(flood())
+        during = await ping_pong(50)
+        await asyncio.wait_for(flood_task, 10)
+        assert flooder.close_code == 1008
+        assert flooder.close_reason == "too many messages per second"
+        p50b, p99b = before[25], before[49]
+        p50d, p99d = during[25], during[49]
+        print(
+            f"ping-pong p50/p99 without flood {p50b * 1e3:.3f}/{p99b * 1e3:.3f} ms, "
+            f"during {p50d * 1e3:.3f}/{p99d * 1e3:.3f} ms"
+        )
+        assert p99d < max(20 * p99b, 0.05)  # generous: a shared 2-core machine
+        await quiet.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_slow_sender_under_budget_not_closed() -> None:
+    server = await start(echo_app(), max_messages_per_second=20, rate_per_ip=None)
+    try:
+        async with wsclient.connect(url(server, "/echo")) as ws:
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # ~10 per second, under the budget
+                await ws.send("x")
+                assert await asyncio.wait_for(ws.recv(), 5) == "x"
+                await asyncio.sleep(0.1)
+    finally:
+        await server.shutdown()
+
+
+async def test_per_ip_table_bounded_under_many_ips() -> None:
+    server = await start(echo_app(), rate_per_ip=1000.0, max_connections_per_ip=10)
+    assert server.limits is not None
+    server.limits.max_tracked_ips = 50
+    try:
+        loop = asyncio.get_running_loop()
+        for n in range(2, 202):  # 200 source addresses, 127.0.0.2 .. 127.0.0.201
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.bind((f"127.0.0.{n}", 0))
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            ws = await wsclient.connect(url(server, "/echo"), sock=sock)
+            await ws.close()
+            assert len(server.limits) <= 50 + 10
+        assert len(server.limits._buckets) <= 50
+    finally:
+        await server.shutdown()
+
+
+def test_client_limits_expire_idle_entries() -> None:
+    now = [0.0]
+    limits = ClientLimits(None, 2.0, clock=lambda: now[0])
+    for n in range(100):
+        assert limits.admit(f"10.0.0.{n}") is None
+    assert limits.admit("10.0.0.1") is None
+    assert limits.admit("10.0.0.1") == 1  # the bucket of 2 is empty: wait a second
+    now[0] = 0.9  # the entries are not full again yet: kept
+    assert limits.admit("10.0.1.1") is None
+    assert len(limits) == 101
+    now[0] = 1.5  # every entry but 10.0.1.1 refilled: the same as none, dropped
+    assert limits.admit("10.0.1.2") is None
+    assert len(limits) == 2
