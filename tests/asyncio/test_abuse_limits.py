@@ -187,3 +187,44 @@ def test_client_limits_expire_idle_entries() -> None:
     now[0] = 1.5  # every entry but 10.0.1.1 refilled: the same as none, dropped
     assert limits.admit("10.0.1.2") is None
     assert len(limits) == 2
+
+
+async def test_held_long_polls_count_and_transport_gets_429() -> None:
+    from ..hub.conftest import eventually
+    from ..transports.client import request
+    from ..transports.conftest import make_setup, teardown
+
+    setup = await make_setup(longpoll_timeout=30.0, max_connections_per_ip=2, rate_per_ip=None)
+    server = setup.server
+    assert server.limits is not None
+    held = [
+        asyncio.ensure_future(request(server.port, "GET", "/longpoll?topic=t&since=0"))
+        for _ in range(2)
+    ]
+    try:
+        await eventually(
+            lambda: server.limits is not None and server.limits.open_connections("127.0.0.1") == 2
+        )
+        reply = await request(server.port, "GET", "/longpoll?topic=t&since=0")
+        assert reply.status == 429
+        assert reply.headers["retry-after"] == "1"
+        assert not any(task.done() for task in held)  # the held polls are untouched
+    finally:
+        await teardown(setup)
+        await asyncio.gather(*held, return_exceptions=True)
+    assert server.limits.open_connections("127.0.0.1") == 0
+
+
+async def test_poll_rate_per_ip_429() -> None:
+    from ..transports.client import request
+    from ..transports.conftest import make_setup, teardown
+
+    setup = await make_setup(rate_per_ip=2.0)
+    try:
+        statuses = [
+            (await request(setup.server.port, "GET", "/poll?topic=t&since=0")).status
+            for _ in range(4)
+        ]
+        assert statuses[:2] == [200, 200] and 429 in statuses[2:]
+    finally:
+        await teardown(setup)
