@@ -30,6 +30,7 @@ from .base import (
 )
 from .hub import Hub, Subscription
 from .memory import MemoryBackend
+from .presence import MemoryPresence, Presence, RedisPresence
 from .stats import STATS, HubStats
 
 if TYPE_CHECKING:
@@ -50,9 +51,12 @@ __all__ = [
     "HubStats",
     "HubUnavailable",
     "MemoryBackend",
+    "MemoryPresence",
     "Message",
     "Policy",
+    "Presence",
     "RedisBackend",
+    "RedisPresence",
     "Subscription",
     "SubscriptionClosed",
     "TopicConfig",

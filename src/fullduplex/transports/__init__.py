@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App
-from ..hub import Hub
+from ..hub import Hub, Presence
 from ..protocol.http11 import Headers, Request, Response
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
@@ -149,6 +149,7 @@ def mount_all(
     auth: Any = APP_AUTH,
     origins: list[str] | None = None,
     compression: bool = False,
+    presence: Presence | None = None,
     # Timeouts
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
@@ -172,6 +173,8 @@ def mount_all(
         origins: the WebSocket route's Origin allow-list (None: same host, or no Origin):
             list the sites whose pages may open ``/pubsub`` with their users' cookies.
         compression: accept permessage-deflate on the WebSocket route.
+        presence: who is subscribed, on the WebSocket route (:mod:`fullduplex.hub.presence`):
+            its ``presence`` op and ``"presence": true`` subscriptions; None for none.
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
 
@@ -194,6 +197,7 @@ def mount_all(
         frames=frames,
         compression=compression,
         keys=keys,
+        presence=presence,
     )
     mount_sse(
         app,

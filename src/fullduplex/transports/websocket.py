@@ -8,6 +8,8 @@ Client to server, one JSON object per text message::
     {"op": "publish", "topic": "chat", "data": {"name": "ann", "text": "hi"}}
     {"op": "publish", "topic": "chat", "data": ..., "id": 7, "key": "3f2a..."}   acknowledged
     {"op": "ping"}                                       an application-level heartbeat
+    {"op": "subscribe", "topic": "chat", "presence": true}   also join and leave events
+    {"op": "presence", "topic": "chat"}                  who is subscribed (mount's presence=)
 
 Server to client::
 
@@ -16,6 +18,8 @@ Server to client::
     {"error": "unknown topic", "op": "subscribe", "topic": "secret"}     a recoverable error
     {"ack": 7, "topic": "chat", "seq": 43, "time": 1700000000.2}         publish 7 is seq 43
     {"pong": true}                                                       the answer to a ping
+    {"topic": "chat", "presence": {"join": "ann"}}       a subscription joined ("leave" too)
+    {"topic": "chat", "presence": {"identities": {"ann": 2}, "connections": 2}}   the answer
 
 A publish with an ``id`` (an integer, or a string of at most 64 characters) is acknowledged
 with that id, or answered with an error carrying it. A ``key`` (1 to 128 characters) makes the
@@ -62,6 +66,7 @@ from typing import Any
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import APP_AUTH, App
 from ..hub import Hub, HubUnavailable
+from ..hub.presence import ANONYMOUS_ID, Presence
 from ..protocol import CloseCode
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import (
@@ -110,6 +115,7 @@ class _Session:
         max_subs: int,
         on_publish: OnPublish | None,
         keys: PublishKeys,
+        presence: Presence | None = None,
     ) -> None:
         self.ws = ws
         self.hub = hub
@@ -121,6 +127,13 @@ class _Session:
         self.identity = ws.identity
         self.keys = keys
         self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.release)
+        self.presence = presence
+        identity = self.identity
+        self.presence_id = (
+            identity.id if identity is not None and not identity.anonymous else ANONYMOUS_ID
+        )
+        # topic -> (the id presence counted this connection under, its watcher or None)
+        self.present: dict[str, tuple[str, Any]] = {}
 
     async def handle(self, text: str) -> None:
         try:
@@ -139,6 +152,8 @@ class _Session:
                 await self.publish(request)
             elif op == "ping":
                 self.ws.send_nowait('{"pong":true}')
+            elif op == "presence":
+                await self.who(request)
             else:
                 raise InvalidInput("unknown op")
         except InvalidInput as exc:
@@ -180,6 +195,47 @@ class _Session:
         except ValueError:
             sink.remove(topic)
             raise InvalidInput("unknown topic") from None
+        if self.presence is not None:
+            self.enter(topic, request.get("presence") is True)
+
+    def enter(self, topic: str, events: bool) -> None:
+        """Count this connection in the topic's presence; watch its joins and leaves."""
+        assert self.presence is not None
+        watcher = None
+        if events:
+            ws = self.ws
+
+            def watcher(kind: str, identity_id: str) -> None:
+                ws.send_nowait(dumps({"topic": topic, "presence": {kind: identity_id}}))
+
+            self.presence.watch(topic, watcher)
+        self.present[topic] = (self.presence.join(topic, self.presence_id), watcher)
+
+    def exit(self, topic: str) -> None:
+        """Uncount this connection from the topic's presence."""
+        entry = self.present.pop(topic, None)
+        if entry is None or self.presence is None:
+            return
+        counted_as, watcher = entry
+        if watcher is not None:
+            self.presence.unwatch(topic, watcher)
+        self.presence.leave(topic, counted_as)
+
+    async def who(self, request: dict[str, Any]) -> None:
+        """Answer a ``presence`` op: who is subscribed to the topic, in every process."""
+        topic = check_topic(request.get("topic"))
+        if self.presence is None:
+            raise InvalidInput("presence not enabled")
+        if not self.rules.can_subscribe(topic, self.identity):
+            raise InvalidInput("unknown topic")
+        try:
+            answer = await self.presence.who(topic)
+        except HubUnavailable:
+            raise InvalidInput("hub unavailable") from None
+        reply: dict[str, Any] = {"topic": topic, "presence": answer}
+        if _valid_id(request.get("id")):
+            reply["id"] = request["id"]
+        self.ws.send_nowait(dumps(reply))
 
     def unsubscribe(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
@@ -188,6 +244,7 @@ class _Session:
             raise InvalidInput("not subscribed")
         self.fanout.unsubscribe(backlog)
         self.sink.remove(topic)
+        self.exit(topic)
 
     async def publish(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
@@ -217,6 +274,8 @@ class _Session:
 
     def close(self) -> None:
         self.release()
+        for topic in list(self.present):
+            self.exit(topic)
         self.sink.close()
 
 
@@ -239,6 +298,7 @@ def mount_websocket(
     on_publish: OnPublish | None = None,
     on_disconnect: OnDisconnect | None = None,
     keys: PublishKeys | None = None,
+    presence: Presence | None = None,
     # Limits
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
@@ -263,6 +323,10 @@ def mount_websocket(
             raise :class:`~.common.InvalidInput` to refuse it (the client gets an error).
         on_disconnect: awaited when a connection ends (e.g. to announce a leave).
         keys: idempotency keys shared with ``POST /publish`` (one is made if None).
+        presence: counts subscriptions per topic and identity and enables the ``presence``
+            op and the subscribe option ``"presence": true`` (see
+            :mod:`fullduplex.hub.presence`); None for no presence (no cost). Its
+            ``start()`` and ``close()`` run with the app's startup and shutdown.
         max_subscriptions: topics one connection may subscribe to (1008 above it).
         max_message_size: largest client message (1009 above it), None for no limit.
 
@@ -275,6 +339,9 @@ def mount_websocket(
         warn_open_publish(app, path, topic_rules)
     known = keys if keys is not None else PublishKeys()
     connections: set[WebSocket] = set()
+    if presence is not None:
+        app.on_startup(presence.start)
+        app.on_shutdown(presence.close)
 
     @app.on_closing
     def restart() -> None:
@@ -290,7 +357,9 @@ def mount_websocket(
         auth=auth,
     )
     async def pubsub(ws: WebSocket) -> None:
-        session = _Session(ws, hub, fanout, topic_rules, max_subscriptions, on_publish, known)
+        session = _Session(
+            ws, hub, fanout, topic_rules, max_subscriptions, on_publish, known, presence
+        )
         connections.add(ws)
         try:
             async for message in ws:

@@ -1,0 +1,191 @@
+"""Presence: counts per identity, join and leave events, across processes on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+import fullduplex
+from fullduplex.hub import Hub
+from fullduplex.hub.presence import MemoryPresence
+
+from .conftest import RedisServer
+from .presence_app import make_app
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def recv(ws: Any, timeout: float = 5.0) -> dict[str, Any]:
+    item: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return item
+
+
+async def who(ws: Any, topic: str = "room") -> dict[str, Any]:
+    await ws.send(json.dumps({"op": "presence", "topic": topic}))
+    while True:
+        item = await recv(ws)
+        if "presence" in item and "connections" in item["presence"]:
+            answer: dict[str, Any] = item["presence"]
+            return answer
+
+
+async def subscribe(ws: Any, topic: str = "room", events: bool = False) -> None:
+    await ws.send(json.dumps({"op": "subscribe", "topic": topic, "presence": events}))
+
+
+@pytest.fixture
+async def memory_server() -> AsyncIterator[fullduplex.Server]:
+    hub = Hub()
+    await hub.start()
+    server = await fullduplex.serve(make_app(hub, MemoryPresence()), "127.0.0.1", 0)
+    yield server
+    server.close()
+    await server.wait_closed()
+    await hub.close()
+
+
+async def test_memory_counts_and_events(memory_server: fullduplex.Server) -> None:
+    url = f"ws://127.0.0.1:{memory_server.port}/pubsub"
+    async with websockets.connect(url + "?user=watcher") as watcher:
+        await subscribe(watcher, events=True)
+        assert await recv(watcher) == {"topic": "room", "presence": {"join": "watcher"}}
+        async with (
+            websockets.connect(url + "?user=ann") as a1,
+            websockets.connect(url + "?user=ann") as a2,
+            websockets.connect(url) as anon,
+        ):
+            await subscribe(a1)
+            assert await recv(watcher) == {"topic": "room", "presence": {"join": "ann"}}
+            await subscribe(a2)
+            assert await recv(watcher) == {"topic": "room", "presence": {"join": "ann"}}
+            await subscribe(anon)
+            assert await recv(watcher) == {"topic": "room", "presence": {"join": "anonymous"}}
+            assert await who(anon) == {
+                "identities": {"watcher": 1, "ann": 2, "anonymous": 1},
+                "connections": 4,
+            }
+            await a1.send(json.dumps({"op": "unsubscribe", "topic": "room"}))
+            assert await recv(watcher) == {"topic": "room", "presence": {"leave": "ann"}}
+        # a2 and anon closed: two leaves, in either order
+        leaves = sorted([(await recv(watcher))["presence"]["leave"] for _ in range(2)])
+        assert leaves == ["ann", "anonymous"]
+        assert await who(watcher) == {"identities": {"watcher": 1}, "connections": 1}
+        # A topic nobody subscribed to:
+        assert await who(watcher, "other") == {"identities": {}, "connections": 0}
+
+
+def start_process(redis: RedisServer, prefix: str, expiry: float) -> tuple[Any, int]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.hub.presence_app", redis.url, prefix, str(expiry)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.strip().isdigit(), f"no port from the server: {line!r}"
+    return process, int(line)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        process.stdout.close()
+
+
+@pytest.mark.one_loop
+async def test_redis_two_processes_and_expiry(
+    redis_server: RedisServer, processes: list[Any]
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    expiry = 1.5
+    first, port1 = start_process(redis_server, prefix, expiry)
+    processes.append(first)
+    second, port2 = start_process(redis_server, prefix, expiry)
+    processes.append(second)
+    url1 = f"ws://127.0.0.1:{port1}/pubsub"
+    url2 = f"ws://127.0.0.1:{port2}/pubsub"
+    async with websockets.connect(url1 + "?user=watcher") as watcher:
+        await subscribe(watcher, events=True)
+        assert await recv(watcher) == {"topic": "room", "presence": {"join": "watcher"}}
+        async with websockets.connect(url2 + "?user=bob") as bob:
+            await subscribe(bob)
+            # bob joined in the other process: the event crosses Redis
+            assert await recv(watcher) == {"topic": "room", "presence": {"join": "bob"}}
+            assert await who(bob) == {
+                "identities": {"watcher": 1, "bob": 1},
+                "connections": 2,
+            }
+        assert await recv(watcher) == {"topic": "room", "presence": {"leave": "bob"}}
+        async with websockets.connect(url2 + "?user=carol") as carol:
+            await subscribe(carol)
+            assert await recv(watcher) == {"topic": "room", "presence": {"join": "carol"}}
+            assert (await who(watcher))["identities"] == {"watcher": 1, "carol": 1}
+            second.kill()  # SIGKILL: no goodbye, its hash expires on its own
+            second.wait(10)
+            loop = asyncio.get_running_loop()
+            killed_at = loop.time()
+            answer: dict[str, Any] = {}
+            while loop.time() < killed_at + expiry + 2.0:
+                answer = await who(watcher)
+                if answer["identities"] == {"watcher": 1}:
+                    break
+                await asyncio.sleep(0.05)
+            assert answer == {"identities": {"watcher": 1}, "connections": 1}
+            assert loop.time() - killed_at <= expiry + 0.5
+
+
+async def test_presence_needs_subscribe_permission() -> None:
+    from fullduplex.transports.common import TopicRules
+    from fullduplex.transports.websocket import mount_websocket
+
+    hub = Hub()
+    await hub.start()
+    app = fullduplex.App()
+    mount_websocket(app, hub, rules=TopicRules(subscribe=["room"]), presence=MemoryPresence())
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/pubsub") as ws:
+            await ws.send(json.dumps({"op": "presence", "topic": "secret"}))
+            assert await recv(ws) == {"error": "unknown topic", "op": "presence", "topic": "secret"}
+            await subscribe(ws)
+            assert await who(ws) == {"identities": {"anonymous": 1}, "connections": 1}
+    finally:
+        server.close()
+        await server.wait_closed()
+        await hub.close()
+
+
+async def test_cap_counts_the_rest_together() -> None:
+    presence = MemoryPresence(max_identities=2)
+    seen: list[tuple[str, str]] = []
+    presence.watch("t", lambda kind, name: seen.append((kind, name)))
+    assert [presence.join("t", name) for name in ("a", "b", "c", "d", "a")] == [
+        "a",
+        "b",
+        "*",
+        "*",
+        "a",
+    ]
+    assert await presence.who("t") == {"identities": {"a": 2, "b": 1, "*": 2}, "connections": 5}
+    presence.leave("t", "*")
+    presence.leave("t", "b")
+    assert await presence.who("t") == {"identities": {"a": 2, "*": 1}, "connections": 3}
+    assert seen[-2:] == [("leave", "*"), ("leave", "b")]
+    assert len(seen) == 7
