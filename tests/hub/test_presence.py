@@ -189,3 +189,27 @@ async def test_cap_counts_the_rest_together() -> None:
     assert await presence.who("t") == {"identities": {"a": 2, "*": 1}, "connections": 3}
     assert seen[-2:] == [("leave", "*"), ("leave", "b")]
     assert len(seen) == 7
+
+
+async def test_redis_close_withdraws_entries(redis_server: RedisServer) -> None:
+    from fullduplex.hub.presence import RedisPresence
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    one = RedisPresence(redis_server.url, prefix=prefix, expiry=30.0)
+    two = RedisPresence(redis_server.url, prefix=prefix, expiry=30.0)
+    await one.start()
+    await two.start()
+    try:
+        seen: list[tuple[str, str]] = []
+        two.watch("t", lambda kind, name: seen.append((kind, name)))
+        one.join("t", "ann")
+        for _ in range(500):  # bounded: 5 s
+            if seen and (await two.who("t"))["connections"] == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [("join", "ann")]
+        assert await two.who("t") == {"identities": {"ann": 1}, "connections": 1}
+        await one.close()  # a clean exit deletes its hash at once, no need to wait 30 s
+        assert await two.who("t") == {"identities": {}, "connections": 0}
+    finally:
+        await two.close()
