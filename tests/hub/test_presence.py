@@ -213,3 +213,41 @@ async def test_redis_close_withdraws_entries(redis_server: RedisServer) -> None:
         assert await two.who("t") == {"identities": {}, "connections": 0}
     finally:
         await two.close()
+
+
+async def test_http_presence_through_mount_all() -> None:
+    import httpx
+
+    from fullduplex.transports import TopicRules, mount_all
+
+    hub = Hub()
+    await hub.start()
+    app = fullduplex.App()
+    transports = mount_all(
+        app, hub, rules=TopicRules(subscribe=["room"]), presence=MemoryPresence()
+    )
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        async with (
+            websockets.connect(f"ws://127.0.0.1:{server.port}/pubsub") as ws,
+            httpx.AsyncClient(base_url=base) as http,
+        ):
+            await subscribe(ws, events=True)
+            assert await recv(ws) == {"topic": "room", "presence": {"join": "anonymous"}}
+            answer = await http.get("/presence", params={"topic": "room"})
+            assert answer.status_code == 200
+            assert answer.json() == {
+                "topic": "room",
+                "identities": {"anonymous": 1},
+                "connections": 1,
+            }
+            refused = await http.get("/presence", params={"topic": "secret"})
+            assert refused.status_code == 403
+            assert refused.json() == {"error": "unknown topic: secret"}
+            assert (await http.get("/presence")).status_code == 400
+    finally:
+        transports.close()
+        server.close()
+        await server.wait_closed()
+        await hub.close()

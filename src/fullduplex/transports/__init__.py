@@ -39,6 +39,7 @@ from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
 from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, EventCache, mount_sse
 from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
+from .presence import mount_presence
 from .publish import PublishKeys, mount_publish
 from .websocket import mount_websocket
 
@@ -58,6 +59,7 @@ __all__ = [
     "mount_browser_library",
     "mount_longpoll",
     "mount_poll",
+    "mount_presence",
     "mount_publish",
     "mount_sse",
     "mount_websocket",
@@ -174,7 +176,8 @@ def mount_all(
             list the sites whose pages may open ``/pubsub`` with their users' cookies.
         compression: accept permessage-deflate on the WebSocket route.
         presence: who is subscribed, on the WebSocket route (:mod:`fullduplex.hub.presence`):
-            its ``presence`` op and ``"presence": true`` subscriptions; None for none.
+            its ``presence`` op and ``"presence": true`` subscriptions, and ``GET
+            {prefix}/presence?topic=T`` (:mod:`.presence`); None for none.
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
 
@@ -199,6 +202,8 @@ def mount_all(
         keys=keys,
         presence=presence,
     )
+    if presence is not None:
+        mount_presence(app, presence, f"{prefix}/presence", rules=rules, auth=auth)
     mount_sse(
         app,
         hub,
