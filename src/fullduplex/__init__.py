@@ -8,10 +8,13 @@ one port, an asyncio client (:func:`connect`) and a threaded client (:mod:`fulld
 from __future__ import annotations
 
 from .asyncio import (
+    Ack,
     App,
     Data,
     Server,
     StreamingResponse,
+    Subscriber,
+    SubscriptionError,
     WebSocket,
     WebSocketListener,
     broadcast,
@@ -20,6 +23,7 @@ from .asyncio import (
     json_response,
     run,
     serve,
+    subscribe,
     text_response,
 )
 from .protocol import (
@@ -34,6 +38,7 @@ from .protocol import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ack",
     "App",
     "CloseCode",
     "ConnectionClosed",
@@ -44,6 +49,8 @@ __all__ = [
     "InvalidStatus",
     "Server",
     "StreamingResponse",
+    "Subscriber",
+    "SubscriptionError",
     "WebSocket",
     "WebSocketListener",
     "__version__",
@@ -53,5 +60,6 @@ __all__ = [
     "json_response",
     "run",
     "serve",
+    "subscribe",
     "text_response",
 ]

@@ -6,19 +6,25 @@ from .client import connect
 from .connection import Data, WebSocket, WebSocketListener, broadcast
 from .router import App, StreamingResponse, html_response, json_response, text_response
 from .server import Server, run, serve
+from .subscriber import Ack, Subscriber, SubscriptionError, reconnect, subscribe
 
 __all__ = [
+    "Ack",
     "App",
     "Data",
     "Server",
     "StreamingResponse",
+    "Subscriber",
+    "SubscriptionError",
     "WebSocket",
     "WebSocketListener",
     "broadcast",
     "connect",
     "html_response",
     "json_response",
+    "reconnect",
     "run",
     "serve",
+    "subscribe",
     "text_response",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..config import (
@@ -250,6 +250,16 @@ class connect:
 
     def __await__(self) -> Generator[Any, None, WebSocket]:
         return self._open_with_timeout().__await__()
+
+    def __aiter__(self) -> AsyncIterator[WebSocket]:
+        """Reconnect forever: ``async for ws in connect(uri)``.
+
+        Each iteration gets a new connection once the previous one closed, with backoff and
+        full jitter between failures (see :func:`fullduplex.asyncio.subscriber.reconnect`).
+        """
+        from .subscriber import reconnect
+
+        return reconnect(self)
 
     async def __aenter__(self) -> WebSocket:
         self._ws = await self._open_with_timeout()

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .client import ClientConnection, connect
+from .subscriber import Subscriber, subscribe
 
-__all__ = ["ClientConnection", "connect"]
+__all__ = ["ClientConnection", "Subscriber", "connect", "subscribe"]
