@@ -80,6 +80,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     connect.set_defaults(func=_connect)
 
+    from .cli_pubsub import add_pubsub_commands
+
+    add_pubsub_commands(sub)  # subscribe, publish
+
     # Listed for --help; main() hands "bench ..." to fullduplex.bench before parsing.
     sub.add_parser(
         "bench",

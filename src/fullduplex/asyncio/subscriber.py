@@ -151,9 +151,7 @@ class Subscriber:
         **connect_options: Any,
     ) -> None:
         self.uri = uri
-        names = list(dict.fromkeys(topics))
-        if not names:
-            raise ValueError("subscribe to at least one topic")
+        names = list(dict.fromkeys(topics))  # none: a publisher only
         if isinstance(since, Mapping):
             self.cursors: dict[str, int | None] = {t: since.get(t) for t in names}
         else:
