@@ -229,4 +229,8 @@ def mount_all(
     mount_browser_library(app, prefix)
     names = ("pubsub", "sse", "longpoll", "poll", "publish")
     routes = {f"{prefix}/{name}": "websocket" if name == "pubsub" else name for name in names}
-    return Transports(frames, held, fanout, events, keys, routes)
+    transports = Transports(frames, held, fanout, events, keys, routes)
+    # When the server starts closing: end event streams and long polls at once (a shutdown
+    # would otherwise wait for them: they are never idle).
+    app.on_closing(transports.close)
+    return transports
