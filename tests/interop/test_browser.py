@@ -39,8 +39,15 @@ async def test_echo_page_round_trip(server: fullduplex.Server) -> None:
             text = await echo.first.inner_text()
             assert re.fullmatch(r"< \d\d:\d\d:\d\d: hello from chromium", text), text
             # The server closing is reported on the page.
+            port = server.port
             await server.shutdown()
-            await state.filter(has_text="closed").wait_for(timeout=10000)
+            await state.filter(has_text="reconnecting").wait_for(timeout=10000)
             assert "closed: code 1001" in await page.locator("#log").inner_text()
+            # ... and comes back by itself when the server is back on its port.
+            again = await fullduplex.serve(server.app, "127.0.0.1", port)
+            try:
+                await state.filter(has_text="open").wait_for(timeout=30000)
+            finally:
+                await again.shutdown()
         finally:
             await browser.close()
