@@ -251,3 +251,52 @@ async def test_http_presence_through_mount_all() -> None:
         server.close()
         await server.wait_closed()
         await hub.close()
+
+
+async def test_slow_watcher_counts_missed_events() -> None:
+    from fullduplex.transports.websocket import mount_websocket
+
+    hub = Hub()
+    await hub.start()
+    presence = MemoryPresence(max_identities=10)
+    app = fullduplex.App()
+    mount_websocket(app, hub, presence=presence)
+    server = await fullduplex.serve(app, "127.0.0.1", 0, write_limit=1024)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/pubsub"
+        async with websockets.connect(url, max_queue=1) as ws:
+            await subscribe(ws, events=True)
+            assert await recv(ws) == {"topic": "room", "presence": {"join": "anonymous"}}
+            # The client stops reading (max_queue=1): the joins fill the socket buffers,
+            # then the server's write buffer passes write_limit and events are counted.
+            # 50,000 events of 1 KiB: 50 MiB, far more than loopback socket buffers hold.
+            name = "u" * 1000
+            issued = 50_000
+            for _ in range(issued):
+                presence.join("room", name)
+            received = missed = 0
+            finals = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 20
+            while True:
+                assert loop.time() < deadline, "the final join never arrived"
+                try:
+                    item = json.loads(await asyncio.wait_for(ws.recv(), 0.05))
+                except asyncio.TimeoutError:
+                    presence.join("room", "final")  # sent once the buffer drained
+                    finals += 1
+                    continue
+                event = item["presence"]
+                if "missed" in event:
+                    missed += event["missed"]
+                elif event.get("join") == name:
+                    received += 1
+                elif event.get("join") == "final":
+                    break
+            assert missed > 0
+            # Every event is accounted for: received, or counted in a "missed" item.
+            assert received + missed == issued + finals - 1
+    finally:
+        server.close()
+        await server.wait_closed()
+        await hub.close()

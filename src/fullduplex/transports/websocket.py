@@ -204,8 +204,19 @@ class _Session:
         watcher = None
         if events:
             ws = self.ws
+            missed = 0
 
             def watcher(kind: str, identity_id: str) -> None:
+                # Bounded: while the write buffer is over write_limit, events are counted,
+                # not queued; the next one is preceded by {"presence": {"missed": n}} (ask
+                # again with the presence op).
+                nonlocal missed
+                if not ws.writable:
+                    missed += 1
+                    return
+                if missed:
+                    ws.send_nowait(dumps({"topic": topic, "presence": {"missed": missed}}))
+                    missed = 0
                 ws.send_nowait(dumps({"topic": topic, "presence": {kind: identity_id}}))
 
             self.presence.watch(topic, watcher)
