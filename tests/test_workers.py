@@ -146,6 +146,10 @@ async def serve(tmp_path: Path, *args: str, cwd: Path | None = None) -> AsyncIte
             loop_name(),
             "--log-level",
             "warning",
+            # These tests poll from one IP as fast as they can across restarts: no per-IP
+            # rate limit (tests/asyncio/test_abuse_limits.py tests that one).
+            "--rate-per-ip",
+            "none",
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
             cwd=cwd or tmp_path,
