@@ -15,6 +15,9 @@ from fullduplex.demo.app import DemoApp
 
 from ..browser import ARGS, CHROMIUM
 
+#: The live page's cards and the library transport each is pinned to.
+CARDS = {"ws": "websocket", "sse": "sse", "longpoll": "longpoll", "poll": "poll"}
+
 
 @pytest.fixture
 async def demo() -> AsyncIterator[tuple[DemoApp, fullduplex.Server]]:
@@ -54,6 +57,27 @@ async def test_live_page_four_transports_same_sequence(
             for name, s in stats.items():
                 assert s["messages"] >= 12 and s["bytesPerMessage"] > 0, (name, s)
             assert await page.inner_text("#ws-state") == "open"
+            # Each card is a fullduplex.js client pinned to its transport: the library reports
+            # that transport, open, and the card shows it.
+            await page.wait_for_function(
+                "Object.values(fdLive.reported()).every(r => r.shown === r.transport)",
+                timeout=5000,
+            )
+            reported = await page.evaluate("fdLive.reported()")
+            assert reported == {
+                card: {"state": "open", "transport": lib, "shown": lib}
+                for card, lib in CARDS.items()
+            }
+            for card, lib in CARDS.items():
+                assert await page.inner_text(f"#{card}-state") == "open"
+                assert await page.inner_text(f"#{card}-transport") == lib
+            # Traffic through the library's onWire hook: one request each for the WebSocket
+            # and the event stream (no reconnection here), a request per answer for polls.
+            stats = await page.evaluate("fdLive.stats()")
+            assert stats["ws"]["requestsPerMinute"] == 1, stats
+            assert stats["sse"]["requestsPerMinute"] == 1, stats
+            assert stats["longpoll"]["requestsPerMinute"] >= 2, stats
+            assert stats["poll"]["requestsPerMinute"] >= 2, stats
         finally:
             await browser.close()
 

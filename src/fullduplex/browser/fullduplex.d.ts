@@ -82,6 +82,21 @@ export interface Options {
   token?: string | null | (() => string | null | Promise<string | null>);
   /** Connect on construction (true). */
   autoConnect?: boolean;
+  /** Traffic accounting (null: off, nothing measured). Called for every HTTP request and
+   * WebSocket opened (kind "request") and every WebSocket message or event-stream chunk
+   * received (kind "data"). */
+  onWire?: ((event: WireEvent) => void) | null;
+}
+
+/** What crossed the wire, for pages that show traffic (the demo's live page). */
+export interface WireEvent {
+  transport: TransportName;
+  kind: "request" | "data";
+  /** kind "request": the URL requested (the WebSocket's ws:// URL). */
+  url?: string;
+  /** kind "data": UTF-8 bytes of a WebSocket message's text, or bytes of an event-stream body
+   * chunk (after HTTP chunked decoding). */
+  bytes?: number;
 }
 
 export interface SubscribeOptions<T = unknown> {

@@ -71,6 +71,10 @@
     pollInterval: 1000, // ms between short polls
     token: null, // a string, or a function returning one (or a promise of one)
     autoConnect: true,
+    // Traffic accounting, off by default (null): a function called with {transport, kind, ...}:
+    // kind "request" {url} for every HTTP request and WebSocket opened, kind "data" {bytes} for
+    // every WebSocket message (UTF-8 bytes of its text) and event-stream chunk (body bytes).
+    onWire: null,
   };
 
   // -- small helpers ------------------------------------------------------------------------
@@ -95,6 +99,18 @@
   function httpBase(base) {
     var href = root.location ? root.location.href : "http://localhost/";
     return new URL(base.replace(/\/+$/, "") + "/", href);
+  }
+
+  var utf8 = typeof TextEncoder !== "undefined" ? new TextEncoder() : null;
+
+  // The onWire hook (see DEFAULTS): nothing is measured unless the page asked for it.
+  function wire(client, transport, kind, value) {
+    var hook = client.options.onWire;
+    if (!hook) return;
+    var event = { transport: transport, kind: kind };
+    if (kind === "request") event.url = String(value);
+    else event.bytes = typeof value === "string" ? (utf8 ? utf8.encode(value).length : value.length) : value;
+    try { hook(event); } catch (err) { setTimeout(function () { throw err; }); }
   }
 
   // A failure to open: the client tries the next transport at once.
@@ -124,6 +140,7 @@
       var ws;
       try { ws = new WebSocket(self.url); } catch (err) { reject(new OpenError(String(err))); return; }
       self.ws = ws;
+      wire(client, "websocket", "request", self.url);
       var deadline = setTimeout(function () {
         if (!opened) { ws.close(); reject(new OpenError("websocket: open timeout")); }
       }, client.options.openTimeout);
@@ -138,6 +155,7 @@
       };
       ws.onmessage = function (ev) {
         self.lastSeen = Date.now();
+        wire(client, "websocket", "data", ev.data);
         var item;
         try { item = JSON.parse(ev.data); } catch (err) { return; }
         if (item.pong !== undefined) return;
@@ -231,7 +249,9 @@
       };
       client._headers().then(function (headers) {
         headers.Accept = "text/event-stream";
-        return fetch(self.url(), { headers: headers, cache: "no-store", signal: controller.signal });
+        var url = self.url();
+        wire(client, "sse", "request", url);
+        return fetch(url, { headers: headers, cache: "no-store", signal: controller.signal });
       }).then(function (response) {
         if (response.status >= 400) {
           client._httpError(response.status);
@@ -244,6 +264,7 @@
           return reader.read().then(function (chunk) {
             if (chunk.done) { fail("ended"); return; }
             clearTimeout(watchdog);
+            wire(client, "sse", "data", chunk.value.length);
             if (!opened) { opened = true; resolve(); }
             watchdog = setTimeout(function () { controller.abort(); }, opts.sseTimeout);
             parser.feed(decoder.decode(chunk.value, { stream: true }));
@@ -342,9 +363,10 @@
   }
 
   PollingTransport.prototype.request = function (path, topic, since, timeout) {
-    var client = this.client, url = new URL(path, this.base);
+    var client = this.client, url = new URL(path, this.base), name = this.name;
     url.searchParams.set("topic", topic);
     if (since !== null) url.searchParams.set("since", String(since));
+    wire(client, name, "request", url);
     var controller = new AbortController();
     var timer = setTimeout(function () { controller.abort(); }, timeout);
     return client._headers().then(function (headers) {

@@ -1,35 +1,34 @@
-// The live page: the ticker topic through WebSocket, SSE, long polling and short polling.
-// Plain JavaScript, no build step, nothing from a CDN.
+// The live page: the ticker topic through WebSocket, SSE, long polling and short polling, one
+// fullduplex.js client (served at /fullduplex.js) per card, each pinned to its transport with
+// the library's `transports` option. Plain JavaScript, no build step, nothing from a CDN.
 "use strict";
 
 const TOPIC = "ticker";
 const POLL_INTERVAL_MS = 1000;
 const WINDOW_MS = 60000;
 const KEEP_SAMPLES = 300;
-const enc = new TextEncoder();
 
+// id: the card (and the page's element ids); lib: the library's transport name.
 const transports = [
-  { id: "ws", name: "WebSocket", color: "#1f77b4" },
-  { id: "sse", name: "Server-Sent Events", color: "#2ca02c" },
-  { id: "longpoll", name: "Long polling", color: "#ff7f0e" },
-  { id: "poll", name: "Short polling", color: "#d62728" },
+  { id: "ws", lib: "websocket", name: "WebSocket", color: "#1f77b4" },
+  { id: "sse", lib: "sse", name: "Server-Sent Events", color: "#2ca02c" },
+  { id: "longpoll", lib: "longpoll", name: "Long polling", color: "#ff7f0e" },
+  { id: "poll", lib: "poll", name: "Short polling", color: "#d62728" },
 ];
 const byId = Object.fromEntries(transports.map((t) => [t.id, t]));
 let requestHeadBytes = 0; // measured by the server, see /api/request-size
 
 for (const t of transports) {
-  Object.assign(t, { seqs: [], latencies: [], points: [], bytes: 0, messages: 0, requests: [], state: "connecting", prices: {} });
+  Object.assign(t, {
+    seqs: [], latencies: [], points: [], bytes: 0, messages: 0, requests: [], prices: {},
+    client: null, state: "idle", transport: null, // as the library reports them
+  });
 }
 
 function frameHeaderSize(n) { return n < 126 ? 2 : n < 65536 ? 4 : 10; }
 function chunkOverhead(n) { return n.toString(16).length + 4; } // "<hex>\r\n" + data + "\r\n"
 
-function setState(t, state) { t.state = state; render(); }
-
-function countRequest(t) { t.requests.push(Date.now()); }
-
-function receive(t, item, wireBytes) {
-  if (wireBytes !== undefined) t.bytes += wireBytes;
+function receive(t, item) {
   if (item.gap) { t.seqs.push(`gap:${item.gap.since}-${item.gap.first_available}`); return; }
   const now = Date.now();
   const latency = now - item.time * 1000;
@@ -48,64 +47,50 @@ function quantile(values, q) {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-function responseBytes(url) {
-  // Resource Timing: transferSize = response head + body as received (0 if not exposed).
-  const entries = performance.getEntriesByName(new URL(url, location.href).href);
-  performance.clearResourceTimings();
-  const e = entries[entries.length - 1];
-  return e && e.transferSize ? e.transferSize : 0;
-}
+// -- traffic: the library's onWire hook plus Resource Timing for the polls' responses ---------
 
-// -- the four clients ------------------------------------------------------------------------
+const pollUrls = new Map(); // poll request URL -> card, until Resource Timing reports it
 
-function startWebSocket(t, since) {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const ws = new WebSocket(`${scheme}//${location.host}/pubsub`);
-  countRequest(t);
-  ws.onopen = () => { setState(t, "open"); ws.send(JSON.stringify({ op: "subscribe", topic: TOPIC, since })); };
-  ws.onmessage = (ev) => {
-    const n = enc.encode(ev.data).length;
-    const item = JSON.parse(ev.data);
-    if (item.error) return;
-    receive(t, item, n + frameHeaderSize(n));
-    if (!item.gap) since = item.seq; else since = item.gap.first_available - 1;
-  };
-  ws.onclose = () => { setState(t, "closed"); setTimeout(() => startWebSocket(t, since), 1000); };
-}
-
-function startSSE(t, since) {
-  const es = new EventSource(`/sse?topic=${TOPIC}&since=${since}`);
-  countRequest(t);
-  let reconnecting = false;
-  es.onopen = () => { if (reconnecting) countRequest(t); reconnecting = false; setState(t, "open"); };
-  const onEvent = (ev) => {
-    const text = `${ev.type === "gap" ? "event: gap\n" : ""}id: ${ev.lastEventId}\ndata: ${ev.data}\n\n`;
-    const n = enc.encode(text).length;
-    receive(t, JSON.parse(ev.data), n + chunkOverhead(n));
-  };
-  es.onmessage = onEvent;
-  es.addEventListener("gap", onEvent);
-  es.onerror = () => { reconnecting = true; setState(t, es.readyState === EventSource.CLOSED ? "closed" : "reconnecting"); };
-}
-
-async function startPolling(t, path, since, interval) {
-  setState(t, "open");
-  for (;;) { // one request at a time; ends with the page
-    const url = `${path}?topic=${TOPIC}&since=${since}`;
-    countRequest(t);
-    try {
-      const reply = await (await fetch(url, { cache: "no-store" })).json();
-      const bytes = requestHeadBytes + responseBytes(url);
-      t.bytes += bytes;
-      for (const item of reply.messages) receive(t, item);
-      since = reply.cursor;
-      if (t.state !== "open") setState(t, "open");
-    } catch (err) {
-      setState(t, "retrying");
-      await new Promise((r) => setTimeout(r, 1000));
+function onWire(t, ev) {
+  if (ev.kind === "request") {
+    t.requests.push(Date.now());
+    if (t.lib === "longpoll" || t.lib === "poll") {
+      t.bytes += requestHeadBytes; // the browser does not expose it: measured by the server
+      pollUrls.set(ev.url, t);
     }
-    if (interval) await new Promise((r) => setTimeout(r, interval));
+  } else if (t.lib === "websocket") {
+    t.bytes += ev.bytes + frameHeaderSize(ev.bytes);
+  } else if (t.lib === "sse") {
+    t.bytes += ev.bytes + chunkOverhead(ev.bytes);
   }
+}
+
+// Resource Timing: transferSize = response head + body as received (0 if not exposed).
+new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    const t = pollUrls.get(e.name);
+    if (!t) continue;
+    pollUrls.delete(e.name);
+    t.bytes += e.transferSize || 0;
+  }
+  performance.clearResourceTimings(); // the buffer holds 250 entries; the observer sees all
+}).observe({ type: "resource" });
+
+// -- the four clients: one library client per card, pinned to its transport ------------------
+
+function start(t, since) {
+  const client = new fullduplex.Client("", {
+    transports: [t.lib],
+    pollInterval: POLL_INTERVAL_MS,
+    onWire: (ev) => onWire(t, ev),
+  });
+  t.client = client;
+  client.on("state", (ev) => { t.state = ev.state; t.transport = ev.transport; render(); });
+  client.subscribe(TOPIC, {
+    since,
+    onMessage: (m) => receive(t, m),
+    onGap: (g) => receive(t, { gap: g }),
+  });
 }
 
 // -- rendering -------------------------------------------------------------------------------
@@ -116,8 +101,9 @@ for (const t of transports) {
   card.className = "card";
   card.id = `card-${t.id}`;
   card.innerHTML = `<h2><span><span class="swatch" style="background:${t.color}"></span>${t.name}</span>
-    <span class="state" id="${t.id}-state">connecting</span></h2>
+    <span class="state" id="${t.id}-state">idle</span></h2>
     <table>
+    <tr><td>transport</td><td id="${t.id}-transport">-</td></tr>
     <tr><td>last seq</td><td id="${t.id}-seq">-</td></tr>
     <tr><td>messages</td><td id="${t.id}-count">0</td></tr>
     <tr><td>latency median</td><td id="${t.id}-p50">-</td></tr>
@@ -137,6 +123,7 @@ function render() {
     const el = (k) => document.getElementById(`${t.id}-${k}`);
     el("state").textContent = t.state;
     el("state").dataset.state = t.state;
+    el("transport").textContent = t.transport || "-";
     const last = t.seqs.filter((s) => typeof s === "number").pop();
     el("seq").textContent = last === undefined ? "-" : last;
     el("count").textContent = t.messages;
@@ -177,18 +164,21 @@ setInterval(() => { render(); draw(); }, 500);
 async function main() {
   const size = await (await fetch("/api/request-size?topic=ticker&since=0000000000", { cache: "no-store" })).json();
   requestHeadBytes = size.head;
-  const start = (await (await fetch(`/poll?topic=${TOPIC}`, { cache: "no-store" })).json()).cursor;
-  document.getElementById("start-cursor").textContent = start;
-  startWebSocket(byId.ws, start);
-  startSSE(byId.sse, start);
-  startPolling(byId.longpoll, "/longpoll", start, 0);
-  startPolling(byId.poll, "/poll", start, POLL_INTERVAL_MS);
+  const startCursor = (await (await fetch(`/poll?topic=${TOPIC}`, { cache: "no-store" })).json()).cursor;
+  document.getElementById("start-cursor").textContent = startCursor;
+  for (const t of transports) start(t, startCursor);
 }
 
 // For tests and the curious: what each transport received.
 window.fdLive = {
   transports: byId,
   seqs: (id) => byId[id].seqs.slice(),
+  // What each card's library client reports: {state, transport} (client.state, client.transport).
+  reported: () => Object.fromEntries(transports.map((t) => [t.id, {
+    state: t.client ? t.client.state : "idle",
+    transport: t.client ? t.client.transport : null,
+    shown: document.getElementById(`${t.id}-transport`).textContent,
+  }])),
   stats: () => Object.fromEntries(transports.map((t) => [t.id, {
     messages: t.messages,
     p50: quantile(t.latencies, 0.5),
