@@ -158,6 +158,10 @@ class Subscriber:
                     self._items.get_nowait()
             self._thread.join(0.05)
         self._closed = True
+        # The drain above may have taken the thread's end marker: a reader blocked in recv()
+        # (another thread) must still wake up and stop.
+        with contextlib.suppress(queue.Full):
+            self._items.put_nowait(_END)
 
     def __enter__(self) -> Subscriber:
         return self
