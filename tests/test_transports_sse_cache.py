@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 
 from fullduplex.hub import Message
+from fullduplex.protocol.sse import encode_event
 from fullduplex.transports.common import EnvelopeCache
-from fullduplex.transports.eventstream import EventCache
-from fullduplex.transports.sse import encode_event, format_event_id
+from fullduplex.transports.sse import EventCache, format_event_id
 
 from .transports.client import EventStream
 from .transports.conftest import Setup, make_setup, teardown

@@ -47,8 +47,8 @@ from ..protocol.exceptions import FullduplexError, InvalidHandshake
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http11 import DEFAULT_MAX_BODY_SIZE, Headers, Request, Response
 from ..transports import TopicRules, Transports, mount_all
-from ..transports.eventstream import DEFAULT_HEARTBEAT_INTERVAL
 from ..transports.polling import DEFAULT_LONGPOLL_TIMEOUT
+from ..transports.sse import DEFAULT_HEARTBEAT_INTERVAL
 from .types import Message, Receive, Scope, Send
 
 __all__ = ["HubApp"]

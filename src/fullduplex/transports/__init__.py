@@ -13,7 +13,7 @@ a client can switch transport and carry its cursor::
 transport              where                                                       module
 =====================  ==========================================================  ==========
 WebSocket              ``/pubsub``: JSON ops subscribe / unsubscribe / publish      websocket
-Server-Sent Events     ``GET /sse?topic=T&topic=U&since=N``, ``Last-Event-ID``      eventstream
+Server-Sent Events     ``GET /sse?topic=T&topic=U&since=N``, ``Last-Event-ID``      sse
 long polling           ``GET /longpoll?topic=T&since=N``: held up to 30 s           polling
 short polling          ``GET /poll?topic=T&since=N``: at once                       polling
 publish                ``POST /publish`` ``{"topic": T, "data": ...}``             publish
@@ -37,10 +37,10 @@ from ..hub import Hub, Presence
 from ..protocol.http11 import Headers, Request, Response
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
-from .eventstream import DEFAULT_HEARTBEAT_INTERVAL, EventCache, mount_sse
 from .polling import DEFAULT_LONGPOLL_TIMEOUT, mount_longpoll, mount_poll
 from .presence import mount_presence
 from .publish import PublishKeys, mount_publish
+from .sse import DEFAULT_HEARTBEAT_INTERVAL, EventCache, mount_sse
 from .websocket import mount_websocket
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Bounded backlogs: what a consumer has not taken yet, under the topic's slow-consumer policy.
 
 The WebSocket broadcast (:mod:`~fullduplex.transports.broadcast`) and the event stream
-(:mod:`~fullduplex.transports.eventstream`) take messages from the hub in callback mode (no
+(:mod:`~fullduplex.transports.sse`) take messages from the hub in callback mode (no
 queue and no task per subscriber inside the hub) and keep what they cannot write at once in a
 :class:`Backlog`, one per topic and consumer, of at most ``queue_size`` messages:
 

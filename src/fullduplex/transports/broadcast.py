@@ -1,10 +1,11 @@
-"""Broadcast to WebSockets: frame each message once, write it straight to every transport.
+"""Broadcast to WebSockets: frame each message once, write it to every connection's socket.
 
 A topic with N WebSocket subscribers costs, per message, one JSON serialization, one frame
 serialization (:func:`~fullduplex.protocol.prepare_frame`: server frames are unmasked, RFC
 6455 5.1, so the same bytes suit every uncompressed connection) and one loop over the N
 connections offering it to each (:meth:`WebSocket.send_prepared`, which writes it to the
-transport): no task, no queue and no hub subscription per subscriber while it keeps up.
+connection's asyncio transport): no task, no queue and no hub subscription per subscriber while
+it keeps up.
 
 :class:`Fanout` holds, per topic, one callback-mode hub subscription and the connections
 subscribed to it (:class:`_TopicFanout`). A connection that subscribes from now joins the
@@ -19,17 +20,17 @@ keeps one per connection with context takeover); the JSON text is still built on
 Flow control and the slow-consumer policy
 -----------------------------------------
 
-A frame is written only when the connection is OPEN, no fragmented message is being sent on it,
-and its transport has not paused writing (its buffer went over the server's ``write_limit`` and
+A frame is written only when the connection is OPEN, no fragmented message is being sent on it, and
+its asyncio transport has not paused writing (its buffer went over the server's ``write_limit`` and
 has not drained to a quarter of it since: ``ws.writable``). Otherwise the message waits in the
 topic's :class:`~fullduplex.transports.backlog.Backlog` (at most ``queue_size`` messages, under the
-topic's :class:`~fullduplex.hub.Policy`: drop-oldest with a gap, conflate, or disconnect), and
-while a backlog is not empty, one task per such connection awaits ``ws.wait_drain()`` (the
-transport's ``resume_writing``) and writes the backlog: an idle or keeping-up connection has no
-task and no timer. Under ``disconnect``, a full backlog closes the connection with 1013 (try
-again later): the client is healthy but slower than the feed, and may reconnect and resume from
-its cursor (``{"op":"subscribe","since":N}``). So a slow connection holds at most its write
-buffer plus ``queue_size`` messages per topic, and never delays the others: a write to a
+topic's :class:`~fullduplex.hub.Policy`: drop-oldest with a gap, conflate, or disconnect), and while
+a backlog is not empty, one task per such connection awaits ``ws.wait_drain()`` (the transport's
+``resume_writing``) and writes the backlog: an idle or keeping-up connection has no task and no
+timer. Under ``disconnect``, a full backlog closes the connection with 1013 (try again later): the
+client is healthy but slower than the feed, and may reconnect and resume from its cursor
+(``{"op":"subscribe","since":N}``). So a slow connection holds at most its write buffer plus
+``queue_size`` messages per topic, and never delays the others: a write to an asyncio
 transport never blocks.
 """
 
@@ -51,7 +52,7 @@ logger = logging.getLogger("fullduplex.transports")
 
 #: Seconds between attempts to write a backlog when the connection is not paused yet cannot
 #: take a frame (a fragmented send in progress: the core has no event for its end). A paused
-#: connection is resumed by its transport instead (``ws.wait_drain()``).
+#: connection is resumed by its asyncio transport instead (``ws.wait_drain()``).
 BACKLOG_RETRY = 0.05
 
 _OPEN = State.OPEN
@@ -88,7 +89,7 @@ class FrameCache:
 
 
 class WebSocketSink:
-    """Delivers hub messages and gaps to one WebSocket, writing frames to its transport.
+    """Delivers hub messages and gaps to one WebSocket, writing frames to its asyncio transport.
 
     Call :meth:`deliver` for each message or gap of a topic (:class:`Fanout` does, or a hub
     callback from :meth:`callback`).

@@ -1,16 +1,36 @@
-"""Server-Sent Events encoding: pure functions from events to bytes (no I/O, no clock).
+"""Server-Sent Events: ``GET /sse?topic=T[&topic=U...][&since=N]`` as ``text/event-stream``.
 
-The WHATWG HTML Living Standard, section 9.2 "Server-sent events", defines the
-``text/event-stream`` format: UTF-8 lines, each event a block of ``field: value`` lines ended by
-a blank line. This module writes that format; the endpoint that streams it is
-:mod:`fullduplex.transports.eventstream`.
+The stream starts with a ``retry:`` hint and an id-only block (``id: <cursors>`` and no data:
+it sets the browser's last event id without firing an event), so a stream that drops before its
+first event still resumes exactly. Then, per message::
 
-* :func:`encode_event` - one event: ``event:``, ``id:`` and one ``data:`` line per line of data;
-* :func:`encode_comment` - a comment line, used as a heartbeat (proxies see bytes flow, the
-  browser ignores it);
-* :func:`encode_retry` - the reconnection delay hint;
-* :func:`format_event_id` / :func:`parse_event_id` - the cursors carried in ``id:`` and given
-  back by the browser in ``Last-Event-ID`` on reconnect.
+    id: 42
+    data: {"topic":"ticker","seq":42,"data":{...},"time":1700000000.123}
+
+and per gap (``event: gap``, data ``{"topic":T,"gap":{"since":S,"first_available":F}}``).
+Messages use the default event type (``message``), so ``EventSource.onmessage`` sees them;
+the data is the same JSON envelope the other transports send. With several topics the id is
+the cursor of every topic, ``chat:17,ticker:42`` (see :func:`format_event_id`).
+
+Where to start, per topic: the ``Last-Event-ID`` header (sent by the browser on reconnect),
+else ``?since=`` (a number, for every topic, or an id as above), else now. Resuming is exact: a
+message is never sent twice nor skipped without a gap.
+
+A comment (``:``) is sent every ``heartbeat_interval`` seconds of silence, so proxies and the
+client see the connection alive. A stream whose client falls more than ``queue_size`` messages
+behind is handled by the topic's policy (:mod:`~fullduplex.transports.backlog`); under
+``disconnect`` it ends, and the browser reconnects with ``Last-Event-ID`` after ``retry``.
+
+The ``retry:`` hint of each stream is drawn at random between ``retry / 2`` and ``retry * 3 / 2``
+(1.5 to 4.5 s by default): when a server restarts, the browsers it served come back spread over
+that window instead of all at once (``EventSource`` reconnects after the hint, with no jitter of
+its own).
+
+Every stream of a topic sends the same bytes for a message, but for the ``id:`` line of a
+stream of several topics: :class:`EventCache` encodes each message once for all of them.
+
+The format itself (events, comments, ``retry:``) is written by :mod:`fullduplex.protocol.sse`;
+its functions are also importable from here, where they lived before that module existed.
 
 Event ids
 ---------
@@ -24,76 +44,322 @@ duplicates. Topic names never contain ``:`` or ``,`` (see :data:`~.common.TOPIC_
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ..asyncio.router import APP_AUTH, App, StreamingResponse
+from ..hub import Gap, Hub, HubUnavailable, Message, Subscription
+from ..protocol.http11 import Headers, Request, Response
+
+# Re-exported (``X as X``): fullduplex.transports.sse held the encoding before protocol.sse.
+from ..protocol.sse import encode_comment as encode_comment
+from ..protocol.sse import encode_event as encode_event
+from ..protocol.sse import encode_retry as encode_retry
+from .backlog import Backlog, Mailbox
+from .common import (
+    EnvelopeCache,
+    InvalidInput,
+    OpenRequests,
+    TopicRules,
+    check_history,
+    dumps,
+    error_response,
+    gap_envelope,
+    parse_since,
+    query_one,
+    query_topics,
+    same_message,
+)
 
 __all__ = [
-    "encode_comment",
-    "encode_event",
-    "encode_retry",
+    "DEFAULT_EVENT_CACHE_BYTES",
+    "DEFAULT_EVENT_CACHE_SIZE",
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "DEFAULT_MAX_SSE_TOPICS",
+    "DEFAULT_RETRY",
+    "EventCache",
     "format_event_id",
+    "mount_sse",
     "parse_event_id",
 ]
 
-# WHATWG 9.2.5: "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A LINE FEED
-# (CRLF) character pair, a single U+000A LINE FEED (LF) character, or a single U+000D CARRIAGE
-# RETURN (CR) character." Any of them in data starts a new data: line.
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-# An id or event name must be one line; WHATWG 9.2.6: "If the field name is 'id': If the field
-# value does not contain U+0000 NULL, then set the last event ID buffer to the field value."
-_FORBIDDEN_IN_FIELD = re.compile(r"[\r\n\x00]")
+logger = logging.getLogger("fullduplex.transports")
+
+#: Seconds of silence before a heartbeat comment. The WHATWG spec suggests "every 15 seconds
+#: or so" for legacy proxies that drop idle connections.
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+#: Reconnection delay hinted to the browser, in seconds (browsers default to about 3 s).
+DEFAULT_RETRY = 3.0
+#: Topics one stream may carry.
+DEFAULT_MAX_SSE_TOPICS = 16
+#: Encoded events kept for sharing between streams. Streams take a message within one loop
+#: iteration of each other, unless a burst lands before they run: then each stream takes the
+#: whole burst, and every message of it must still be there. 1,024 covers a burst of 1,024
+#: messages on one topic, or 64 on each of 16 topics.
+DEFAULT_EVENT_CACHE_SIZE = 1024
+#: Bytes of encoded events kept at most (4 MiB: 64 events of the largest message ``POST
+#: /publish`` accepts, thousands of usual ones).
+DEFAULT_EVENT_CACHE_BYTES = 4 * 2**20
+
+_HEADERS = (
+    ("Content-Type", "text/event-stream; charset=utf-8"),
+    ("Cache-Control", "no-cache"),
+    # nginx buffers proxied responses unless told otherwise.
+    ("X-Accel-Buffering", "no"),
+)
 
 
-def encode_event(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
-    """Encode one event.
+def _start_cursors(request: Request, topics: list[str]) -> dict[str, int | None]:
+    """Each topic's cursor from Last-Event-ID, else ?since=, else None (now)."""
+    cursors: dict[str, int | None] = dict.fromkeys(topics)
+    last_id = request.headers.get("Last-Event-ID")
+    since = query_one(request.query, "since")
+    value = last_id if last_id is not None else since
+    if value is None:
+        return cursors
+    if last_id is None and ":" not in value:
+        number = parse_since(value)
+        return dict.fromkeys(topics, number)
+    try:
+        cursors.update(parse_event_id(value, topics))
+    except ValueError:
+        source = "Last-Event-ID" if last_id is not None else "since"
+        raise InvalidInput(f"invalid {source}") from None
+    return cursors
+
+
+class EventCache:
+    """The encoded event of each recent message, shared by every stream: N streams, one encode.
+
+    Keyed by topic and sequence number and checked against the message itself (a topic reset
+    by a broker that lost its data numbers new messages from 1 again). The oldest events go
+    first once there are more than ``max_size`` of them or more than ``max_bytes`` bytes.
 
     Args:
-        data: the event's data; each line (split at CRLF, CR or LF) becomes a ``data:`` line,
-            and the browser joins them back with LF. An empty string sends one empty
-            ``data:`` line, which still dispatches an event.
-        event: the event type (``event:`` field); None for the default type, ``message``.
-        id: the event id (``id:`` field), which the browser sends back in ``Last-Event-ID``;
-            None to leave the last id unchanged.
+        envelopes: the JSON cache shared with the other transports.
+        max_size: events kept at most.
+        max_bytes: bytes of events kept at most.
+    """
+
+    def __init__(
+        self,
+        envelopes: EnvelopeCache | None = None,
+        *,
+        # Limits
+        max_size: int = DEFAULT_EVENT_CACHE_SIZE,
+        max_bytes: int = DEFAULT_EVENT_CACHE_BYTES,
+    ) -> None:
+        #: The JSON cache.
+        self.envelopes = envelopes or EnvelopeCache()
+        self.max_size = max_size
+        self.max_bytes = max_bytes
+        self._events: dict[tuple[str, int], tuple[Message, bytes]] = {}
+        #: Bytes of the events kept.
+        self.size = 0
+        #: Events encoded (for tests and metrics: one per message, not per stream).
+        self.encoded = 0
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def event(self, message: Message) -> bytes:
+        """The event of ``message`` as a stream of its topic alone sends it.
+
+        ``id: <seq>``, then its ``data:`` line and the blank line (see :func:`encode_event`).
+        """
+        key = (message.topic, message.seq)
+        entry = self._events.get(key)
+        if entry is not None and same_message(entry[0], message):
+            return entry[1]
+        event = encode_event(self.envelopes.text(message), id=str(message.seq))
+        self.encoded += 1
+        events = self._events
+        if entry is not None:  # the same number for another message: a reset topic
+            del events[key]
+            self.size -= len(entry[1])
+        events[key] = (message, event)
+        self.size += len(event)
+        while len(events) > self.max_size or (self.size > self.max_bytes and len(events) > 1):
+            self.size -= len(events.pop(next(iter(events)))[1])
+        return event
+
+
+class _Stream:
+    """One event stream: its subscriptions, its mailbox and the cursors of its ids."""
+
+    def __init__(self, hub: Hub, events: EventCache, topics: list[str], held: OpenRequests) -> None:
+        self.hub = hub
+        self.cache = events
+        # Under the disconnect policy, a full backlog releases the subscriptions at once: the
+        # stream may be stuck waiting for the client to read, and ends when it can.
+        self.mailbox = Mailbox(on_overflow=self.close)
+        self.held = held
+        held.add(self.mailbox.close)
+        self.cursors: dict[str, int] = {}
+        self.subscriptions: list[Subscription] = []
+        self.topics = topics
+
+    async def open(self, start: dict[str, int | None]) -> None:
+        hub = self.hub
+        for topic, since in start.items():
+            if since is None:
+                # Make the first id complete: "now" is a cursor too.
+                since = await hub.last_seq(topic)
+            self.cursors[topic] = since
+            backlog = Backlog(topic, hub.config(topic), since, from_history=True)
+            callback = self.mailbox.add(backlog)
+            self.subscriptions.append(hub.subscribe(topic, since=since, on_message=callback))
+
+    def close(self) -> None:
+        self.held.discard(self.mailbox.close)
+        for subscription in self.subscriptions:
+            subscription.close()
+        self.subscriptions.clear()
+
+    def encode(self, items: list[Message | Gap]) -> bytes:
+        cursors = self.cursors
+        single = len(cursors) == 1
+        chunks: list[bytes | memoryview] = []
+        for item in items:
+            if isinstance(item, Gap):
+                cursors[item.topic] = item.first_available - 1
+                event_id = format_event_id(cursors)
+                data = dumps(gap_envelope(item))
+                chunks.append(encode_event(data, event="gap", id=event_id))
+                continue
+            cursors[item.topic] = item.seq
+            # The shared event instead of format_event_id + encode_event + the envelope
+            # lookup per stream: 20,900 -> 5,200 user-space instructions per stream and
+            # message for one-topic streams, 26,900 -> 17,400 for two topics (callgrind, 1,000
+            # streams); in-process 1,350 -> 260 ns (one topic) and 1,800 -> 1,200 ns (two).
+            event = self.cache.event(item)
+            if single:
+                chunks.append(event)  # its id is the seq: the event as it is
+            else:
+                # The same data lines after this stream's own id (every topic's cursor).
+                chunks.append(f"id: {format_event_id(cursors)}\n".encode())
+                chunks.append(memoryview(event)[event.index(b"\n") + 1 :])
+        return b"".join(chunks)
+
+    async def take(self) -> list[Message | Gap]:
+        """What to send next: backlogs that overflowed read back from history, then the rest.
+
+        Raises:
+            HubUnavailable: history cannot be read now (the stream ends; the client resumes
+                from its last event id).
+        """
+        items: list[Message | Gap] = []
+        for backlog in self.mailbox.backlogs.values():
+            if backlog.behind and backlog.sent is not None:
+                # One chunk per topic and turn: memory stays bounded by the queue size.
+                chunk = backlog.config.queue_size
+                gap, messages = await self.hub.history(backlog.topic, backlog.sent, chunk)
+                items.extend(backlog.catch_up(gap, messages, len(messages) < chunk))
+        items.extend(self.mailbox.take())
+        return items
+
+    def closed(self) -> bool:
+        return self.mailbox.closed or any(s.closed for s in self.subscriptions)
+
+    async def events(self, heartbeat: float | None, retry: float | None) -> AsyncIterator[bytes]:
+        try:
+            # Jittered: a restart's reconnections spread over [retry/2, 3*retry/2].
+            hint = retry * (0.5 + random.random()) if retry is not None else None
+            head = encode_retry(round(hint * 1000)) if hint is not None else b""
+            # WHATWG 9.2.6 "dispatch the event": the last event ID is set before the check for
+            # empty data, so an id-only block records the cursor without firing an event.
+            yield head + f"id: {format_event_id(self.cursors)}\n\n".encode()
+            mailbox = self.mailbox
+            while True:
+                try:
+                    items = await self.take()
+                except HubUnavailable:
+                    yield encode_comment("closed: hub unavailable")
+                    return
+                if items:
+                    yield self.encode(items)
+                    continue
+                if mailbox.overflowed:
+                    yield encode_comment("closed: slow consumer")
+                    return
+                if self.closed():
+                    return
+                if not await mailbox.wait(heartbeat):
+                    yield encode_comment()
+        finally:
+            self.close()
+
+
+def mount_sse(
+    app: App,
+    hub: Hub,
+    path: str = "/sse",
+    *,
+    rules: TopicRules | None = None,
+    auth: Any = APP_AUTH,
+    envelopes: EnvelopeCache | None = None,
+    events: EventCache | None = None,
+    requests: OpenRequests | None = None,
+    # Timeouts
+    heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+    retry: float | None = DEFAULT_RETRY,
+    # Limits
+    max_topics: int = DEFAULT_MAX_SSE_TOPICS,
+) -> OpenRequests:
+    """Serve Server-Sent Events (see the module docstring) at ``path``.
+
+    Args:
+        app: the application.
+        hub: the hub.
+        path: the route.
+        rules: which topics clients may subscribe to and read the history of; any valid
+            topic if None.
+        auth: the route's authenticator (:mod:`fullduplex.auth`): the app's when omitted,
+            None for none.
+        envelopes: a JSON cache shared with other mounts (one is made if None).
+        events: an encoded-event cache shared with other mounts (one is made over
+            ``envelopes`` if None).
+        requests: where open streams are tracked (one is made if None).
+        heartbeat_interval: seconds of silence before a comment is sent; None for never.
+        retry: reconnection delay hinted to the browser, in seconds; None to send no hint.
+        max_topics: topics one stream may carry (400 above it).
 
     Returns:
-        The UTF-8 bytes of the event, blank line included.
-
-    Raises:
-        ValueError: ``event`` or ``id`` contains a line break or NUL.
+        The open streams (call its ``close`` before shutting the server down: a server
+        shutdown waits for streams, which are never idle).
     """
-    lines = []
-    if event is not None:
-        _check_field("event", event)
-        lines.append(f"event: {event}\n")
-    if id is not None:
-        _check_field("id", id)
-        lines.append(f"id: {id}\n")
-    lines.extend(f"data: {line}\n" for line in _LINE_BREAK.split(data))
-    lines.append("\n")
-    return "".join(lines).encode()
+    topic_rules = rules or TopicRules()
+    cache = events if events is not None else EventCache(envelopes)
+    held = requests if requests is not None else OpenRequests()
 
+    @app.get(path, auth=auth)
+    async def event_stream(request: Request) -> Response | StreamingResponse:
+        try:
+            identity = request.identity
+            topics = query_topics(
+                request.query, topic_rules, max_topics=max_topics, identity=identity
+            )
+            start = _start_cursors(request, topics)
+            for topic, cursor in start.items():
+                if cursor is not None:
+                    check_history(topic_rules, topic, identity)
+        except InvalidInput as exc:
+            return error_response(exc)
+        stream = _Stream(hub, cache, topics, held)
+        try:
+            await stream.open(start)
+        except HubUnavailable:
+            stream.close()
+            return error_response(InvalidInput("hub unavailable", 503))
+        except BaseException:
+            stream.close()
+            raise
+        body = stream.events(heartbeat_interval, retry)
+        return StreamingResponse(200, Headers(_HEADERS), body)
 
-def encode_comment(text: str = "") -> bytes:
-    """Encode a comment (a line starting with ``:``), e.g. a heartbeat.
-
-    Browsers ignore comments (WHATWG 9.2.6: "If the line starts with a U+003A COLON character
-    (:) - Ignore the line."); they keep idle connections alive through proxies.
-    Multi-line text becomes several comment lines.
-    """
-    return "".join(f": {line}\n" if line else ":\n" for line in _LINE_BREAK.split(text)).encode()
-
-
-def encode_retry(milliseconds: int) -> bytes:
-    """Encode the reconnection time hint (``retry:``), in milliseconds.
-
-    Raises:
-        ValueError: the value is negative.
-    """
-    if milliseconds < 0:
-        raise ValueError("retry must be a non-negative number of milliseconds")
-    # WHATWG 9.2.6: "If the field value consists of only ASCII digits, then interpret the field
-    # value as an integer in base ten, and set the event stream's reconnection time to that".
-    return b"retry: %d\n\n" % milliseconds
+    return held
 
 
 def format_event_id(cursors: Mapping[str, int]) -> str:
@@ -135,8 +401,3 @@ def _parse_seq(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 18:
         raise ValueError("a sequence number must be a non-negative integer")
     return int(text)
-
-
-def _check_field(name: str, value: str) -> None:
-    if _FORBIDDEN_IN_FIELD.search(value):
-        raise ValueError(f"SSE {name} must be a single line without NUL")
