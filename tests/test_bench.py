@@ -8,6 +8,7 @@ import math
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -24,10 +25,14 @@ from fullduplex.bench import (
 )
 from fullduplex.demo import create_app
 
+# A ping-pong benchmark sends ~17,000 messages per second per connection: over the server's
+# default per-WebSocket rate (1,000/s, closed with 1008), which test_rate_limited_server covers.
+UNLIMITED: dict[str, Any] = {"max_messages_per_second": None}
+
 
 @pytest.fixture
 async def echo_url() -> AsyncIterator[str]:
-    server = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+    server = await fullduplex.serve(create_app(), "127.0.0.1", 0, **UNLIMITED)
     try:
         yield f"ws://127.0.0.1:{server.port}/echo"
     finally:
@@ -41,7 +46,7 @@ def threaded_echo_url() -> Iterator[str]:
     state: dict[str, object] = {}
 
     async def serve() -> None:
-        server = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+        server = await fullduplex.serve(create_app(), "127.0.0.1", 0, **UNLIMITED)
         stop = asyncio.Event()
         state.update(port=server.port, loop=asyncio.get_running_loop(), stop=stop)
         ready.set()
@@ -69,6 +74,20 @@ def assert_sane(summary: Summary, connections: int) -> None:
     assert summary.messages_per_second > 0
     assert 0 < summary.p50 <= summary.p90 <= summary.p99 <= summary.max
     assert summary.p50 <= summary.mean * 10  # same order of magnitude, not a timing
+
+
+async def test_rate_limited_server_is_named_in_the_summary() -> None:
+    # The server's default per-WebSocket rate closes a ping-pong run with 1008: the summary says
+    # so and points at the limit instead of printing a bare error count.
+    server = await fullduplex.serve(create_app(), "127.0.0.1", 0, max_messages_per_second=100)
+    try:
+        config = BenchConfig(f"ws://127.0.0.1:{server.port}/echo", connections=2, duration=1.0)
+        summary = await run(config)
+    finally:
+        await server.shutdown()
+    assert summary.errors == 2
+    assert "1008" in summary.first_error
+    assert "--max-messages-per-second" in summary.report()
 
 
 async def test_ping_pong(echo_url: str) -> None:

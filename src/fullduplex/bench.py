@@ -221,6 +221,8 @@ class Summary:
     p99: float
     max: float
     mean: float
+    #: What went wrong first, when ``errors`` is not 0 (e.g. the server's close code and reason).
+    first_error: str = ""
 
     @property
     def messages_per_second(self) -> float:
@@ -239,7 +241,8 @@ class Summary:
                 f"{self.url}: {self.connections:,} connection(s), {self.size:,}-byte messages, "
                 f"{self.mode}, {self.duration:.1f} s",
                 f"  messages   {self.sent:,} sent, {self.received:,} received, "
-                f"{self.errors} error(s)",
+                f"{self.errors} error(s)"
+                + (f" (first: {self.first_error})" if self.errors and self.first_error else ""),
                 f"  throughput {self.messages_per_second:,.0f} msg/s, "
                 f"{self.bytes_per_second / 1e6:,.2f} MB/s",
                 f"  latency    p50 {_ms(self.p50)}  p90 {_ms(self.p90)}  p99 {_ms(self.p99)}  "
@@ -324,7 +327,12 @@ async def _open_all(
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
-    return str(exc) or type(exc).__name__
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ConnectionClosed) and exc.code == 1008:
+        # A fullduplex server's per-WebSocket message rate (1,000/s by default) closes a
+        # ping-pong benchmark; say how to lift it rather than leave a bare 1008.
+        text += " (a server limit such as fullduplex's --max-messages-per-second)"
+    return text
 
 
 async def _ping_pong(ws: WebSocket, payload: str | bytes, stats: _Stats, until: float) -> None:
@@ -450,6 +458,7 @@ async def run(
         p99=h.percentile(99),
         max=h.max,
         mean=h.mean,
+        first_error=_describe(stats.first_error) if stats.first_error else "",
     )
 
 
