@@ -247,7 +247,12 @@ class Subscriber:
         self.state = "closed"
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
+            # Cancelled again until it ends: on Python 3.11 a cancellation that meets a
+            # finishing asyncio.wait_for (inside connect) can be lost, and the session would
+            # then read on from a live connection.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for pending in self._pending.values():
