@@ -71,7 +71,11 @@ logger = logging.getLogger("fullduplex")
 #: One line per request and per WebSocket connection (shared with the server's HTTP lines).
 access_logger = logging.getLogger("fullduplex.access")
 
-_OPEN = State.OPEN
+# Enum members as globals: ``State.OPEN`` costs a slot wrapper call on Python 3.11 (EnumType
+# has __getattr__), ~850 user-space instructions; see fullduplex.protocol.connection.
+_OPEN, _CLOSED = State.OPEN, State.CLOSED
+_NORMAL_CLOSURE, _GOING_AWAY = CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY
+_SERVER = Side.SERVER
 
 
 class WebSocketListener:
@@ -404,7 +408,7 @@ class WebSocket(asyncio.Protocol):
         """
         if data is None:
             data = _random_payload(self._pings)
-        if self.core.state is not State.OPEN:
+        if self.core.state is not _OPEN:
             raise self._closed_exception()
         fut = self._send_ping(data)
         return await fut
@@ -420,7 +424,7 @@ class WebSocket(asyncio.Protocol):
 
     def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake without waiting for it (does nothing if closing)."""
-        if self.core.state is State.OPEN:
+        if self.core.state is _OPEN:
             self.core.send_close(code, reason)
             self._flush()
 
@@ -514,7 +518,7 @@ class WebSocket(asyncio.Protocol):
 
     def fail(self, code: int, reason: str = "") -> None:
         """Fail the connection at once: send a close frame if possible and drop TCP."""
-        if not self._lost and self.core.state is not State.CLOSED:
+        if not self._lost and self.core.state is not _CLOSED:
             self.core.fail(code, reason)
         self._flush()
         if not self.transport.is_closing():  # see _flush: TLS transports mind a second close
@@ -797,7 +801,7 @@ class WebSocket(asyncio.Protocol):
 
     def _keepalive_ping(self) -> None:
         self._keepalive = None
-        if self.core.state is not State.OPEN or self._lost:
+        if self.core.state is not _OPEN or self._lost:
             return
         fut = self._send_ping(_random_payload(self._pings))
         fut.add_done_callback(self._keepalive_pong)
@@ -820,14 +824,14 @@ class WebSocket(asyncio.Protocol):
     def _closed_exception(self) -> ConnectionClosed:
         code = self.core.close_code
         reason = self.core.close_reason
-        if code in (CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY):
+        if code in (_NORMAL_CLOSURE, _GOING_AWAY):
             return ConnectionClosedOK(code, reason)
         return ConnectionClosedError(code, reason)
 
     def _log_closed(self) -> None:
         # One INFO line per connection on the server, on the access logger; clients log at
         # DEBUG. The level test comes first: with the logger off this costs one call.
-        if self.core.side is Side.SERVER:
+        if self.core.side is _SERVER:
             log, level = access_logger, logging.INFO
         else:
             log, level = logger, logging.DEBUG

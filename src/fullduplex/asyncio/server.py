@@ -420,6 +420,10 @@ class HTTPState(enum.IntEnum):
 
 
 _READING, _HANDLING, _IDLE, _UPGRADED = HTTPState
+# Globals, not enum attributes (a slot wrapper call each on Python 3.11: see
+# fullduplex.protocol.connection).
+_SERVER = Side.SERVER
+_NORMAL_CLOSURE = CloseCode.NORMAL_CLOSURE
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -965,7 +969,7 @@ class HTTPProtocol(asyncio.Protocol):
         if max_frame is SERVER_DEFAULT:
             max_frame = config.max_frame_size
         core = Connection(
-            Side.SERVER,
+            _SERVER,
             extensions=accepted.extensions,
             max_frame_size=max_frame,
             max_message_size=max_msg,
@@ -1029,7 +1033,7 @@ class HTTPProtocol(asyncio.Protocol):
         # Kept as a wrapper coroutine: running the handler's coroutine as the task with the
         # close in a done callback measured no smaller (idle connection RSS 6.32 KiB against
         # 6.22 KiB with this wrapper: the callback and its partial cost what the frame does).
-        code, reason = CloseCode.NORMAL_CLOSURE, ""
+        code, reason = _NORMAL_CLOSURE, ""
         try:
             await route.handler(ws)  # type: ignore[call-arg,misc]  # a coroutine function here
         except ConnectionClosed:

@@ -404,6 +404,11 @@ def prepare_frame(message: str | bytes) -> bytes:
     return build_frame(_FIN_BINARY, message)
 
 
+# A global, not CloseCode.NO_STATUS_RCVD: an enum attribute read is a slot wrapper call on
+# Python 3.11 (fullduplex.protocol.connection has the figure).
+_NO_STATUS_RCVD = CloseCode.NO_STATUS_RCVD
+
+
 def parse_close(payload: bytes) -> tuple[int, str]:
     """Parse the payload of a close frame (RFC 6455 5.5.1).
 
@@ -416,7 +421,7 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     """
     n = len(payload)
     if n == 0:
-        return CloseCode.NO_STATUS_RCVD, ""
+        return _NO_STATUS_RCVD, ""
     if n == 1:
         raise ProtocolError("close frame with a 1-byte payload")
     (code,) = _unpack_h(payload)
@@ -439,7 +444,7 @@ def serialize_close(code: int, reason: str = "") -> bytes:
     Raises:
         LocalProtocolError: the code may not be sent or the reason is too long.
     """
-    if code == CloseCode.NO_STATUS_RCVD and not reason:
+    if code == _NO_STATUS_RCVD and not reason:
         return b""
     if not is_valid_close_code(code):
         raise LocalProtocolError(f"close code {code} may not be sent")
