@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -224,5 +225,72 @@ async def test_common_request_fields_are_shared_between_connections() -> None:
             request.headers.add("Origin", f"http://o{i}")
         server.share_fields(request)
         assert len(server._fields) == 4096  # bounded
+    finally:
+        await server.shutdown()
+
+
+_HANDSHAKE = (
+    b"GET /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+_CLOSE_1000 = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # masked with a zero key
+
+
+@pytest.mark.parametrize("api", ["async", "listener"])
+async def test_a_closed_connection_leaves_no_cyclic_garbage(api: str) -> None:
+    """A handshake and its close free the server's objects by reference counting.
+
+    Reference cycles (parser and callbacks, core and WebSocket, an exception in the recv
+    future) left every connection's objects to the garbage collector, whose collections cost
+    ~8% of a handshake's instructions. Closed normally (1000) and by a dropped TCP connection.
+    """
+    app = fullduplex.App()
+    if api == "async":
+
+        @app.websocket("/echo")
+        async def echo(ws: fullduplex.WebSocket) -> None:
+            async for message in ws:
+                await ws.send(message)
+
+    else:
+
+        class Echo(fullduplex.WebSocketListener):
+            def on_message(self, ws: fullduplex.WebSocket, message: fullduplex.Data) -> None:
+                ws.send_nowait(message)
+
+        app.websocket("/echo")(Echo)
+    server = await start(app, ping_interval=None)
+
+    async def one(close: bool) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(_HANDSHAKE)
+        await reader.readuntil(b"\r\n\r\n")
+        if close:
+            writer.write(_CLOSE_1000)
+            await reader.read()  # until the server closes TCP
+        writer.close()
+        await writer.wait_closed()
+
+    try:
+        await one(True)  # lazy imports and caches
+        gc.collect()
+        gc.disable()
+        try:
+            for close in (True, False, True):
+                await one(close)
+            server.close()
+            await server.wait_closed()  # every connection and handler done
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            ours = [
+                type(o).__qualname__
+                for o in gc.garbage
+                if type(o).__module__.split(".")[0] in ("fullduplex", "httptools")
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert ours == []
     finally:
         await server.shutdown()

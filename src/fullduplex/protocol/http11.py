@@ -385,7 +385,9 @@ class _Message:
     """Callbacks for httptools: accumulates the message being parsed."""
 
     def __init__(self) -> None:
-        #: The httptools parser feeding this object.
+        #: The httptools parser feeding this object. It holds this object's bound methods:
+        #: the reference back is dropped once nothing more is parsed (upgrade, close,
+        #: failure), so that both are freed at once rather than by the garbage collector.
         self.parser: Any = None
         self.reset()
 
@@ -724,6 +726,8 @@ class _Parser(abc.ABC):
             self._state = _CLOSED
         else:
             self._state = _HEAD
+            return
+        self._message.parser = None  # never fed again: see _Message.parser
 
     @abc.abstractmethod
     def _switches_protocols(self) -> bool:
@@ -735,6 +739,7 @@ class _Parser(abc.ABC):
 
     def _fail(self, exc: InvalidMessage) -> None:
         self._state = _FAILED
+        self._message.parser = None
         self._error = exc
         self._trailing.clear()
 
