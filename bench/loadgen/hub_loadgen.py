@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import resource
 import sys
 import time
@@ -45,6 +46,8 @@ from typing import Any
 import loadgen as lg  # bench/loadgen/loadgen.py: frames, the handshake, CPU clocks
 
 OP_TEXT, OP_CLOSE = 0x1, 0x8
+#: The cursor of a long-poll answer (``..."cursor":N,"epoch":"..."}``), the last one in the body.
+CURSOR = re.compile(rb'"cursor":(\d+)')
 #: Server CPU time below which a 10 ms interval counts as idle (1% of a CPU).
 IDLE_NS = 100_000
 #: Longest wait for the server to go idle after a round, in seconds.
@@ -367,8 +370,7 @@ class LongPollSubscriber(Subscriber):
         del buf[: end + 4 + size]
         if self.capture is not None and not self.messages:
             self.capture += body
-        at = body.rfind(b'"cursor":')
-        self.cursor = int(body[at + 9 : body.index(b"}", at)])
+        self.cursor = int(CURSOR.findall(body)[-1])
         request = self.template.format(since=self.cursor).encode()
         self.bytes_out += len(request)
         self.transport.write(request)
