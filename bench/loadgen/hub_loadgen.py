@@ -45,6 +45,8 @@ from typing import Any
 
 import loadgen as lg  # bench/loadgen/loadgen.py: frames, the handshake, CPU clocks
 
+from fullduplex.bench.load import open_many
+
 OP_TEXT, OP_CLOSE = 0x1, 0x8
 #: The cursor of a long-poll answer (``..."cursor":N,"epoch":"..."}``), the last one in the body.
 CURSOR = re.compile(rb'"cursor":(\d+)')
@@ -79,20 +81,20 @@ class Meter:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return Snapshot(
             time.perf_counter(),
-            lg._cpu_clock_ns(self.server_pid),
-            lg._cpu_clock_ns(self.redis_pid) if self.redis_pid else 0,
+            lg.cpu_clock_ns(self.server_pid),
+            lg.cpu_clock_ns(self.redis_pid) if self.redis_pid else 0,
             ru.ru_utime + ru.ru_stime,
-            lg._system_busy_ticks(),
+            lg.system_busy_ticks(),
         )
 
     async def wait_idle(self) -> None:
         """Return once the server used under IDLE_NS in two 10 ms intervals in a row."""
         quiet = 0
-        before = lg._cpu_clock_ns(self.server_pid)
+        before = lg.cpu_clock_ns(self.server_pid)
         end = time.monotonic() + IDLE_WAIT
         while quiet < 2 and time.monotonic() < end:
             await asyncio.sleep(0.01)
-            now = lg._cpu_clock_ns(self.server_pid)
+            now = lg.cpu_clock_ns(self.server_pid)
             quiet = quiet + 1 if now - before < IDLE_NS else 0
             before = now
 
@@ -423,27 +425,20 @@ async def open_all(
 ) -> list[Subscriber]:
     """Open ``args.clients`` subscribers, ``args.concurrency`` at a time."""
     loop = asyncio.get_running_loop()
-    sem = asyncio.Semaphore(args.concurrency)
-    subs: list[Subscriber] = []
 
-    async def one() -> None:
-        async with sem:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("connecting took too long")
-            _, sub = await asyncio.wait_for(
-                loop.create_connection(factory, args.host, args.port), left
-            )
-            subs.append(sub)
-            if not isinstance(sub, LongPollSubscriber):  # a long poll answers later
+    async def one(left: float | None) -> Subscriber:
+        _, sub = await asyncio.wait_for(loop.create_connection(factory, args.host, args.port), left)
+        if not isinstance(sub, LongPollSubscriber):  # a long poll answers later
+            try:
                 await asyncio.wait_for(sub.opened, left)
+            except BaseException:
+                sub.close()
+                raise
+        return sub
 
-    results = await asyncio.gather(*(one() for _ in range(args.clients)), return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        await lg.close_all(subs)
-        raise RuntimeError(f"{len(errors)} of {args.clients} subscribers failed: {errors[0]!r}")
-    return subs
+    return await open_many(
+        one, args.clients, close=lg.close_all, concurrency=args.concurrency, deadline=deadline
+    )
 
 
 async def warm_up(
@@ -608,21 +603,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args(sys.argv[1:])
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.clients + 100 > hard:
-        print(json.dumps({"error": f"open-file limit {hard} is below {args.clients}"}))
-        return 1
-    import uvloop
-
-    try:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(run_test(args))
-    except Exception as exc:  # reported as JSON for bench/hub_bench.py
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
+    result = lg.result_or_error(lambda: run_test(args), args.clients, "uvloop")
     print(json.dumps(result))
-    return 0
+    return 1 if "error" in result else 0
 
 
 if __name__ == "__main__":

@@ -45,9 +45,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+# The engine `fullduplex bench` runs on (in the wheel): percentiles, opening many connections,
+# the open-file limit, the event loop.
+from fullduplex.bench.latency import percentile
+from fullduplex.bench.load import open_many, raise_file_limit, run_loop
 
 # RFC 6455 1.3: the sample nonce and its accept value; every connection sends the same key.
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
@@ -206,14 +211,14 @@ class Snapshot:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         return cls(
             time.perf_counter(),
-            _cpu_clock_ns(pid),
+            cpu_clock_ns(pid),
             _stat_ticks(pid),
             ru.ru_utime + ru.ru_stime,
-            _system_busy_ticks(),
+            system_busy_ticks(),
         )
 
 
-def _cpu_clock_ns(pid: int) -> int:
+def cpu_clock_ns(pid: int) -> int:
     # clock_getcpuclockid(pid): CPUCLOCK_SCHED (2) of the whole process (bit 2 clear).
     return time.clock_gettime_ns(((~pid) << 3) | 2)
 
@@ -224,7 +229,7 @@ def _stat_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
 
 
-def _system_busy_ticks() -> int:
+def system_busy_ticks() -> int:
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
@@ -402,7 +407,9 @@ class Target:
         return None if self.raw else handshake_request(self.host, self.port, self.path)
 
 
-async def connect(target: Target, timeout: float = 10.0, cls: type[Client] = Client) -> Client:
+async def connect(
+    target: Target, timeout: float | None = 10.0, cls: type[Client] = Client
+) -> Client:
     loop = asyncio.get_running_loop()
     request = target.request()
     _, client = await asyncio.wait_for(
@@ -416,23 +423,13 @@ async def connect_many(
     target: Target, n: int, concurrency: int, deadline: float, cls: type[Client] = Client
 ) -> list[Client]:
     """Open ``n`` connections, at most ``concurrency`` handshakes at a time."""
-    sem = asyncio.Semaphore(concurrency)
-    clients: list[Client] = []
-
-    async def one() -> None:
-        async with sem:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("connecting took too long")
-            clients.append(await connect(target, left, cls))
-
-    tasks = [asyncio.ensure_future(one()) for _ in range(n)]
-    done = await asyncio.gather(*tasks, return_exceptions=True)
-    errors = [r for r in done if isinstance(r, BaseException)]
-    if errors:
-        await close_all(clients)
-        raise RuntimeError(f"{len(errors)} of {n} connections failed: {errors[0]!r}")
-    return clients
+    return await open_many(
+        lambda left: connect(target, left, cls),
+        n,
+        close=close_all,
+        concurrency=concurrency,
+        deadline=deadline,
+    )
 
 
 class Closable(Protocol):
@@ -647,9 +644,9 @@ async def test_latency(args: argparse.Namespace, target: Target, meter: Meter) -
     us = sorted(t / 1000 for t in measured)
     result = window.per(len(measured))
     result.update(
-        p50_us=_percentile(us, 50),
-        p90_us=_percentile(us, 90),
-        p99_us=_percentile(us, 99),
+        p50_us=percentile(us, 50),
+        p90_us=percentile(us, 90),
+        p99_us=percentile(us, 99),
         max_us=us[-1],
         mean_us=statistics.fmean(us),
         mb_per_s=args.size * len(measured) / window.seconds / 1e6,
@@ -785,8 +782,8 @@ async def test_handshake(args: argparse.Namespace, target: Target, meter: Meter)
     result.update(
         failures=len(failures),
         first_failure=repr(failures[0]) if failures else None,
-        open_p50_ms=_percentile(ms, 50) if ms else None,
-        open_p99_ms=_percentile(ms, 99) if ms else None,
+        open_p50_ms=percentile(ms, 50) if ms else None,
+        open_p99_ms=percentile(ms, 99) if ms else None,
     )
     return {"handshake": result, "units": ok}
 
@@ -803,15 +800,6 @@ async def test_idle(args: argparse.Namespace, target: Target, meter: Meter) -> d
     if window.instructions is not None:
         result["instructions_per_s"] = window.instructions / window.seconds
     return {"idle": result, "units": 1}
-
-
-def _percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        raise ValueError("no values")
-    k = (len(sorted_values) - 1) * p / 100
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (k - lo)
 
 
 TESTS = {
@@ -865,32 +853,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if args.connections + 100 > hard:
-        print(json.dumps({"error": f"open-file limit {hard} is below {args.connections}"}))
-        return 1
-    target = Target(args.host, args.port, args.path, args.raw)
-    factory: Any = None
-    if args.loop == "uvloop":
-        import uvloop
+def result_or_error(
+    test: Callable[[], Awaitable[dict[str, Any]]], connections: int, loop: str
+) -> dict[str, Any]:
+    """Run ``test`` on a new ``loop`` with room for ``connections`` open files: its result, or
+    ``{"error": ...}`` if it raised (bench/run.py and bench/hub_bench.py show it)."""
 
-        factory = uvloop.new_event_loop
-    meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail)
-
-    async def run() -> dict[str, Any]:
-        return await TESTS[args.test](args, target, meter)
+    async def main() -> dict[str, Any]:
+        return await test()
 
     try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            result = runner.run(run())
-    except Exception as exc:  # reported as JSON for bench/run.py
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
+        raise_file_limit(connections, spare=100)
+        return run_loop(main(), loop)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    target = Target(args.host, args.port, args.path, args.raw)
+    meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail)
+    try:
+        result = result_or_error(
+            lambda: TESTS[args.test](args, target, meter), args.connections, args.loop
+        )
     finally:
         perf_totals = meter.close()
+    if "error" in result:
+        print(json.dumps(result))
+        return 1
     if perf_totals:
         # perf counted only inside the measured windows: divide by the work done in them.
         units = result.get("units") or 0

@@ -22,7 +22,8 @@ Exit status: 0 after a run that received replies, 1 if no connection could be op
 reply came back, 2 for invalid arguments.
 
 Run it on another CPU than the server (``taskset -c 1 fullduplex bench ...``); for comparisons
-between servers see ``bench/run.py`` in the repository, which uses a leaner raw-socket client.
+between servers see ``bench/run.py`` in the repository, which uses a leaner raw-socket client
+on the same engine (:mod:`.load`, :mod:`.latency`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ import collections
 import contextlib
 import math
 import os
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,99 +41,38 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from .asyncio import WebSocket, connect
-from .protocol import ConnectionClosed, InvalidHandshake
+from ..asyncio import WebSocket, connect
+from ..protocol import ConnectionClosed, InvalidHandshake
+from .latency import LatencyHistogram
+from .load import (
+    DEFAULT_CONNECT_CONCURRENCY,
+    BenchError,
+    OpenError,
+    open_many,
+    raise_file_limit,
+    run_loop,
+)
 
 __all__ = [
     "BenchConfig",
-    "BenchError",
-    "LatencyHistogram",
     "Progress",
     "Summary",
+    "add_arguments",
     "build_parser",
+    "config_from_args",
     "main",
     "run",
+    "run_args",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-#: Handshakes in flight while connecting (a burst beyond a server's listen backlog, often
-#: 100-1024, would only trigger SYN retransmits after 1 s).
-DEFAULT_CONNECT_CONCURRENCY = 64
 #: Largest ``--size`` accepted: 64 MiB.
 MAX_SIZE = 64 * 2**20
 #: Largest ``--connections`` accepted, to catch typos before opening file descriptors.
 MAX_CONNECTIONS = 100_000
-#: Relative precision of the latency histogram: buckets grow by 1%.
-HISTOGRAM_GROWTH = 1.01
-
-
-class BenchError(Exception):
-    """The benchmark cannot run or produced no result; the message is for the user."""
-
-
-# -- latency --------------------------------------------------------------------------------
-
-
-class LatencyHistogram:
-    """Round-trip times in log-spaced buckets: constant memory, 1% precision.
-
-    Keeping every sample of a long run at 100k messages per second would take gigabytes; the
-    buckets (about 2,000 from 1 us to 1,000 s) keep percentiles within 1%. The maximum is exact.
-    """
-
-    def __init__(self) -> None:
-        self._counts: dict[int, int] = {}
-        #: Samples recorded.
-        self.count = 0
-        #: Largest sample, in seconds.
-        self.max = 0.0
-        self._sum = 0.0
-        self._log_growth = math.log(HISTOGRAM_GROWTH)
-
-    def record(self, seconds: float) -> None:
-        """Add one round-trip time."""
-        us = max(seconds * 1e6, 1.0)
-        bucket = int(math.log(us) / self._log_growth)
-        self._counts[bucket] = self._counts.get(bucket, 0) + 1
-        self.count += 1
-        self._sum += seconds
-        if seconds > self.max:
-            self.max = seconds
-
-    def merge(self, other: LatencyHistogram) -> None:
-        """Add another histogram's samples to this one."""
-        for bucket, n in other._counts.items():
-            self._counts[bucket] = self._counts.get(bucket, 0) + n
-        self.count += other.count
-        self._sum += other._sum
-        self.max = max(self.max, other.max)
-
-    @property
-    def mean(self) -> float:
-        """Mean round-trip time in seconds (0 without samples)."""
-        return self._sum / self.count if self.count else 0.0
-
-    def percentile(self, p: float) -> float:
-        """The ``p``-th percentile (0-100) in seconds: its bucket's middle; 100 gives the max."""
-        if not 0 <= p <= 100:
-            raise ValueError("percentile must be between 0 and 100")
-        if not self.count:
-            return 0.0
-        rank = max(1, math.ceil(self.count * p / 100))
-        if rank >= self.count:
-            return self.max
-        seen = 0
-        for bucket in sorted(self._counts):
-            seen += self._counts[bucket]
-            if seen >= rank:
-                middle: float = HISTOGRAM_GROWTH ** (bucket + 0.5) / 1e6
-                return min(middle, self.max)
-        return self.max  # pragma: no cover - the loop always reaches rank
-
-
 # -- configuration and results --------------------------------------------------------------
 
 
@@ -277,25 +216,26 @@ class _Stats:
 async def _open_all(
     config: BenchConfig, opening: Callable[[int, int], None] | None = None
 ) -> list[WebSocket]:
-    sem = asyncio.Semaphore(DEFAULT_CONNECT_CONCURRENCY)
     max_size = max(config.size, 2**20)
     done = 0
 
-    async def one() -> WebSocket:
+    def ended() -> None:
         nonlocal done
-        async with sem:
-            try:
-                return await connect(
-                    config.url,
-                    subprotocols=config.subprotocols,
-                    compression=config.compression,
-                    open_timeout=config.open_timeout,
-                    ping_interval=None,
-                    max_size=max_size,
-                    max_frame_size=max_size,
-                )
-            finally:
-                done += 1
+        done += 1
+
+    async def one(timeout: float | None) -> WebSocket:
+        return await connect(
+            config.url,
+            subprotocols=config.subprotocols,
+            compression=config.compression,
+            open_timeout=config.open_timeout,
+            ping_interval=None,
+            max_size=max_size,
+            max_frame_size=max_size,
+        )
+
+    async def close(opened: list[WebSocket]) -> None:
+        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
 
     async def report() -> None:
         assert opening is not None
@@ -305,23 +245,23 @@ async def _open_all(
 
     reporter = asyncio.ensure_future(report()) if opening is not None else None
     try:
-        results = await asyncio.gather(
-            *(one() for _ in range(config.connections)), return_exceptions=True
+        return await open_many(
+            one,
+            config.connections,
+            close=close,
+            concurrency=DEFAULT_CONNECT_CONCURRENCY,
+            ended=ended,
         )
+    except OpenError as exc:
+        raise BenchError(
+            f"cannot open {exc.failed} of {exc.wanted} connection(s) to {config.url}: "
+            f"{_describe(exc.first)}"
+        ) from None
     finally:
         if reporter is not None:
             reporter.cancel()
-    if opening is not None:
-        opening(done, config.connections)
-    opened = [r for r in results if isinstance(r, WebSocket)]
-    failed = [r for r in results if isinstance(r, BaseException)]
-    if failed:
-        await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
-        raise BenchError(
-            f"cannot open {len(failed)} of {config.connections} connection(s) to {config.url}: "
-            f"{_describe(failed[0])}"
-        )
-    return opened
+        if opening is not None:
+            opening(done, config.connections)
 
 
 def _describe(exc: BaseException) -> str:
@@ -408,7 +348,7 @@ async def run(
             received at all.
     """
     config.validate()
-    _raise_file_limit(config.connections)
+    raise_file_limit(config.connections)
     sockets = await _open_all(config, opening)
     payload: str | bytes = "x" * config.size if config.text else os.urandom(config.size)
     stats = _Stats()
@@ -485,19 +425,6 @@ async def _report(
                 stats.errors,
             )
         )
-
-
-def _raise_file_limit(connections: int) -> None:
-    needed = connections + 64
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise BenchError(
-            f"{connections:,} connections need {needed:,} open files; the limit is {hard:,} "
-            "(raise it with ulimit -n)"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -601,7 +528,7 @@ def run_args(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
         print(f"opening connections: {done:,} of {wanted:,}", file=err, flush=True)
 
     try:
-        summary = _run_sync(run(config, display, opening))
+        summary = run_loop(run(config, display, opening))
     except (BenchError, InvalidHandshake) as exc:
         display.finish()
         print(f"fullduplex bench: {exc}", file=err)
@@ -615,18 +542,6 @@ def run_args(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | 
     return EXIT_OK
 
 
-def _run_sync(coro: Any) -> Summary:
-    try:
-        import uvloop
-    except ImportError:
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        result: Summary = runner.run(coro)
-    return result
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fullduplex bench`` with ``argv`` (without the program name); return the status."""
     parser = build_parser()
@@ -635,7 +550,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse printed the usage error (or --help)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     return run_args(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,13 +16,12 @@ import fullduplex
 from fullduplex.bench import (
     BenchConfig,
     BenchError,
-    LatencyHistogram,
     Progress,
     Summary,
-    _Display,
     main,
     run,
 )
+from fullduplex.bench.echo import _Display
 from fullduplex.demo import create_app
 
 # A ping-pong benchmark sends ~17,000 messages per second per connection: over the server's
@@ -199,33 +198,6 @@ def test_main_connection_refused(capsys: pytest.CaptureFixture[str]) -> None:
         port = s.getsockname()[1]
     assert main([f"ws://127.0.0.1:{port}/", "--duration", "0.2"]) == 1
     assert "cannot open 1 of 1 connection(s)" in capsys.readouterr().err
-
-
-def test_histogram_percentiles() -> None:
-    h = LatencyHistogram()
-    for us in range(1, 10_001):  # 1 us .. 10 ms, uniform
-        h.record(us / 1e6)
-    assert h.count == 10_000
-    assert h.max == pytest.approx(0.01)
-    assert h.percentile(50) == pytest.approx(0.005, rel=0.01)
-    assert h.percentile(99) == pytest.approx(0.0099, rel=0.01)
-    assert h.percentile(100) == h.max
-    assert h.mean == pytest.approx(0.0050005)
-    other = LatencyHistogram()
-    other.record(1.0)
-    h.merge(other)
-    assert h.count == 10_001
-    assert h.max == 1.0
-
-
-def test_histogram_edges() -> None:
-    h = LatencyHistogram()
-    assert h.percentile(50) == 0.0
-    assert h.mean == 0.0
-    h.record(0.0)  # below 1 us: counted in the first bucket
-    assert 0 <= h.percentile(50) <= 1e-6
-    with pytest.raises(ValueError):
-        h.percentile(101)
 
 
 def test_display_redraws_one_line_on_a_terminal() -> None:
