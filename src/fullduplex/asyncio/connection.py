@@ -310,11 +310,8 @@ class WebSocket(asyncio.Protocol):
 
         A generator-based coroutine, not ``async def`` and not an awaitable object: ``async
         for`` calls it and runs the generator directly, the loop resumes it without a
-        StopIteration, and a cancellation is thrown in at the ``yield``. Against the iterator
-        object it replaces (``__anext__``, ``__await__`` and two ``__next__`` calls through
-        type slots, and a StopIteration raised per message): 32 B async echo 27.9k -> 23.7k
-        user-space instructions per message (callgrind); idle connection RSS 5.45 -> 5.65 KiB
-        (the suspended generator's frame).
+        StopIteration, and a cancellation is thrown in at the ``yield``: 27.9k -> 23.7k
+        instructions per 32 B async echo (``bench/run.py --callgrind``; docs/performance.md).
         """
         queue = self._queue
         if queue:
@@ -698,8 +695,8 @@ class WebSocket(asyncio.Protocol):
         listener = self._listener
         assert listener is not None
         if self.core.state is _OPEN:
-            # _call_listener inlined: with the same in the core's receive loop, 1,160 -> 1,040
-            # ns per 32 B listener echo in-process (stub transport, best of 7 x 200,000).
+            # _call_listener inlined: 1,160 -> 1,040 ns per 32 B listener echo in-process
+            # (docs/performance.md).
             try:
                 listener.on_message(self, message)
             except Exception:
@@ -708,9 +705,8 @@ class WebSocket(asyncio.Protocol):
     def _flush(self) -> None:
         core = self.core
         # Connection.data_to_send inlined (the pieces taken from pending_output): one call
-        # less per flush, and no join (see below). With
-        # events_received() called only when there are events (data_received): 32 B listener
-        # echo 14.6k -> 13.5k user-space instructions per message (callgrind).
+        # less per flush, and no join (see below); 32 B listener echo 14.6k -> 13.5k
+        # instructions with data_received's check (bench/run.py --callgrind).
         out = core.pending_output
         transport = self.transport
         if out:

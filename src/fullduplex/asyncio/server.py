@@ -386,8 +386,8 @@ class Server:
 
         ``ws.request`` stays whole for the life of the connection (handlers read its path,
         query and headers); its field tuples and strings cost ~1.1 KiB per connection
-        (tracemalloc), mostly repeating what every other connection sent. Idle connection RSS
-        (5,000 connections, async API, bench/run.py's load generator): 6.32 -> 5.44 KiB.
+        (tracemalloc), mostly repeating what every other connection sent: 6.32 -> 5.44 KiB per
+        idle connection (``bench/run.py``'s memory test).
         """
         request.headers.share(self._fields, _SHARED_FIELDS, _MAX_SHARED_FIELDS)
 
@@ -1013,8 +1013,8 @@ class HTTPProtocol(asyncio.Protocol):
         else:
             server.run_task(self._run_ws_handler(route, ws))
         if trailing:
-            # After attach: frames sent along with the handshake reach the listener too (they
-            # used to be queued for a recv() that a listener connection never calls).
+            # After attach: frames sent along with the handshake reach the listener too (before
+            # it, they would wait for a recv() that a listener connection never calls).
             ws.data_received(trailing)
 
     def _reject(self, request: Request, handshake: ServerHandshake, exc: InvalidHandshake) -> None:
@@ -1031,8 +1031,8 @@ class HTTPProtocol(asyncio.Protocol):
 
     async def _run_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
         # Kept as a wrapper coroutine: running the handler's coroutine as the task with the
-        # close in a done callback measured no smaller (idle connection RSS 6.32 KiB against
-        # 6.22 KiB with this wrapper: the callback and its partial cost what the frame does).
+        # close in a done callback measured no smaller: 6.32 against 6.22 KiB per idle
+        # connection (bench/run.py's memory test).
         code, reason = _NORMAL_CLOSURE, ""
         try:
             await route.handler(ws)  # type: ignore[call-arg,misc]  # a coroutine function here

@@ -102,10 +102,9 @@ _ABNORMAL, _INTERNAL_ERROR = CloseCode.ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERRO
 # First bytes of whole unfragmented frames: FIN + opcode.
 #: Payloads of at least this many bytes are queued for sending after their own header instead
 #: of being copied into one frame: :meth:`Connection.data_to_send` still joins them, and the
-#: asyncio layer writes the pieces with ``writelines`` (no copy on uvloop). With the frame
-#: assembly of :data:`~fullduplex.protocol.frames.ASSEMBLE_MIN_SIZE`, 1 MiB echo through the
-#: listener API: 586 -> 1,924 MB/s, ~870 -> 0 page faults per message (the assembly alone left
-#: ~545: glibc trimmed the heap after each message's frame copy).
+#: asyncio layer writes the pieces with ``writelines`` (no copy on uvloop). With
+#: :data:`~fullduplex.protocol.frames.ASSEMBLE_MIN_SIZE`: 1 MiB echo at 1,924 MB/s
+#: (``bench/run.py``; docs/performance.md).
 LARGE_PAYLOAD_SIZE = 64 * 1024
 
 _FIN_TEXT = FIN | _TEXT
@@ -122,8 +121,7 @@ def _smaller(a: int | None, b: int | None) -> int | None:
 #: Fragments of a received message of at least this many bytes are kept as they arrive;
 #: smaller ones are copied into one buffer. A message being assembled then costs its bytes and
 #: at most two objects per this many bytes, never an object per frame: 2,000,000 empty
-#: continuation frames held 17 MiB of references and joining them peaked at +170 MiB (a
-#: Py_buffer per part); now nothing (bench/fragment_flood.py, issue 15).
+#: continuation frames hold nothing (``bench/fragment_flood.py``; docs/performance.md).
 OWN_PART_SIZE = 4096
 
 
@@ -329,8 +327,7 @@ class Connection:
             # state changes: no feed, no (opcode, payload, end) tuple, no second parse that
             # finds nothing. Anything else (several frames, a partial one, control frames,
             # invalid UTF-8, over a limit) returns None and takes the general path below.
-            # 32 B echo, user-space instructions per message (callgrind, bench/servers): listener
-            # API 21.8k -> 14.6k, async API 36.8k -> 29.5k.
+            # 32 B listener echo: 21.8k -> 14.6k instructions (bench/run.py --callgrind).
             one = read_message(data, parser.require_mask, self._one_limit)
             if one is not None:
                 handler(one)
@@ -343,9 +340,8 @@ class Connection:
             while self._receiving:
                 # Fast path: a whole text or binary frame, outside a fragmented message, while
                 # open, parsed without a Frame object (in C when built); the parser's limit is
-                # the message limit too, so it only needs decoding. With the send fast path:
-                # listener echo of 32 B messages 9.9 -> 7.8 us per message (see
-                # FrameParser.next_simple).
+                # the message limit too, so it only needs decoding (see
+                # FrameParser.next_simple for what it saves).
                 if fast and self._msg_opcode is None and self.state is _OPEN:
                     simple = next_simple()
                     if simple is not None:
@@ -421,9 +417,9 @@ class Connection:
         if opcode == _PING:
             # RFC 6455 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a Pong
             # frame in response, unless it already received a Close frame ... [with] identical
-            # Application data". Fix: this answered only in OPEN, but having *sent* a close
-            # frame (CLOSING) is no exemption; receive_data stops after the peer's close frame
-            # or a failure, so every ping that gets here is answered.
+            # Application data". Having *sent* a close frame (CLOSING) is no exemption, and
+            # receive_data stops after the peer's close frame or a failure: every ping that
+            # gets here is answered.
             self._write(_PONG, frame.payload)
             self.pending_events.append(Ping(frame.payload))
         elif opcode == _PONG:
@@ -465,8 +461,8 @@ class Connection:
 
     def _handle_data(self, frame: Frame) -> None:
         # Opcodes compared with module-level ints: an IntEnum attribute lookup costs ~50 ns
-        # on CPython 3.11 against ~10 ns for a global (674k -> 905k messages/s at 32 B,
-        # together with skipping the extension loop when none was negotiated).
+        # on CPython 3.11 against ~10 ns for a global: 674k -> 905k messages/s at 32 B
+        # (bench/frames_bench.py; docs/performance.md).
         opcode = first_opcode = frame.opcode
         if opcode == _CONT:
             if self._msg_opcode is None:
@@ -609,8 +605,7 @@ class Connection:
         if isinstance(data, (bytes, bytearray, memoryview)):
             if self.takes_prepared:
                 # Fast path (a server without extensions or fragment_size): one frame built in
-                # one call, no Frame object, no keyword arguments. With the receive fast path,
-                # listener echo of 32 B messages: 9.9 -> 7.8 us per message.
+                # one call, no Frame object, no keyword arguments (see FrameParser.next_simple).
                 if len(data) < LARGE_PAYLOAD_SIZE or type(data) is not bytes:
                     self.pending_output.append(build_frame(_FIN_BINARY, data))
                 else:

@@ -456,9 +456,8 @@ def serialize_close(code: int, reason: str = "") -> bytes:
 
 #: Frames with a payload of at least this many bytes are assembled in a :data:`PayloadBuffer`
 #: (one allocation at the final size, unmasked as the bytes arrive) rather than in the
-#: parser's buffer. 1 MiB echo through the async API: ~150 -> 0 page faults per message; with
-#: the split sends of :data:`~fullduplex.protocol.connection.LARGE_PAYLOAD_SIZE`, through the
-#: listener API: 586 -> 1,924 MB/s (bench/run.py), ~870 -> 0 page faults per message.
+#: parser's buffer. With :data:`~fullduplex.protocol.connection.LARGE_PAYLOAD_SIZE`: 1 MiB
+#: echo at 1,924 MB/s, no page fault per message (``bench/run.py``; docs/performance.md).
 ASSEMBLE_MIN_SIZE = 64 * 1024
 # ... once this much of the payload has arrived: a peer that sends only a header claiming a
 # large frame makes the parser allocate nothing.
@@ -577,12 +576,9 @@ class FrameParser:
         The fast path for the commonest frame: a complete text or binary frame with FIN set
         and no RSV bit, masked as required and within ``max_frame_size``, as ``(opcode,
         payload, end)`` (no :class:`Frame` object). On None, nothing was consumed: call
-        :meth:`next_frame`, which handles (or rejects) everything else. Together with
-        :meth:`Connection.message_handler` and the send fast path, echo of 32 B messages
-        (bench/run.py's echo, 100 connections, server CPU per message) went from 9.9 to 7.8 us
-        (listener API) and 11.1 to 8.6 us (async API, with the asyncio layer's changes of the
-        same commit series); the C ``read_simple_frame`` and ``build_frame`` account for 0.9
-        us of that against their pure-Python versions (FULLDUPLEX_NO_SPEEDUPS=1: 8.6 / 9.6).
+        :meth:`next_frame`, which handles (or rejects) everything else. With the send fast
+        path: 7.8 us of server CPU per 32 B echo, listener API (``bench/run.py``; the history
+        is in docs/performance.md).
         """
         buf = self._buf
         pos = self._pos
@@ -701,8 +697,7 @@ class FrameParser:
             buf = self._buf
             if pos >= len(buf):
                 # All consumed (every read of whole frames ends here): no empty bytearray and
-                # memoryview to make. Listener echo 32 B: 8.3 -> 7.6 us per message (3
-                # alternating runs each; py-spy had _compact at 1.6% of the samples).
+                # memoryview to make (32 B listener echo: 8.3 -> 7.6 us, bench/run.py).
                 self._buf = b""
             elif isinstance(buf, bytearray):
                 del buf[:pos]

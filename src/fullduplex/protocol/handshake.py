@@ -289,9 +289,8 @@ def _fields(headers: Headers) -> dict[str, list[str]]:
     """A message's header values by lowercased name, gathered in one pass.
 
     A handshake looks up about ten names, and :meth:`Headers.get_all` lowers every field name
-    on each call: with this (a plain dict, looked up with ``.get``), a server handshake went
-    from 501k to 397k user-space instructions (callgrind, bench/run.py's handshake load, with
-    the other changes of the same commits).
+    on each call; this is a plain dict, looked up with ``.get`` (part of 501k -> 368k
+    instructions per handshake, ``bench/run.py --callgrind``; docs/performance.md).
     """
     by_name: dict[str, list[str]] = {}
     for name, value in headers.items():

@@ -30,10 +30,8 @@ __all__ = [
 _TABLES = [bytes(b ^ k for b in range(256)) for k in range(256)]
 
 #: Payloads shorter than this many bytes are masked with one big-integer XOR; longer ones with
-#: four ``bytes.translate`` calls over strided slices. Measured (CPython 3.11.7, AMD EPYC, best of
-#: 15 x 20,000 calls): 32 B: XOR 0.24 us, translate 0.68 us; 768 B: 1.27 / 1.44 us;
-#: 1 KiB: 1.70 / 1.68 us; 1280 B: 1.95 / 1.95 us; 2 KiB: 2.96 / 2.67 us; 1 MiB: 2.6 ms (0.4 GB/s)
-#: / 0.86 ms (1.2 GB/s). The curves cross between 1 KiB and 1.25 KiB.
+#: four ``bytes.translate`` calls over strided slices. The two cost the same between 1 KiB and
+#: 1.25 KiB (timings in docs/performance.md).
 TRANSLATE_MIN = 1024
 
 

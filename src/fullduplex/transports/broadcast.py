@@ -318,8 +318,7 @@ class _TopicFanout:
         self.joining: dict[Backlog, tuple[WebSocketSink, Subscription]] = {}
         # The members as a tuple, rebuilt after a change: the loop must not see the dict
         # change under it (a member closed as a slow consumer leaves in the middle). Kept
-        # rather than rebuilt per message: 3,460 -> 3,410 instructions per delivery, and no
-        # 80 KB tuple per message with 10,000 members.
+        # rather than rebuilt per message: no 80 KB tuple per message with 10,000 members.
         self._snapshot: tuple[_Member, ...] | None = ()
         self.subscription = fanout.hub.subscribe(
             topic, on_message=self.deliver, on_close=self._closed
@@ -391,19 +390,10 @@ class _TopicFanout:
             text, frame = self.fanout.frames.get(item)
             seq = item.seq
             size = len(text)
-            # The loop of fullduplex.broadcast() with the per-subscriber bookkeeping inline
-            # (the cursor, the counters): no Python call per member (sending_fragmented was a
-            # property, one call, until it became an attribute) where a hub subscription per
-            # connection made about 14
-            # (Subscription._receive/_advance/_emit/_call, the callback,
-            # WebSocketSink.deliver/writable/skip/_write/_write_text, FrameCache.get, ...).
-            # Measured: 17,100 -> 3,410 user-space instructions per delivery (callgrind,
-            # 1,000 connections on Python null transports); 1,340 -> 210 ns in-process with
-            # 10,000 (broadcast(): 200-250 ns); bench/hub_bench.py, /pubsub 10k on the memory
-            # hub: 12.5 -> 9.55 us of server CPU per delivery, the broadcast() floor's 9.1-9.55
-            # (medians of 27 publishes, docs/transports.md).
-            # Subscribed, a connection also costs 655 B per topic instead of 1,192 (tracemalloc):
-            # no Subscription and no closure of its own.
+            # The loop of fullduplex.broadcast() with the per-subscriber bookkeeping inline (the
+            # cursor, the counters): no Python call per member. /pubsub 10k, memory hub: 9.55 us
+            # of server CPU per delivery, the broadcast() floor's (bench/hub_bench.py; the
+            # history is in docs/performance.md).
             for member in members:
                 sink, backlog, ws = member
                 try:

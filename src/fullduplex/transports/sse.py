@@ -230,10 +230,9 @@ class _Stream:
                 chunks.append(encode_event(data, event="gap", id=event_id))
                 continue
             cursors[item.topic] = item.seq
-            # The shared event instead of format_event_id + encode_event + the envelope
-            # lookup per stream: 20,900 -> 5,200 user-space instructions per stream and
-            # message for one-topic streams, 26,900 -> 17,400 for two topics (callgrind, 1,000
-            # streams); in-process 1,350 -> 260 ns (one topic) and 1,800 -> 1,200 ns (two).
+            # The shared event instead of format_event_id + encode_event + the envelope lookup
+            # per stream: SSE 1k, 20.9 us of server CPU per delivery (bench/hub_bench.py;
+            # docs/performance.md).
             event = self.cache.event(item)
             if single:
                 chunks.append(event)  # its id is the seq: the event as it is
