@@ -78,6 +78,7 @@ _NORMAL_CLOSURE, _GOING_AWAY = CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY
 _SERVER = Side.SERVER
 # What a recv() waiter gets when the connection is lost (see WebSocket.__anext__).
 _LOST: Any = object()
+_UNSET: Any = object()
 
 
 class WebSocketListener:
@@ -126,6 +127,8 @@ class WebSocket(asyncio.Protocol):
         owner: the protocol that read the opening handshake and handed the transport over
             (``transport.set_protocol``); its ``connection_lost(exc)`` is called when TCP
             closes and its ``pong_received(latency)`` when a keepalive pong arrives.
+        remote_address: the peer's address, when the caller has read it already; else
+            ``transport.get_extra_info("peername")``.
     """
 
     # Slots, not a __dict__: an idle server holds one of these per connection (1.6 KiB -> 0.3
@@ -187,6 +190,7 @@ class WebSocket(asyncio.Protocol):
         max_queue: int = DEFAULT_MAX_QUEUE,
         write_limit: int = DEFAULT_WRITE_LIMIT,
         owner: Any = None,
+        remote_address: Any = _UNSET,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
@@ -201,7 +205,9 @@ class WebSocket(asyncio.Protocol):
         #: The negotiated subprotocol, or None.
         self.subprotocol = subprotocol
         #: The peer's address, as given by the socket.
-        self.remote_address: Any = transport.get_extra_info("peername")
+        self.remote_address: Any = (
+            transport.get_extra_info("peername") if remote_address is _UNSET else remote_address
+        )
         #: Round-trip time of the last keepalive ping, in seconds (0 until one completes).
         self.latency = 0.0
         #: Messages received / sent and payload sizes received / sent (bytes for binary
@@ -227,7 +233,7 @@ class WebSocket(asyncio.Protocol):
         # Created with the first message: an empty deque costs ~0.7 KiB per idle connection.
         self._queue: collections.deque[Data] | None = None
         self._high = max_queue
-        self._low = max(1, max_queue // 4)
+        self._low = max_queue // 4 or 1  # not max(): ~1.4k instructions on Python 3.11
         self._recv_waiter: asyncio.Future[Data] | None = None
         # One future per coroutine waiting for the write buffer to drain (None: no waiter).
         self._drain_waiters: list[asyncio.Future[None]] | None = None
@@ -235,7 +241,9 @@ class WebSocket(asyncio.Protocol):
         self._read_paused = False
         self._fragments: list[Data] | None = None
         self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
-        self._closed: asyncio.Future[None] = self._loop.create_future()
+        # Created by the first close() or wait_closed() that has to wait: most connections
+        # are lost before anyone waits, and an idle one then holds no future.
+        self._closed: asyncio.Future[None] | None = None
         self._keepalive: asyncio.TimerHandle | None = None
         self._pong_deadline: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -356,8 +364,9 @@ class WebSocket(asyncio.Protocol):
         self._queue.appendleft(message)
 
     def _end_of_messages(self) -> BaseException:
-        exc = self._closed_exception()
-        return StopAsyncIteration() if isinstance(exc, ConnectionClosedOK) else exc
+        if self.core.close_code in (_NORMAL_CLOSURE, _GOING_AWAY):
+            return StopAsyncIteration()  # a normal close ends the iteration
+        return self._closed_exception()
 
     async def send(self, message: Data | Iterable[Data] | AsyncIterable[Data]) -> None:
         """Send a message; an iterable or async iterable is sent as one fragmented message.
@@ -427,7 +436,7 @@ class WebSocket(asyncio.Protocol):
         Closing a closed connection does nothing.
         """
         self.close_nowait(code, reason)
-        await asyncio.shield(self._closed)
+        await self.wait_closed()
 
     def close_nowait(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Start the closing handshake without waiting for it (does nothing if closing)."""
@@ -437,7 +446,12 @@ class WebSocket(asyncio.Protocol):
 
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed."""
-        await asyncio.shield(self._closed)
+        if self._lost:
+            return
+        closed = self._closed
+        if closed is None:
+            closed = self._closed = self._loop.create_future()
+        await asyncio.shield(closed)  # a cancelled waiter leaves it for the others
 
     def send_nowait(self, message: Data) -> None:
         """Send a message without waiting (for :class:`WebSocketListener` methods).
@@ -572,8 +586,9 @@ class WebSocket(asyncio.Protocol):
         for handle in (self._keepalive, self._pong_deadline, self._close_timer):
             if handle is not None:
                 handle.cancel()
-        if not self._closed.done():
-            self._closed.set_result(None)
+        waiting = self._closed
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
         waiter = self._recv_waiter
         if waiter is not None:
             self._recv_waiter = None

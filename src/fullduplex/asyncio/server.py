@@ -133,7 +133,8 @@ class Server:
         # cached on the App's route: another server on the same App may differ).
         self._handshakes: dict[int, ServerHandshake] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._tls = False
+        #: True when serving TLS (https:// and wss://).
+        self.tls = False
         self._closing = False
         #: What counts this server's connections (``app.metrics``), or None.
         self.metrics: Any = getattr(app, "metrics", None)
@@ -172,7 +173,7 @@ class Server:
         ``https://`` when serving TLS; ``unix:PATH`` for a Unix socket. For the startup log
         line and banners: an address bound to every interface (``0.0.0.0``) stays as it is.
         """
-        scheme = "https" if self._tls else "http"
+        scheme = "https" if self.tls else "http"
         urls = []
         for sock in self.sockets:
             name = sock.getsockname()
@@ -211,7 +212,7 @@ class Server:
             self.metrics.attach(self)
         loop = asyncio.get_running_loop()
         backlog = self.config.backlog
-        self._tls = ssl is not None
+        self.tls = ssl is not None
         factory = self.app.protocol_factory or HTTPProtocol  # ASGI: asgi.http.ASGIHTTPProtocol
         if uds is not None:
             self._server = await loop.create_unix_server(
@@ -438,6 +439,7 @@ class HTTPProtocol(asyncio.Protocol):
         "_timer",
         "_write_paused",
         "parser",
+        "peer",
         "request",
         "server",
         "state",
@@ -458,6 +460,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.state = _READING
         #: The last request dispatched (while :attr:`busy`, the one being handled).
         self.request: Request | None = None
+        #: The TCP peer's address as the socket gives it, read when the first request is
+        #: dispatched (None before).
+        self.peer: Any = None
         self._handler_task: asyncio.Task[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -598,11 +603,12 @@ class HTTPProtocol(asyncio.Protocol):
             self._internal_error(exc)
 
     def _dispatch(self, request: Request) -> None:
-        transport = self.transport
-        peer = transport.get_extra_info("peername")
+        # One get_extra_info call (uvloop converts the address each time): the WebSocket
+        # takes the same peer.
+        peer = self.peer = self.transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             request.client = (str(peer[0]), int(peer[1]))
-        if transport.get_extra_info("sslcontext") is not None:
+        if self.server.tls:
             request.scheme = "https"
         trusted = self.server.trusted_proxies
         if trusted is not None:
@@ -935,7 +941,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: Request, route: WebSocketRoute) -> None:
         server = self.server
-        if "Upgrade" not in request.headers:
+        if request.headers.get("Upgrade") is None:
             # A plain GET to a WebSocket route (RFC 7231 6.5.15: 426 Upgrade Required).
             response = text_response(
                 "this endpoint speaks WebSocket: send an Upgrade request\n",
@@ -946,7 +952,7 @@ class HTTPProtocol(asyncio.Protocol):
             self._respond(request, response)
             return
         handshake = server.build_handshake(route)
-        if server.closing:
+        if server._closing:
             self._reject(request, handshake, InvalidHandshake("server is shutting down", 503))
             return
         config = server.config
@@ -991,6 +997,7 @@ class HTTPProtocol(asyncio.Protocol):
             write_limit=config.write_limit,
             # Told when TCP closes: from now on the transport calls the WebSocket directly.
             owner=self,
+            remote_address=self.peer,
         )
         self.websocket = ws
         self.state = _UPGRADED

@@ -115,7 +115,7 @@ def _smaller(a: int | None, b: int | None) -> int | None:
     """The smaller of two limits, where None is no limit."""
     if a is None:
         return b
-    return a if b is None else min(a, b)
+    return a if b is None or a < b else b
 
 
 #: Fragments of a received message of at least this many bytes are kept as they arrive;

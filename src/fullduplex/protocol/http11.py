@@ -600,7 +600,8 @@ class _Parser(abc.ABC):
         if b"\n\n" in head or head.count(b"\r\n") != len(lines):
             return 0  # a bare LF somewhere: let the careful path decide
         limit = self.max_line_size
-        if limit is not None and max(map(len, lines)) + 1 > limit:
+        # Every line fits when the whole head does (the usual case: no max() over the lines).
+        if limit is not None and size > limit and max(map(len, lines)) + 1 > limit:
             return 0
         count = self.max_header_count
         if count is not None and len(lines) - 2 > count:  # minus start line and blank line
@@ -716,8 +717,6 @@ class _Parser(abc.ABC):
         message = self._build()
         upgrade = self._switches_protocols()
         keep_alive = self._message.keep_alive
-        self._message.reset()
-        self._reset_counters()
         if message is not None:
             self._queue.append(message)
         if upgrade:
@@ -726,8 +725,13 @@ class _Parser(abc.ABC):
             self._state = _CLOSED
         else:
             self._state = _HEAD
+            self._message.reset()  # for the next message
+            self._reset_counters()
             return
-        self._message.parser = None  # never fed again: see _Message.parser
+        # Nothing more is parsed: no reset (the fields list went to the message), and the
+        # reference to the llhttp parser goes (see _Message.parser).
+        self._message.complete = False
+        self._message.parser = None
 
     @abc.abstractmethod
     def _switches_protocols(self) -> bool:
@@ -794,12 +798,14 @@ class RequestParser(_Parser):
         hosts = m.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing Host header" if hosts == 0 else "duplicate Host header")
+        # Positional: keywords to a class call cost a dict (method, target, headers, body,
+        # version).
         return Request(
-            method=self._parser.get_method().decode("ascii"),
-            target=m.url.decode("latin-1"),
-            headers=headers,
-            body=bytes(m.body),
-            version=version,
+            self._parser.get_method().decode("ascii"),
+            m.url.decode("latin-1"),
+            headers,
+            bytes(m.body),
+            version,
         )
 
 
