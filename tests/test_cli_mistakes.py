@@ -191,3 +191,22 @@ async def test_connect_help_and_unknown_commands() -> None:
     hints = [line for line in err.splitlines() if "/frobnicate" in line]
     assert len(hints) == 1 and "/help" in hints[0]
     assert status == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("redis+cluster://127.0.0.1", "host:port"),
+        ("redis+cluster://127.0.0.1:7000/2", "database 0 only"),
+        ("redis+cluster://127.0.0.1:7000?wait_replica=1", "unknown option"),
+        ("cluster://127.0.0.1:7000", "redis+cluster://host:port,host:port"),
+    ],
+)
+def test_bad_broker_urls(url: str, needle: str) -> None:
+    fails_in_one_line(cli("serve", "--port", "0", "--broker", url), "--broker", needle)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1"])
+def test_unreachable_broker(url: str) -> None:
+    proc = cli("serve", "--port", "0", "--broker", url)
+    fails_in_one_line(proc, "broker cannot be reached", "127.0.0.1:1")

@@ -91,7 +91,8 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     app.add_argument(
         "--broker",
         metavar="URL",
-        help="demo only: hub backend shared by several processes, e.g. redis://127.0.0.1:6379/0",
+        help="demo only: hub backend shared by several processes, e.g. redis://127.0.0.1:6379/0 "
+        "or a Redis Cluster, redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
     )
     app.add_argument(
         "--metrics",
@@ -268,8 +269,21 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
             "without a shared broker (redis://...) clients of different processes would see "
             "different topics"
         )
+    if args.broker and args.broker.lower().startswith("redis+cluster://"):
+        try:
+            from .hub.slots import parse_cluster_url
+        except ImportError:
+            return "--broker needs the redis package: pip install '.[redis]' in a checkout"
+        try:
+            parse_cluster_url(args.broker)
+        except ValueError as exc:
+            return f"--broker: {exc}"
+        return None
     if args.broker and not args.broker.startswith(("redis://", "rediss://", "unix://")):
-        return f"--broker wants a redis:// URL, got {args.broker!r}"
+        return (
+            "--broker wants a redis:// URL (or redis+cluster://host:port,host:port for a "
+            f"Redis Cluster), got {args.broker!r}"
+        )
     if args.broker:
         try:
             import redis.asyncio  # noqa: F401  # the hub's Redis backend imports it later
@@ -329,6 +343,7 @@ def _serve_one(
     channel: socket.socket | None,
 ) -> int:
     """One process: alone, or a supervisor's worker (``channel``)."""
+    from .hub.base import HubUnavailable
     from .importer import ImportFromStringError
     from .supervisor import run_worker
 
@@ -345,6 +360,8 @@ def _serve_one(
         run_worker(
             app, sock, ssl=ctx, options=options, channel=channel, on_ready=on_ready, loop=args.loop
         )
+    except HubUnavailable as exc:  # at startup: a broker that does not answer
+        return _fail(f"the hub's broker cannot be reached: {exc}")
     finally:
         sock.close()
         if args.uds and channel is None and args.fd is None:

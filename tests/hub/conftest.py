@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 
 from fullduplex.hub import Hub, RedisBackend, TopicConfig
+from fullduplex.hub.cluster import RedisClusterBackend
+
+from ..redis_cluster import RedisCluster
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -105,14 +108,20 @@ def redis_backend(url: str, prefix: str, **options: Any) -> RedisBackend:
     return RedisBackend(url, prefix=prefix, **options)
 
 
+def cluster_backend(url: str, prefix: str, **options: Any) -> RedisClusterBackend:
+    options.setdefault("reconnect_delay", (0.02, 0.2))
+    return RedisClusterBackend(url, prefix=prefix, **options)
+
+
 MakeHub = Callable[..., Awaitable[Hub]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def make_hub(
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[MakeHub]:
-    """Start hubs on the memory backend, or on Redis with a prefix of this test's own.
+    """Start hubs on the memory backend, or on Redis or a Redis Cluster with a prefix of
+    this test's own.
 
     With Redis, hubs made by one test share the same keys, like processes sharing a Redis.
     """
@@ -124,6 +133,9 @@ async def make_hub(
         if request.param == "redis":
             server: RedisServer = request.getfixturevalue("redis_server")
             backend = redis_backend(server.url, prefix)
+        elif request.param == "cluster":
+            cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+            backend = cluster_backend(cluster.url, prefix)
         hub = Hub(backend, default=default)
         await hub.start()
         hubs.append(hub)

@@ -2,8 +2,9 @@
 
 See :mod:`fullduplex.hub.hub` for how fan-out and resuming work, :mod:`fullduplex.hub.base`
 for the data types and the backend interface, and :mod:`fullduplex.hub.redis` for how topics
-map onto Redis streams. :class:`RedisBackend` is imported on first use, so ``redis`` is needed
-only by those who use it.
+map onto Redis streams, and :mod:`fullduplex.hub.cluster` for Redis Cluster.
+:class:`RedisBackend` and :class:`RedisClusterBackend` are imported on first use, so ``redis``
+is needed only by those who use them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .presence import MemoryPresence, Presence, RedisPresence
 from .stats import STATS, HubStats
 
 if TYPE_CHECKING:
+    from .cluster import RedisClusterBackend
     from .redis import RedisBackend
 
 __all__ = [
@@ -56,6 +58,7 @@ __all__ = [
     "Policy",
     "Presence",
     "RedisBackend",
+    "RedisClusterBackend",
     "RedisPresence",
     "Subscription",
     "SubscriptionClosed",
@@ -70,4 +73,8 @@ def __getattr__(name: str) -> Any:
         from .redis import RedisBackend
 
         return RedisBackend
+    if name == "RedisClusterBackend":
+        from .cluster import RedisClusterBackend
+
+        return RedisClusterBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -315,6 +315,18 @@ class Backend(abc.ABC):
     async def last_seq(self, topic: str) -> int:
         """The topic's last sequence number; 0 if nothing was ever published."""
 
+    async def prepare_listen(self, topic: str) -> None:
+        """Get ready to :meth:`listen` to ``topic``, before the hub reads its position.
+
+        A backend whose live feed is a subscription makes it here, so that nothing
+        published after that position is missed or delivered late. Nothing by default.
+        :meth:`unlisten` undoes it.
+
+        Raises:
+            HubUnavailable: the backend cannot be reached.
+        """
+        return None
+
     async def position(self, topic: str) -> tuple[int, str]:
         """The topic's last sequence number and its epoch ("" if unknown)."""
         return await self.last_seq(topic), ""

@@ -78,8 +78,10 @@ class Hub:
 
     Args:
         backend: a :class:`~fullduplex.hub.base.Backend`, ``"memory"`` (the default, one
-            process) or a Redis URL ``"redis://host:port/db"`` (several processes and
-            machines share topics, sequence numbers and history; needs ``fullduplex[redis]``).
+            process), a Redis URL ``"redis://host:port/db"`` (several processes and
+            machines share topics, sequence numbers and history; needs ``fullduplex[redis]``)
+            or a Redis Cluster URL ``"redis+cluster://host:port,host:port"`` (topics spread
+            over the cluster's shards, see :mod:`fullduplex.hub.cluster`).
         default: the settings of topics no :meth:`configure` pattern matches.
     """
 
@@ -289,7 +291,11 @@ class Hub:
         return feed
 
     async def _resolve(self, feed: _Feed) -> None:
-        last, epoch = await self._retry(lambda: self.backend.position(feed.topic))
+        async def prepare_then_read() -> tuple[int, str]:
+            await self.backend.prepare_listen(feed.topic)
+            return await self.backend.position(feed.topic)
+
+        last, epoch = await self._retry(prepare_then_read)
         if self._feeds.get(feed.topic) is feed:
             self._activate(feed, last, epoch)
 
@@ -310,7 +316,7 @@ class Hub:
         del self._feeds[feed.topic]
         if feed.task is not None:
             feed.task.cancel()
-        if feed.last is not None and not self._closed:
+        if not self._closed:  # listened, or being prepared (unlisten undoes both)
             self.backend.unlisten(feed.topic)
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
@@ -870,4 +876,11 @@ def _make_backend(backend: Backend | str | None) -> Backend:
         from .redis import RedisBackend
 
         return RedisBackend(backend)
-    raise ValueError(f"unknown backend: {backend!r} (use 'memory' or 'redis://host:port/db')")
+    if isinstance(backend, str) and backend.lower().startswith("redis+cluster://"):
+        from .cluster import RedisClusterBackend
+
+        return RedisClusterBackend(backend)
+    raise ValueError(
+        f"unknown backend: {backend!r} (use 'memory', 'redis://host:port/db' or "
+        "'redis+cluster://host:port,host:port')"
+    )

@@ -133,7 +133,8 @@ end
 # KEYS[1] stream, KEYS[2] epoch; ARGV data, max length or '', max age in microseconds or ''.
 # A topic's epoch is made by its first publish (the time, microseconds), kept beside the
 # stream, and copied into every entry (field e), so that a reader knows each entry's.
-_PUBLISH = (
+# Ends with seq, now and epoch set (the cluster backend adds its notification after it).
+_PUBLISH_BODY = (
     _LUA_COMMON
     + """
 local key = KEYS[1]
@@ -148,9 +149,9 @@ end
 redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1], 'e', epoch)
 if ARGV[2] ~= '' then redis.call('XTRIM', key, 'MAXLEN', ARGV[2]) end
 if ARGV[3] ~= '' then trim_age(key, tonumber(now) - tonumber(ARGV[3])) end
-return {seq, now, epoch}
 """
 )
+_PUBLISH = _PUBLISH_BODY + "return {seq, now, epoch}\n"
 
 # KEYS[1] stream, KEYS[2] epoch; ARGV since, limit or '', max age in microseconds or '',
 # the client's epoch or ''. Returns {last, first, entries after since (or from first, after
