@@ -23,6 +23,7 @@ from fastapi import FastAPI
 import fullduplex
 from fullduplex.asgi import HubApp
 from fullduplex.hub import Hub
+from fullduplex.protocol.http11 import Request
 from fullduplex.transports import TopicRules
 
 from ..transports import test_consistency
@@ -43,6 +44,11 @@ def fastapi_with_hub(hub: Hub, prefix: str) -> tuple[FastAPI, HubApp]:
 
     rules = TopicRules(subscribe=["*"], publish=["chat", "open.*", "t"])
     hub_app = HubApp(hub, rules=rules, heartbeat_interval=0.2, longpoll_timeout=1.0)
+
+    @hub_app.routes.get("/boom")
+    async def boom(request: Request) -> str:
+        raise RuntimeError("a handler bug")
+
     app.mount(prefix or "/", hub_app)
     return app, hub_app
 
@@ -80,6 +86,20 @@ async def under_uvicorn(prefix: str) -> AsyncIterator[Mounted]:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+@pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
+async def test_a_handler_that_raises_answers_500_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # As on the native server (the same fullduplex.asyncio.router.call_handler).
+    async with under_uvicorn("") as rt, httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{rt.port}/boom")
+    assert (response.status_code, response.text) == (500, "internal server error\n")
+    assert "a handler bug" not in response.text
+    logged = [r for r in caplog.records if r.name == "fullduplex.asgi"]
+    assert [r.getMessage() for r in logged] == ["HTTP handler for /boom raised"]
+    assert logged[0].exc_info is not None
 
 
 @pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from fullduplex.hub import Policy, TopicConfig
+from fullduplex.hub import MAX_SEQ, Policy, TopicConfig
 from fullduplex.protocol import sse as encoding
 from fullduplex.transports import eventstream, sse
 from fullduplex.transports.sse import format_event_id, parse_event_id
@@ -252,6 +252,14 @@ def test_event_ids_one_topic_and_several() -> None:
 def test_bad_event_ids(value: str, topics: list[str]) -> None:
     with pytest.raises(ValueError):
         parse_event_id(value, topics)
+
+
+def test_event_ids_take_the_cursors_since_takes() -> None:
+    # One cursor rule (fullduplex.hub.check_since) for ?since= and Last-Event-ID.
+    assert parse_event_id(str(MAX_SEQ), ["t"]) == {"t": MAX_SEQ}
+    assert parse_event_id(f"a:{MAX_SEQ},b:0", ["a", "b"]) == {"a": MAX_SEQ, "b": 0}
+    with pytest.raises(ValueError):
+        parse_event_id(str(MAX_SEQ + 1), ["t"])
 
 
 def test_former_import_paths_still_work() -> None:

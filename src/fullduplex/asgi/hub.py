@@ -32,13 +32,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import inspect
 import logging
 import urllib.parse
 from typing import Any
 
 from ..asyncio.connection import DEFAULT_MAX_QUEUE, DEFAULT_WRITE_LIMIT, WebSocket
-from ..asyncio.router import SERVER_DEFAULT, App, StreamingResponse, text_response, to_response
+from ..asyncio.router import SERVER_DEFAULT, App, StreamingResponse, call_handler, text_response
 from ..config import DEFAULT_CLOSE_TIMEOUT
 from ..hub import Hub
 from ..protocol import CloseCode, CloseReceived, Connection, ConnectionClosed, Side
@@ -265,14 +264,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 
 async def _answer(handler: Any, request: Request, send: Send) -> None:
-    try:
-        result = handler(request)
-        if inspect.isawaitable(result):
-            result = await result
-        response = to_response(result)
-    except Exception:
-        logger.exception("HTTP handler for %s raised", request.path)
-        response = text_response("internal server error\n", 500)
+    response = await call_handler(handler, request, logger)
     if isinstance(response, StreamingResponse):
         await _stream(send, response)
     else:

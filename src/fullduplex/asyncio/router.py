@@ -25,6 +25,7 @@ answers is tried against the parameterised ones, in registration order.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import mimetypes
@@ -52,6 +53,7 @@ __all__ = [
     "StreamingResponse",
     "WebSocketHandler",
     "WebSocketRoute",
+    "call_handler",
     "compile_path",
     "html_response",
     "json_response",
@@ -206,6 +208,29 @@ def to_response(result: HTTPResult) -> Response | StreamingResponse:
     if isinstance(result, (bytes, bytearray)):
         return _response(200, "application/octet-stream", bytes(result), ())
     raise TypeError(f"HTTP handler returned {type(result).__name__}, not a response")
+
+
+async def call_handler(
+    handler: Callable[[Request], Any], request: Request, log: logging.Logger
+) -> Response | StreamingResponse:
+    """Run an HTTP handler (a function or a coroutine function) and convert its result.
+
+    The native server and the ASGI hub answer with it alike (see :func:`to_response`).
+
+    Args:
+        handler: the route's handler for the request's method.
+        request: the request.
+        log: where a handler that raises (or returns no response) is logged, traceback
+            included; the client gets a 500 without the details.
+    """
+    try:
+        result = handler(request)
+        if inspect.isawaitable(result):
+            result = await result
+        return to_response(result)
+    except Exception:
+        log.exception("HTTP handler for %s raised", request.path)
+        return text_response("internal server error\n", 500)
 
 
 @dataclass

@@ -57,14 +57,13 @@ from .connection import WebSocket, WebSocketListener
 from .limits import ClientLimits
 from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
-    APP_AUTH,
     SERVER_DEFAULT,
     App,
     StreamingResponse,
     WebSocketRoute,
+    call_handler,
     json_response,
     text_response,
-    to_response,
 )
 
 if TYPE_CHECKING:
@@ -623,9 +622,7 @@ class HTTPProtocol(asyncio.Protocol):
         if ws_route is not None:
             if self.server.limits is not None and self._limited(request, True):
                 return
-            auth = ws_route.auth
-            if auth is APP_AUTH:
-                auth = app.auth
+            auth = app.auth_for(ws_route)
             if auth is None:
                 self._upgrade(request, ws_route)
             else:
@@ -649,9 +646,7 @@ class HTTPProtocol(asyncio.Protocol):
                     request, text_response("method not allowed\n", 405, [("Allow", allow)])
                 )
                 return
-            auth = route.auth
-            if auth is APP_AUTH:
-                auth = app.auth
+            auth = app.auth_for(route)
             if auth is None:
                 self._start_handler(handler, request)
             else:
@@ -792,14 +787,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.close()
 
     async def _run_http_handler(self, handler: Any, request: Request) -> None:
-        try:
-            result = handler(request)
-            if inspect.isawaitable(result):
-                result = await result
-            response = to_response(result)
-        except Exception:
-            logger.exception("HTTP handler for %s raised", request.path)
-            response = text_response("internal server error\n", 500)
+        response = await call_handler(handler, request, logger)
         cors = self.server.app.cors
         if cors is not None:
             cors.add_headers(request, response.headers)

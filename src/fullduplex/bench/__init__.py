@@ -13,35 +13,18 @@ with raw-socket load generators (``bench/loadgen/``) built on :mod:`.load` and :
 
 from __future__ import annotations
 
-from .echo import (
-    BenchConfig,
-    Progress,
-    Summary,
-    add_arguments,
-    build_parser,
-    config_from_args,
-    main,
-    run,
-    run_args,
-)
+from .echo import *  # noqa: F403
+from .echo import __all__ as _echo_all
 from .latency import LatencyHistogram, percentile
 from .load import BenchError, OpenError, open_many, raise_file_limit, run_loop
 
 __all__ = [
-    "BenchConfig",
+    *_echo_all,
     "BenchError",
     "LatencyHistogram",
     "OpenError",
-    "Progress",
-    "Summary",
-    "add_arguments",
-    "build_parser",
-    "config_from_args",
-    "main",
     "open_many",
     "percentile",
     "raise_file_limit",
-    "run",
-    "run_args",
     "run_loop",
 ]

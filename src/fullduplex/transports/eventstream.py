@@ -2,22 +2,5 @@
 
 from __future__ import annotations
 
-from .sse import (
-    DEFAULT_EVENT_CACHE_BYTES,
-    DEFAULT_EVENT_CACHE_SIZE,
-    DEFAULT_HEARTBEAT_INTERVAL,
-    DEFAULT_MAX_SSE_TOPICS,
-    DEFAULT_RETRY,
-    EventCache,
-    mount_sse,
-)
-
-__all__ = [
-    "DEFAULT_EVENT_CACHE_BYTES",
-    "DEFAULT_EVENT_CACHE_SIZE",
-    "DEFAULT_HEARTBEAT_INTERVAL",
-    "DEFAULT_MAX_SSE_TOPICS",
-    "DEFAULT_RETRY",
-    "EventCache",
-    "mount_sse",
-]
+from .sse import *  # noqa: F403
+from .sse import __all__ as __all__

@@ -382,21 +382,16 @@ def parse_event_id(value: str, topics: list[str]) -> dict[str, int]:
         The cursor of each topic found in the id (topics absent from it are left out).
 
     Raises:
-        ValueError: the id is not in the format of :func:`format_event_id`.
+        ValueError: the id is not in the format of :func:`format_event_id`, or holds a
+            cursor ``?since=`` would refuse (:func:`~fullduplex.hub.check_since`).
     """
     value = value.strip()
     if len(topics) == 1 and ":" not in value:
-        return {topics[0]: _parse_seq(value)}
+        return {topics[0]: parse_since(value)}
     cursors: dict[str, int] = {}
     for pair in value.split(","):
         topic, sep, seq = pair.rpartition(":")
         if not sep or topic not in topics:
             raise ValueError("Last-Event-ID does not match the topics asked for")
-        cursors[topic] = _parse_seq(seq)
+        cursors[topic] = parse_since(seq)
     return cursors
-
-
-def _parse_seq(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
-        raise ValueError("a sequence number must be a non-negative integer")
-    return int(text)
