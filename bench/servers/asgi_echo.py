@@ -103,6 +103,11 @@ async def serve_fullduplex(args: argparse.Namespace) -> None:
         max_connections=None,
         max_message_size=_common.MAX_SIZE,
         max_frame_size=_common.MAX_SIZE,
+        # Limits on but never reached, as in fullduplex_echo.py (one client IP, floods).
+        max_connections_per_ip=10**9,
+        rate_per_ip=1e9,
+        max_messages_per_second=10**12,
+        max_bytes_per_second=10**15,
     )
     _common.announce(server.port)
     await _common.forever()

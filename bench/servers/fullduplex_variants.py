@@ -97,6 +97,11 @@ async def main(args: argparse.Namespace) -> None:
         compression=False,
         ping_interval=None,
         max_connections=None,
+        # Limits on but never reached, as in fullduplex_echo.py (one client IP, floods).
+        max_connections_per_ip=10**9,
+        rate_per_ip=1e9,
+        max_messages_per_second=10**12,
+        max_bytes_per_second=10**15,
     )
     _common.announce(server.port)
     await _common.forever()
