@@ -1,6 +1,6 @@
 """Scale: fan-out over two worker processes and one Redis, and idle connections per process.
 
-    python bench/scale.py                 # full: 20,000 subscribers, 50,000 idle: a few minutes
+    python bench/scale.py                 # full: 20,000 subscribers, 50,000 idle: 1-3 minutes
     python bench/scale.py --quick         # 2,000 subscribers, 5,000 idle: under a minute
     python bench/scale.py --json out.json --servers fullduplex,picows --only idle
 
@@ -131,7 +131,7 @@ def progress(text: str) -> None:
 
 
 def cpu_ns(pids: list[int]) -> int:
-    return sum(lg._cpu_clock_ns(pid) for pid in pids)
+    return sum(lg.cpu_clock_ns(pid) for pid in pids)
 
 
 async def wait_idle(pids: list[int]) -> None:
@@ -191,7 +191,7 @@ class Clock:
         snap = {name: cpu_ns(p) / 1e9 for name, p in self.pids.items()}
         ru = resource.getrusage(resource.RUSAGE_SELF)
         snap["self"] = ru.ru_utime + ru.ru_stime
-        snap["busy"] = lg._system_busy_ticks() / lg.TICKS
+        snap["busy"] = lg.system_busy_ticks() / lg.TICKS
         snap["wall"] = time.monotonic()
         return snap
 
