@@ -916,9 +916,18 @@ def broadcast(websockets: Iterable[WebSocket], message: Data) -> int:
     for ws in websockets:
         if frame is None:
             frame = prepare_frame(message)
-        if ws.send_prepared(frame, size):
+        # WebSocket.send_prepared, inlined: the method call was 12% of a delivery (2.70k ->
+        # 3.03k instructions, bench/run.py --callgrind broadcast); same module, same rule.
+        core = ws.core
+        if core.takes_prepared and not ws._write_paused and not ws._lost:
+            if ws._dispatching:
+                core.send_prepared(frame)
+            else:
+                ws.transport.write(frame)
+            ws.messages_sent += 1
+            ws.bytes_sent += size
             sent += 1
-        elif ws.writable and ws.state is _OPEN and not ws.core.sending_fragmented:
+        elif ws.writable and ws.state is _OPEN and not core.sending_fragmented:
             # Its own frame: an extension (its own compressor), a client (masked frames) or
             # fragment_size.
             ws.send_nowait(message)
