@@ -632,3 +632,63 @@ def test_c_and_python_agree_on_non_minimal_lengths(data: bytes) -> None:
             assert message_c(buf, False, limit) == read_message_python(buf, False, limit)
     expected = data[-5:] if len(data) < 100 else data[-200:]
     assert read_simple_frame_python(data, 0, False, -1) == (data[0] & 0x0F, expected, len(data))
+
+
+def _close_outcome(side: Side, data: bytes, handler: bool, max_frame_size: int | None) -> Any:
+    conn = Connection(side, max_frame_size=max_frame_size)
+    if handler:
+        conn.message_handler = lambda message: None
+    conn.receive_data(data)
+    failure = None if conn.failure is None else (type(conn.failure), conn.failure.code)
+    sent = FrameParser(require_mask=side is Side.CLIENT)  # a client masks with a random key
+    sent.feed(conn.data_to_send())
+    return (
+        conn.state,
+        conn.close_received,
+        conn.close_sent,
+        failure,
+        conn.transport_should_close,
+        conn.close_timer_wanted,
+        conn.events_received(),
+        sent.next_frame(),
+        sent.next_frame(),
+    )
+
+
+CLOSE_PAYLOADS = [
+    b"",
+    struct.pack("!H", 1000),
+    struct.pack("!H", 1001) + b"bye",
+    struct.pack("!H", 4999) + "é".encode(),
+    struct.pack("!H", 1000) + b"r" * 123,  # 125 bytes: the largest control payload
+    struct.pack("!H", 1000) + b"r" * 124,  # 126: too large for a control frame
+    b"\x03",  # one byte: no code
+    struct.pack("!H", 1005),  # a code never sent on the wire
+    struct.pack("!H", 999),
+    struct.pack("!H", 1000) + b"\xff\xfe",  # invalid UTF-8 reason
+]
+
+
+@pytest.mark.parametrize("max_frame_size", [None, 5])
+@pytest.mark.parametrize("payload", CLOSE_PAYLOADS)
+@pytest.mark.parametrize("side", [Side.SERVER, Side.CLIENT])
+def test_a_read_that_is_one_close_frame_ends_as_the_general_path(
+    side: Side, payload: bytes, max_frame_size: int | None
+) -> None:
+    # With a message handler, a read holding exactly one close frame skips the parser; it
+    # must end exactly as the general path does (no handler), for every frame it may see:
+    # masked as the side expects or not, a fragment bit or an RSV bit, extra bytes after it.
+    right = serialize_frame(8, payload, mask=side is Side.SERVER, mask_key=KEY)
+    wrong = serialize_frame(8, payload, mask=side is Side.CLIENT, mask_key=KEY)
+    reads = [right, wrong, right + masked(2, b"x"), right[:-1], right[:1]]
+    reads += [bytes([right[0] & 0x7F]) + right[1:], bytes([right[0] | 0x40]) + right[1:]]
+    # Non-minimal 16- and 64-bit lengths whose 7-bit code (126, 127) plus the header would
+    # match the read's size if it were taken for the length.
+    mask = side is Side.SERVER
+    for code, extended in [(126, struct.pack("!H", 124)), (127, struct.pack("!Q", 119))]:
+        close = struct.pack("!H", 1000) + b"r" * (int.from_bytes(extended, "big") - 2)
+        head = bytes([0x88, code | (0x80 if mask else 0)]) + extended
+        reads.append(head + (KEY + apply_mask(close, KEY) if mask else close))
+    for data in reads:
+        fast = _close_outcome(side, data, True, max_frame_size)
+        assert fast == _close_outcome(side, data, False, max_frame_size), data

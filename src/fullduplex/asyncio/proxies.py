@@ -132,14 +132,15 @@ def apply_proxy_headers(request: Request, trusted: TrustedProxies) -> None:
     peer_host = peer[0] if peer is not None else "unix"
     if peer_host not in trusted:
         return
-    headers = request.headers
-    proto = headers.get("X-Forwarded-Proto")
-    if proto is not None:
+    # One pass over the fields for both names, kept for the handshake's lookups after this.
+    fields = request.headers.by_name()
+    protos = fields.get("x-forwarded-proto")
+    if protos:
         # The left-most value is the scheme the first proxy (the one the client saw) spoke.
-        scheme = _SCHEMES.get(proto.split(",")[0].strip().lower())
+        scheme = _SCHEMES.get(protos[0].split(",")[0].strip().lower())
         if scheme is not None:
             request.scheme = scheme
-    forwarded = headers.get_all("X-Forwarded-For")
+    forwarded = fields.get("x-forwarded-for")
     if forwarded:
         host = trusted.client_host(",".join(forwarded))
         if host is not None:

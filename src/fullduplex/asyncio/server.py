@@ -929,7 +929,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _upgrade(self, request: Request, route: WebSocketRoute) -> None:
         server = self.server
-        if request.headers.get("Upgrade") is None:
+        if "upgrade" not in request.headers.by_name():  # the index the handshake reads too
             # A plain GET to a WebSocket route (RFC 7231 6.5.15: 426 Upgrade Required).
             response = text_response(
                 "this endpoint speaks WebSocket: send an Upgrade request\n",

@@ -290,17 +290,11 @@ def _fields(headers: Headers) -> dict[str, list[str]]:
 
     A handshake looks up about ten names, and :meth:`Headers.get_all` lowers every field name
     on each call; this is a plain dict, looked up with ``.get`` (part of 501k -> 368k
-    instructions per handshake, ``bench/run.py --callgrind``; docs/performance.md).
+    instructions per handshake, ``bench/run.py --callgrind``; docs/performance.md). It is the
+    index :meth:`Headers.by_name` keeps, so that a server's lookups before the handshake's
+    (proxy headers, ``Upgrade``) and the handshake's own share one pass.
     """
-    by_name: dict[str, list[str]] = {}
-    for name, value in headers.items():
-        key = name.lower()
-        values = by_name.get(key)
-        if values is None:
-            by_name[key] = [value]
-        else:
-            values.append(value)
-    return by_name
+    return headers.by_name()
 
 
 #: The type of :func:`_fields`' result.
