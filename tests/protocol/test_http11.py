@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from fullduplex.protocol.http11 import (
     RequestParser,
     Response,
     ResponseParser,
+    split_head_python,
 )
 
 GET = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
@@ -846,3 +848,93 @@ def test_whole_head_with_a_bare_lf_fails_as_line_by_line(raw: bytes) -> None:
             parser.next_request()
         errors.append((type(info.value), info.value.status))
     assert errors[0] == errors[1]
+
+
+class _FieldsByCallback:
+    """What llhttp's own header callbacks report (through httptools), for a cross-check."""
+
+    def __init__(self) -> None:
+        self.fields: list[tuple[str, str]] = []
+        self.done = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.done:  # trailers are not header fields
+            self.fields.append((name.decode("latin-1"), value.decode("latin-1").rstrip(" \t")))
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+
+_NAMES = st.text("-!#$%&'*+.^_`|~0123456789abcXYZ", min_size=1, max_size=8)
+# Values: visible ASCII (colons included), obs-text, and spaces and tabs anywhere.
+_VALUES = st.text(' \t:;,=/"abcXYZ0129\x80\xe9\xff', max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(st.tuples(_NAMES, _VALUES, st.sampled_from([": ", ":", ":\t", ":  "]))),
+    blank_lines=st.lists(st.sampled_from([b"\r\n", b"\n"]), max_size=2),
+    response=st.booleans(),
+    one_by_one=st.booleans(),
+)
+def test_fields_are_what_llhttp_reports(
+    fields: list[tuple[str, str, str]], blank_lines: list[bytes], response: bool, one_by_one: bool
+) -> None:
+    """The fields split from the head equal those of llhttp's header callbacks (or both fail).
+
+    Leading empty lines (skipped before a start line), OWS around values, colons in values,
+    obs-text; a chunked body with a trailer field, which is not a header field.
+    """
+    import httptools
+
+    start = b"HTTP/1.1 200 OK\r\n" if response else b"POST /x HTTP/1.1\r\n"
+    head = b"".join(blank_lines) + start
+    head += b"Host: h\r\n" if not response else b""
+    head += b"".join(f"{n}{sep}{v}\r\n".encode("latin-1") for n, v, sep in fields)
+    data = head + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nTrailer-X: 1\r\n\r\n"
+    reference = _FieldsByCallback()
+    llhttp = (httptools.HttpResponseParser if response else httptools.HttpRequestParser)(reference)
+    try:
+        llhttp.feed_data(data)
+        expected: Any = reference.fields
+    except httptools.HttpParserError:
+        expected = InvalidMessage
+    parser = ResponseParser() if response else RequestParser()
+    try:
+        for chunk in [data[i : i + 1] for i in range(len(data))] if one_by_one else [data]:
+            parser.feed(chunk)
+        message = (
+            parser.next_response()
+            if isinstance(parser, ResponseParser)
+            else (parser.next_request())
+        )
+        assert message is not None
+        got: Any = message.headers.items()
+    except InvalidMessage:
+        got = InvalidMessage
+    assert got == expected
+
+
+def _split_head_c() -> Any:
+    from fullduplex.protocol.mask import load_speedups
+
+    return getattr(load_speedups(), "split_head", None)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    head=st.lists(
+        st.sampled_from(
+            [b"\r\n", b"\r", b"\n", b":", b" ", b"\t", b"Host", b"hOsT", b"x", b"\xe9"]
+        ),
+        max_size=40,
+    ).map(b"".join)
+)
+def test_split_head_c_and_python_agree_on_any_bytes(head: bytes) -> None:
+    split_c = _split_head_c()
+    if split_c is None:  # pragma: no cover
+        if os.environ.get("FULLDUPLEX_REQUIRE_SPEEDUPS") == "1":
+            pytest.fail("C accelerator required but not built (or too old for split_head)")
+        pytest.skip("C accelerator not built (or too old to have split_head)")
+    assert split_c(head) == split_head_python(head)
+    assert split_c(bytearray(head)) == split_head_python(bytearray(head))

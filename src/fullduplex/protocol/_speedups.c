@@ -1,6 +1,6 @@
 /* Optional C accelerator for fullduplex.protocol: apply_mask(data, key) -> bytes for
- * fullduplex.protocol.mask, and the frame fast paths read_simple_frame / build_frame for
- * fullduplex.protocol.frames.
+ * fullduplex.protocol.mask, the frame fast paths read_simple_frame / build_frame for
+ * fullduplex.protocol.frames, and split_head for fullduplex.protocol.http11.
  *
  * RFC 6455 5.3: "Octet i of the transformed data ("transformed-octet-i") is the XOR of octet i
  * of the original data ("original-octet-i") with octet at index i modulo 4 of the masking key".
@@ -648,6 +648,113 @@ speedups_exec(PyObject *module)
     return rc;
 }
 
+/* -- HTTP heads ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(split_head_doc,
+"split_head(head, /) -> (fields, hosts)\n\n"
+"The header fields of an HTTP message head that llhttp accepted: lines end at CRLF; CR and\n"
+"LF before the start line are skipped; the fields are the lines after the start line up to\n"
+"the first empty one (or the end), each split at its first colon into a name and a value\n"
+"without spaces and tabs at either end, both decoded as latin-1. hosts counts the fields\n"
+"named Host in any case. fullduplex.protocol.http11._split_head is the same in Python.");
+
+static int
+is_ows(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* The next CRLF at or after p, or end. */
+static const unsigned char *
+find_crlf(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end) {
+        const unsigned char *cr = memchr(p, '\r', (size_t)(end - p));
+        if (cr == NULL || cr + 1 >= end) {
+            return end;
+        }
+        if (cr[1] == '\n') {
+            return cr;
+        }
+        p = cr + 1;
+    }
+    return end;
+}
+
+static PyObject *
+split_head(PyObject *module, PyObject *head)
+{
+    Py_buffer view;
+    const unsigned char *p, *end, *eol;
+    PyObject *fields = NULL, *result = NULL;
+    Py_ssize_t hosts = 0;
+
+    if (PyObject_GetBuffer(head, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    p = (const unsigned char *)view.buf;
+    end = p + view.len;
+    fields = PyList_New(0);
+    if (fields == NULL) {
+        goto done;
+    }
+    while (p < end && (*p == '\r' || *p == '\n')) {
+        p++;
+    }
+    eol = find_crlf(p, end); /* the start line */
+    p = eol < end ? eol + 2 : end;
+    while (p < end) {
+        const unsigned char *colon, *name_end, *value, *value_end;
+        PyObject *name_obj, *value_obj, *pair;
+        int rc;
+
+        eol = find_crlf(p, end);
+        if (eol == p) {
+            break; /* the empty line that ends the head */
+        }
+        colon = memchr(p, ':', (size_t)(eol - p));
+        name_end = colon != NULL ? colon : eol;
+        value = colon != NULL ? colon + 1 : eol;
+        value_end = eol;
+        while (value < value_end && is_ows(*value)) {
+            value++;
+        }
+        while (value_end > value && is_ows(value_end[-1])) {
+            value_end--;
+        }
+        if (name_end - p == 4 && (p[0] | 0x20) == 'h' && (p[1] | 0x20) == 'o' &&
+            (p[2] | 0x20) == 's' && (p[3] | 0x20) == 't') {
+            hosts++;
+        }
+        name_obj = PyUnicode_DecodeLatin1((const char *)p, name_end - p, NULL);
+        if (name_obj == NULL) {
+            goto done;
+        }
+        value_obj = PyUnicode_DecodeLatin1((const char *)value, value_end - value, NULL);
+        if (value_obj == NULL) {
+            Py_DECREF(name_obj);
+            goto done;
+        }
+        pair = PyTuple_Pack(2, name_obj, value_obj);
+        Py_DECREF(name_obj);
+        Py_DECREF(value_obj);
+        if (pair == NULL) {
+            goto done;
+        }
+        rc = PyList_Append(fields, pair);
+        Py_DECREF(pair);
+        if (rc < 0) {
+            goto done;
+        }
+        p = eol < end ? eol + 2 : end;
+    }
+    result = Py_BuildValue("(On)", fields, hosts);
+done:
+    Py_XDECREF(fields);
+    PyBuffer_Release(&view);
+    return result;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"read_simple_frame", (PyCFunction)(void (*)(void))read_simple_frame, METH_FASTCALL,
@@ -655,6 +762,7 @@ static PyMethodDef speedups_methods[] = {
     {"read_message", (PyCFunction)(void (*)(void))read_message, METH_FASTCALL,
      read_message_doc},
     {"build_frame", (PyCFunction)(void (*)(void))build_frame, METH_FASTCALL, build_frame_doc},
+    {"split_head", (PyCFunction)split_head, METH_O, split_head_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -674,7 +782,8 @@ static struct PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fullduplex.protocol._speedups",
-    .m_doc = "C accelerator for WebSocket masking and framing; see fullduplex.protocol.mask.",
+    .m_doc = "C accelerator for WebSocket masking and framing and HTTP heads; see "
+             "fullduplex.protocol.mask.",
     .m_size = 0,
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,

@@ -26,7 +26,7 @@ import http
 import re
 import types
 import urllib.parse
-from collections.abc import Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from typing import Any
 from httptools.parser import parser as _llhttp
 
 from .exceptions import InvalidMessage, MessageTooBig
+from .mask import load_speedups
 
 _ParserUpgrade: type[Exception] = vars(_llhttp)["HttpParserUpgrade"]
 _ParserError: type[Exception] = vars(_llhttp)["HttpParserError"]
@@ -416,13 +417,54 @@ class Response:
         return "".join(out).encode("latin-1") + self.body
 
 
+def split_head_python(head: bytes | bytearray) -> tuple[list[tuple[str, str]], int]:
+    """The header fields of a message head that llhttp accepted, and how many are ``Host``.
+
+    llhttp is strict (no leniency is turned on): every line of a head it accepts ends with
+    CRLF (a bare CR or LF fails), a field line is ``name ":" OWS value OWS`` with a token
+    name and no whitespace before the colon, and obsolete line folding fails. So splitting
+    at CRLF and at the first colon finds exactly the fields that its header callbacks would
+    report. RFC 7230 3.2.4: OWS around the value is not part of it; values are latin-1
+    (obs-text is opaque data). The C accelerator's ``split_head`` does the same (the fields
+    of a handshake from a browser, about a dozen, cost ~3k user-space instructions each
+    through llhttp's callbacks, ~0.3k in C: docs/performance.md).
+    """
+    fields = []
+    hosts = 0
+    # llhttp skips empty lines (CRLF or LF) before a start line (RFC 7230 3.5: "a server
+    # that is expecting to receive and parse a request-line SHOULD ignore at least one empty
+    # line (CRLF) received prior to the request-line"); a start line never begins with either.
+    lines = head.decode("latin-1").lstrip("\r\n").split("\r\n")
+    for line in lines[1:]:  # not the start line; up to the empty line that ends the head
+        if not line:
+            break
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip(" \t")))
+        if len(name) == 4 and name.lower() == "host":
+            hosts += 1
+    return fields, hosts
+
+
+_split_head: Callable[[bytes | bytearray], tuple[list[tuple[str, str]], int]] = getattr(
+    load_speedups(), "split_head", split_head_python
+)  # getattr: an accelerator built before split_head existed has none
+
+
 class _Message:
-    """Callbacks for httptools: accumulates the message being parsed."""
+    """Callbacks for httptools: accumulates the message being parsed.
+
+    There is no ``on_header``: the fields are split from the head's bytes once the head is
+    complete (see :func:`split_head_python`). So trailer fields of a chunked body are never
+    reported, which is what RFC 7230 4.1.2 asks: "A recipient MUST NOT merge a received
+    trailer field into the header section unless its corresponding header field definition
+    explicitly permits". None of ours does.
+    """
 
     __slots__ = (
         "body",
         "complete",
         "fields",
+        "head",
         "headers_complete",
         "hosts",
         "keep_alive",
@@ -441,8 +483,11 @@ class _Message:
     def reset(self) -> None:
         self.url = bytearray()
         self.reason = bytearray()
+        #: The head's bytes as fed: the whole head at once, or a bytearray growing piece by
+        #: piece (None before the first).
+        self.head: bytes | bytearray | None = None
         self.fields: list[tuple[str, str]] = []
-        self.hosts = 0  # Host fields, counted as they arrive (RFC 7230 5.4)
+        self.hosts = 0  # Host fields (RFC 7230 5.4)
         self.body = bytearray()
         self.headers_complete = False
         self.complete = False
@@ -454,20 +499,10 @@ class _Message:
     def on_status(self, data: bytes) -> None:
         self.reason += data
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.headers_complete:
-            # RFC 7230 4.1.2: "A recipient MUST NOT merge a received trailer field into the
-            # header section unless its corresponding header field definition explicitly
-            # permits". None of ours does: trailers are dropped.
-            return
-        # RFC 7230 3.2.4: OWS around the value is not part of it; llhttp strips the leading OWS.
-        # Values are latin-1 (RFC 7230 3.2.4: obs-text is opaque data).
-        self.fields.append((name.decode("latin-1"), value.decode("latin-1").rstrip(" \t")))
-        if len(name) == 4 and name.lower() == b"host":
-            self.hosts += 1
-
     def on_headers_complete(self) -> None:
         self.headers_complete = True
+        assert self.head is not None  # fed before llhttp saw it
+        self.fields, self.hosts = _split_head(self.head)
 
     def on_body(self, data: bytes) -> None:
         self.body += data
@@ -612,11 +647,14 @@ class _Parser(abc.ABC):
             if head is not None:
                 size = len(head)
                 piece = view[pos : pos + size]
+                self._message.head = head
                 upgrade_offset = self._feed_piece(piece)
                 self._head_size = size  # lines were counted by _whole_head
             else:
                 size = self._piece_size(data, pos, end)
                 piece = view[pos : pos + size]
+                if self._state == _HEAD:
+                    self._add_to_head(piece)
                 upgrade_offset = self._feed_piece(piece)
                 self._account(piece)
             pos += size
@@ -626,6 +664,15 @@ class _Parser(abc.ABC):
                 self._complete()
             elif self._message.headers_complete and self._state == _HEAD:
                 self._start_body()
+
+    def _add_to_head(self, piece: memoryview) -> None:
+        head = self._message.head
+        if head is None:
+            self._message.head = bytearray(piece)
+        elif isinstance(head, bytearray):
+            head += piece
+        else:  # bytes from _whole_head that were only empty lines: the head goes on
+            self._message.head = bytearray(head) + piece
 
     def _whole_head(self, data: bytes, pos: int) -> bytes | None:
         """A complete head starting at ``pos`` that is within every limit, else None.
