@@ -259,3 +259,53 @@ async def test_slow_consumer_is_bounded_and_others_are_not_delayed(policy: Polic
         writer.close()
     finally:
         await teardown(setup)
+
+
+async def test_a_closed_pubsub_connection_leaves_no_cyclic_garbage() -> None:
+    # The session and its sink (whose slow-consumer callback is the session's method) were a
+    # cycle: every /pubsub connection's objects waited for the garbage collector. (Connect and
+    # close only: a topic whose last subscriber leaves still ends in cycles of the hub's.)
+    import gc
+
+    from fullduplex.protocol.frames import serialize_frame
+
+    setup = await make_setup()
+    request = (
+        b"GET /pubsub HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    close = serialize_frame(8, b"\x03\xe8", mask=True)
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", setup.port)
+        writer.write(request)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(close)
+        await reader.read()  # until the server closes
+        writer.close()
+        await writer.wait_closed()
+
+    try:
+        await one()  # lazy imports and caches
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                await one()
+            setup.server.close()
+            await setup.server.wait_closed()
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            ours = [
+                type(o).__qualname__
+                for o in gc.garbage
+                if type(o).__module__.split(".")[0] in ("fullduplex", "httptools")
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+        assert ours == []
+    finally:
+        await teardown(setup)
