@@ -51,6 +51,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 SERVERS_DIR = BENCH / "servers"
+sys.path.insert(0, str(SERVERS_DIR))
+from _common import GUARD_HEADERS  # noqa: E402 - the servers' own module, after its folder
+
 LOADGEN = BENCH / "loadgen" / "loadgen.py"
 RESULTS = BENCH / "results"
 PY = sys.executable
@@ -64,6 +67,16 @@ class ServerSpec:
     needs: str  # a Python module, or "node"
     raw: bool = False
     notes: str = ""
+    #: The WebSocket route the load generator connects to.
+    path: str = "/echo"
+    #: More ``Name: value`` lines in every upgrade request (the guarded servers want them).
+    headers: tuple[str, ...] = ()
+    #: The tests this server can take (None: all); a route that answers no echo takes fewer.
+    only: tuple[str, ...] | None = None
+
+    def takes(self, test: str) -> bool:
+        """Whether this server can take ``test``."""
+        return self.only is None or test in self.only
 
     def available(self) -> str | None:
         """None if it can run here, else why not."""
@@ -88,6 +101,22 @@ SERVERS = [
     ServerSpec("fd-listener", _py("fullduplex_echo.py", "--api", "listener"), "fullduplex"),
     # The first column with app.enable_metrics() (issue 13: metrics cost under 5% a message).
     ServerSpec("fd-metrics", _py("fullduplex_echo.py", "--metrics"), "fullduplex"),
+    # Issue 12: the handshake with an Origin allow-list and an authenticator on (and the per-IP
+    # limits, on in every fullduplex column), on the echo route and on the hub's /pubsub.
+    ServerSpec(
+        "fd-guarded",
+        _py("fullduplex_echo.py", "--guarded"),
+        "fullduplex",
+        headers=GUARD_HEADERS,
+    ),
+    ServerSpec(
+        "fd-pubsub",
+        _py("fullduplex_pubsub.py"),
+        "fullduplex",
+        path="/pubsub",
+        headers=GUARD_HEADERS,
+        only=("idle", "memory", "handshake"),
+    ),
     ServerSpec("websockets", _py("websockets_echo.py"), "websockets"),
     ServerSpec("aiohttp", _py("aiohttp_echo.py"), "aiohttp"),
     ServerSpec("picows", _py("picows_echo.py"), "picows"),
@@ -173,6 +202,7 @@ class Server:
         wrapper: list[str] | None = None,
         ready_timeout: float = 20.0,
     ) -> None:
+        self.spec = spec
         command = (wrapper or []) + spec.command + (["--broadcast"] if broadcast else [])
         self.stop_timeout = max(5.0, ready_timeout)
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
@@ -215,6 +245,9 @@ def loadgen(
     """Run one load generator process and return its JSON (or {"error": ...})."""
     command = [PY, str(LOADGEN), test, "--port", str(server.port), "--server-pid", str(server.pid)]
     command += ["--raw"] if raw else []
+    command += ["--path", server.spec.path]
+    for line in server.spec.headers:
+        command += ["--header", line]
     return run_json([*command, *args], cpu, timeout=timeout)
 
 
@@ -299,7 +332,11 @@ class Runner:
     def bench(self, spec: ServerSpec) -> dict[str, Any]:
         p = self.profile
         out: dict[str, list[Any]] = {}
-        echo_tests = [t for t in ("echo", "latency", "throughput", "handshake") if t in self.tests]
+        echo_tests = [
+            t
+            for t in ("echo", "latency", "throughput", "handshake")
+            if t in self.tests and spec.takes(t)
+        ]
         if spec.raw and "handshake" in echo_tests:
             echo_tests.remove("handshake")  # no WebSocket handshake to measure
         if echo_tests:
@@ -308,7 +345,7 @@ class Runner:
                     for test in echo_tests:
                         _progress(spec.name, test, i, p.repeat)
                         out.setdefault(test, []).append(self._one(spec, server, test))
-        if "memory" in self.tests:
+        if "memory" in self.tests and spec.takes("memory"):
             for i in range(p.repeat):
                 _progress(spec.name, "memory", i, p.repeat)
                 with self.server(spec) as server:
@@ -317,7 +354,7 @@ class Runner:
                             spec, server, "memory", "--connections", str(p.memory_connections)
                         )
                     )
-        if "broadcast" in self.tests:
+        if "broadcast" in self.tests and spec.takes("broadcast"):
             for n in p.broadcast_sizes:
                 _progress(spec.name, f"broadcast {n}", 0, 1)
                 with self.server(spec, broadcast=True) as server:
@@ -380,20 +417,25 @@ class CallgrindRunner:
     def bench(self, spec: ServerSpec) -> dict[str, Any]:
         p = self.profile
         out: dict[str, list[Any]] = {}
-        handshake = "handshake" in self.tests and not spec.raw
-        if {"idle", "echo"} & set(self.tests) or handshake:
+        tests = [t for t in self.tests if spec.takes(t)]
+        handshake = "handshake" in tests and not spec.raw
+        if {"idle", "echo"} & set(tests) or handshake:
             with self.server(spec) as server:
-                if "idle" in self.tests:
+                if "idle" in tests:
                     _progress(spec.name, "idle", 0, 1)
                     args = ["--duration", str(p.idle_seconds)]
                     out["idle"] = [self._run(spec, server, "idle", *args)]
                 _progress(spec.name, "warm-up", 0, 1)
-                args = ["--connections", "100", "--size", "32", "--warmup", "0"]
-                args += ["--duration", str(p.warmup_seconds), "--timeout", "120"]
-                warmup = loadgen("echo", server, spec.raw, self.cpus[1], *args, timeout=600)
+                if spec.takes("echo"):
+                    args = ["--connections", "100", "--size", "32", "--warmup", "0"]
+                    args += ["--duration", str(p.warmup_seconds), "--timeout", "120"]
+                    warmup = loadgen("echo", server, spec.raw, self.cpus[1], *args, timeout=600)
+                else:  # a route without an echo warms up with handshakes (not counted)
+                    args = ["--connections", str(p.handshake_connections), "--timeout", "120"]
+                    warmup = loadgen("handshake", server, False, self.cpus[1], *args, timeout=600)
                 if "error" in warmup:
-                    raise RuntimeError(f"warm-up echo failed: {warmup['error']}")
-                for i in range(p.repeat if "echo" in self.tests else 0):
+                    raise RuntimeError(f"warm-up failed: {warmup['error']}")
+                for i in range(p.repeat if "echo" in tests else 0):
                     _progress(spec.name, "echo", i, p.repeat)
                     args = ["--connections", "100", "--size", "32", "--warmup", str(p.echo_warmup)]
                     args += ["--count", str(p.echo_messages)]
@@ -404,7 +446,7 @@ class CallgrindRunner:
                     out.setdefault("handshake", []).append(
                         self._run(spec, server, "handshake", *args)
                     )
-        if "broadcast" in self.tests:
+        if "broadcast" in tests:
             n = p.broadcast_size
             _progress(spec.name, f"broadcast {n}", 0, 1)
             with self.server(spec, broadcast=True) as server:
@@ -686,6 +728,7 @@ def targets(
             ),
         ]
     out = asgi_targets(med, callgrind) + metrics_targets(med, callgrind)
+    out += handshake_targets(med, callgrind)
     # The async API (BASELINE) and the WebSocketListener callback API are checked apart.
     for ours_name in (BASELINE, "fd-listener"):
         if ours_name not in summary:
@@ -703,6 +746,36 @@ def targets(
         if mem is not None:
             verdict = "PASS" if mem < 6 else "FAIL"
             out.append(f"    {verdict} memory per idle connection < 6 KiB: {mem:.1f}")
+    return out
+
+
+def handshake_targets(med: Callable[[str, str], float | None], callgrind: bool) -> list[str]:
+    """Issue 12's targets against picows: handshakes, the async API per message, idle memory.
+
+    Handshake cost (user instructions, or CPU time without --callgrind) <= picows' for the
+    echo route of both APIs, for the echo route with an Origin allow-list and an
+    authenticator (fd-guarded) and for the hub's /pubsub with both (fd-pubsub); the ``async
+    for`` API's per-message cost <= picows'; an idle ``async for`` connection <= 4 KiB.
+    """
+    hs, msg = ("hs_uinstr", "echo_uinstr") if callgrind else ("hs_cpu", "echo_cpu")
+    if med("picows", hs) is None and med("picows", msg) is None:
+        return []
+    out = ["  issue 12 (against picows):"]
+    checks = [(name, hs, "handshake") for name in ("fullduplex", "fd-listener", "fd-guarded")]
+    checks += [("fd-pubsub", hs, "handshake"), (BASELINE, msg, "per message")]
+    for name, key, what in checks:
+        ours, theirs = med(name, key), med("picows", key)
+        if ours is None or theirs is None:
+            continue
+        ratio = ours / theirs
+        out.append(
+            f"    {'PASS' if ratio <= 1.0 else 'FAIL'} {name} {what} <= picows: {ratio:.2f}x"
+        )
+    mem = med(BASELINE, "mem")
+    if mem is not None:
+        out.append(
+            f"    {'PASS' if mem <= 4 else 'FAIL'} {BASELINE} idle connection <= 4 KiB: {mem:.2f}"
+        )
     return out
 
 

@@ -89,11 +89,13 @@ def server_frame(opcode: int, payload: bytes) -> bytes:
 CLOSE_FRAME = client_frame(OP_CLOSE, struct.pack("!H", 1000))
 
 
-def handshake_request(host: str, port: int, path: str) -> bytes:
+def handshake_request(host: str, port: int, path: str, headers: Sequence[str] = ()) -> bytes:
+    """The upgrade request; ``headers`` are more ``Name: value`` lines (Origin, a token)."""
+    extra = "".join(f"{line}\r\n" for line in headers)
     return (
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
         "Connection: Upgrade\r\nSec-WebSocket-Key: "
-        f"{KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        f"{KEY.decode()}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     ).encode()
 
 
@@ -402,9 +404,12 @@ class Target:
     port: int
     path: str
     raw: bool
+    headers: Sequence[str] = ()
 
     def request(self) -> bytes | None:
-        return None if self.raw else handshake_request(self.host, self.port, self.path)
+        if self.raw:
+            return None
+        return handshake_request(self.host, self.port, self.path, self.headers)
 
 
 async def connect(
@@ -818,6 +823,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--path", default="/echo")
+    p.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        help="one more 'Name: value' line in the upgrade request (repeatable)",
+    )
     p.add_argument("--raw", action="store_true", help="raw TCP echo: no handshake")
     p.add_argument("--server-pid", type=int, help="measure this process's CPU time and RSS")
     p.add_argument("--perf-events", help="also count these perf events in the server")
@@ -871,7 +882,7 @@ def result_or_error(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    target = Target(args.host, args.port, args.path, args.raw)
+    target = Target(args.host, args.port, args.path, args.raw, args.header)
     meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail)
     try:
         result = result_or_error(

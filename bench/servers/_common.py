@@ -40,7 +40,19 @@ def parse_args(description: str) -> argparse.Namespace:
         action="store_true",
         help="fullduplex only: app.enable_metrics() (bench/metrics_bench.py)",
     )
+    parser.add_argument(
+        "--guarded",
+        action="store_true",
+        help="fullduplex only: an Origin allow-list and an authenticator on the route "
+        "(the load generator then sends GUARD_HEADERS)",
+    )
     return parser.parse_args()
+
+
+#: What a client of a ``--guarded`` server sends (bench/run.py passes them to the load generator).
+GUARD_HEADERS = ("Origin: https://app.example.com", "Authorization: Bearer bench-token")
+#: The Origin allow-list of a ``--guarded`` server.
+GUARD_ORIGINS = ["https://app.example.com"]
 
 
 def raise_nofile() -> None:
