@@ -1194,3 +1194,36 @@ def test_large_compressed_messages_with_wsproto_both_ways() -> None:
     ws.receive_data(ours.data_to_send())
     (echo,) = list(ws.events())
     assert isinstance(echo, wsevents.BytesMessage) and echo.data == payload
+
+
+@pytest.mark.parametrize("server_header", ["fullduplex", None, "x/1.0 (y)"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "Sec-WebSocket-Protocol: chat\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+    ],
+)
+def test_accepted_data_is_the_serialized_response(server_header: str | None, extra: str) -> None:
+    from fullduplex.protocol.deflate import ServerPerMessageDeflateFactory
+    from fullduplex.protocol.http11 import RequestParser
+
+    parser = RequestParser()
+    parser.feed(
+        (
+            "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        ).encode()
+    )
+    request = parser.next_request()
+    assert request is not None
+    handshake = ServerHandshake(
+        subprotocols=["chat"],
+        extensions=[ServerPerMessageDeflateFactory()],
+        server_header=server_header,
+    )
+    accepted = handshake.process_request(request)
+    assert accepted.data == accepted.response.serialize()
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in accepted.data  # RFC 6455 1.3's example

@@ -938,3 +938,33 @@ def test_split_head_c_and_python_agree_on_any_bytes(head: bytes) -> None:
         pytest.skip("C accelerator not built (or too old to have split_head)")
     assert split_c(head) == split_head_python(head)
     assert split_c(bytearray(head)) == split_head_python(bytearray(head))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from(["Host", "HOST", "host", "X-a", "x-A", "É", "ÉT", "a-Z_9"]),
+            st.text(max_size=5),
+        )
+        | st.tuples(st.text(max_size=6), st.text(max_size=3)),
+        max_size=12,
+    )
+)
+def test_index_fields_c_and_python_agree(pairs: list[tuple[str, str]]) -> None:
+    from fullduplex.protocol.http11 import index_fields_python
+    from fullduplex.protocol.mask import load_speedups
+
+    index_c = getattr(load_speedups(), "index_fields", None)
+    if index_c is None:  # pragma: no cover
+        if os.environ.get("FULLDUPLEX_REQUIRE_SPEEDUPS") == "1":
+            pytest.fail("C accelerator required but not built (or too old for index_fields)")
+        pytest.skip("C accelerator not built (or too old to have index_fields)")
+    expected = index_fields_python(pairs)
+    assert index_c(pairs) == expected
+    assert list(index_c(pairs)) == list(expected)  # the same order
+    headers = Headers.from_wire(list(pairs))
+    assert headers.by_name() == expected
+    for name in ("host", "Host", "x-a", "é", "missing"):
+        assert headers.get(name) == Headers.from_wire(list(pairs)).get(name)
+        assert headers.get_all(name) == Headers.from_wire(list(pairs)).get_all(name)

@@ -124,6 +124,10 @@ class WebSocket(asyncio.Protocol):
         close_timeout: seconds to wait for the closing handshake, None to wait forever.
         max_queue: received messages held before reading pauses.
         write_limit: write buffer size above which :meth:`send` waits.
+        max_messages_per_second: messages received per second before the connection closes
+            with 1008, None for no limit (see :meth:`limit_rate`).
+        max_bytes_per_second: payload bytes received per second before it closes with 1008,
+            None for no limit.
         owner: the protocol that read the opening handshake and handed the transport over
             (``transport.set_protocol``); its ``connection_lost(exc)`` is called when TCP
             closes and its ``pong_received(latency)`` when a keepalive pong arrives.
@@ -189,6 +193,8 @@ class WebSocket(asyncio.Protocol):
         # Limits
         max_queue: int = DEFAULT_MAX_QUEUE,
         write_limit: int = DEFAULT_WRITE_LIMIT,
+        max_messages_per_second: int | None = None,
+        max_bytes_per_second: int | None = None,
         owner: Any = None,
         remote_address: Any = _UNSET,
     ) -> None:
@@ -221,10 +227,12 @@ class WebSocket(asyncio.Protocol):
         self.opened_at = time.monotonic()
         # Rate limits (limit_rate): the counts above which _rate_check runs; never reached
         # when unlimited, so the per-message cost is two integer compares.
-        self._rate_messages: int | None = None
-        self._rate_bytes: int | None = None
-        self._rate_messages_at = sys.maxsize
-        self._rate_bytes_at = sys.maxsize
+        self._rate_messages = max_messages_per_second
+        self._rate_bytes = max_bytes_per_second
+        self._rate_messages_at = (
+            sys.maxsize if max_messages_per_second is None else max_messages_per_second
+        )
+        self._rate_bytes_at = sys.maxsize if max_bytes_per_second is None else max_bytes_per_second
         self._rate_window = self.opened_at
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout

@@ -755,6 +755,113 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(index_fields_doc,
+"index_fields(pairs, /) -> dict\n\n"
+"The values of (name, value) pairs by lowercased name, in order: {name.lower(): [value,\n"
+"...]}. fullduplex.protocol.http11.index_fields_python is the same in Python.");
+
+/* name.lower() for a str of ASCII characters (every field name a parser accepted: a token);
+ * other strings through str.lower(). */
+static PyObject *
+lower_name(PyObject *name)
+{
+    Py_ssize_t i, n;
+    const Py_UCS1 *src;
+    Py_UCS1 *dst;
+    PyObject *lowered;
+
+    if (!PyUnicode_IS_ASCII(name)) {
+        return PyObject_CallMethod(name, "lower", NULL);
+    }
+    n = PyUnicode_GET_LENGTH(name);
+    src = PyUnicode_1BYTE_DATA(name);
+    for (i = 0; i < n; i++) {
+        if (src[i] >= 'A' && src[i] <= 'Z') {
+            break;
+        }
+    }
+    if (i == n) {
+        Py_INCREF(name); /* already lowercase */
+        return name;
+    }
+    lowered = PyUnicode_New(n, 127);
+    if (lowered == NULL) {
+        return NULL;
+    }
+    dst = PyUnicode_1BYTE_DATA(lowered);
+    for (i = 0; i < n; i++) {
+        dst[i] = (src[i] >= 'A' && src[i] <= 'Z') ? (Py_UCS1)(src[i] + 32) : src[i];
+    }
+    return lowered;
+}
+
+static PyObject *
+index_fields(PyObject *module, PyObject *pairs)
+{
+    PyObject *seq, *index;
+    Py_ssize_t i, n;
+
+    seq = PySequence_Fast(pairs, "index_fields() needs a sequence of (name, value) pairs");
+    if (seq == NULL) {
+        return NULL;
+    }
+    index = PyDict_New();
+    if (index == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    for (i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *name, *value, *key, *values;
+
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_SetString(PyExc_TypeError, "index_fields() needs (str, value) pairs");
+            goto error;
+        }
+        name = PyTuple_GET_ITEM(pair, 0);
+        value = PyTuple_GET_ITEM(pair, 1);
+        key = lower_name(name);
+        if (key == NULL) {
+            goto error;
+        }
+        values = PyDict_GetItemWithError(index, key); /* borrowed */
+        if (values != NULL) {
+            int rc = PyList_Append(values, value);
+            Py_DECREF(key);
+            if (rc < 0) {
+                goto error;
+            }
+            continue;
+        }
+        if (PyErr_Occurred()) {
+            Py_DECREF(key);
+            goto error;
+        }
+        values = PyList_New(1);
+        if (values == NULL) {
+            Py_DECREF(key);
+            goto error;
+        }
+        Py_INCREF(value);
+        PyList_SET_ITEM(values, 0, value);
+        if (PyDict_SetItem(index, key, values) < 0) {
+            Py_DECREF(key);
+            Py_DECREF(values);
+            goto error;
+        }
+        Py_DECREF(key);
+        Py_DECREF(values);
+    }
+    Py_DECREF(seq);
+    return index;
+error:
+    Py_DECREF(seq);
+    Py_DECREF(index);
+    return NULL;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"read_simple_frame", (PyCFunction)(void (*)(void))read_simple_frame, METH_FASTCALL,
@@ -763,6 +870,7 @@ static PyMethodDef speedups_methods[] = {
      read_message_doc},
     {"build_frame", (PyCFunction)(void (*)(void))build_frame, METH_FASTCALL, build_frame_doc},
     {"split_head", (PyCFunction)split_head, METH_O, split_head_doc},
+    {"index_fields", (PyCFunction)index_fields, METH_O, index_fields_doc},
     {NULL, NULL, 0, NULL},
 };
 
