@@ -968,3 +968,41 @@ def test_index_fields_c_and_python_agree(pairs: list[tuple[str, str]]) -> None:
     for name in ("host", "Host", "x-a", "é", "missing"):
         assert headers.get(name) == Headers.from_wire(list(pairs)).get(name)
         assert headers.get_all(name) == Headers.from_wire(list(pairs)).get_all(name)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(st.sampled_from(["Host", "HOST", "X-A", "Key", "É"]), st.sampled_from("ab")),
+        max_size=10,
+    ),
+    known=st.lists(st.tuples(st.sampled_from(["Host", "X-A", "Key"]), st.sampled_from("ab"))),
+    limit=st.integers(0, 6),
+)
+def test_share_fields_c_and_python_agree(
+    fields: list[tuple[str, str]], known: list[tuple[str, str]], limit: int
+) -> None:
+    from fullduplex.protocol.http11 import share_fields_python
+    from fullduplex.protocol.mask import load_speedups
+
+    share_c = getattr(load_speedups(), "share_fields", None)
+    if share_c is None:  # pragma: no cover
+        if os.environ.get("FULLDUPLEX_REQUIRE_SPEEDUPS") == "1":
+            pytest.fail("C accelerator required but not built (or too old for share_fields)")
+        pytest.skip("C accelerator not built (or too old to have share_fields)")
+    names = frozenset({"host", "x-a", "é"})
+    outcomes = []
+    for share in (share_c, share_fields_python):
+        pairs = [(n, v) for n, v in fields]  # new tuples: equal to the table's, not them
+        table = {pair: pair for pair in {(n, v) for n, v in known}}
+        table_before = dict(table)
+        share(pairs, table, names, limit)
+        assert pairs == fields  # equal fields, in order
+        outcomes.append(
+            (
+                [p is table_before.get(p) for p in pairs],  # which ones are the old copies
+                sorted(table),
+                [table[p] is p for p in pairs if p in table],
+            )
+        )
+    assert outcomes[0] == outcomes[1]

@@ -862,6 +862,75 @@ error:
     return NULL;
 }
 
+PyDoc_STRVAR(share_fields_doc,
+"share_fields(pairs, table, names, limit, /) -> None\n\n"
+"Replace each (name, value) pair of the list pairs by an equal one kept in the dict table;\n"
+"a pair not in it enters it when its lowercased name is in names and the table has fewer\n"
+"than limit entries. fullduplex.protocol.http11.Headers.share in C.");
+
+static PyObject *
+share_fields(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *pairs, *table, *names;
+    Py_ssize_t limit, i;
+
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "share_fields() takes 4 arguments");
+        return NULL;
+    }
+    pairs = args[0];
+    table = args[1];
+    names = args[2];
+    if (!PyList_Check(pairs) || !PyDict_Check(table)) {
+        PyErr_SetString(PyExc_TypeError, "share_fields() needs a list and a dict");
+        return NULL;
+    }
+    limit = PyLong_AsSsize_t(args[3]);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    for (i = 0; i < PyList_GET_SIZE(pairs); i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i); /* borrowed */
+        PyObject *shared = PyDict_GetItemWithError(table, pair); /* borrowed */
+
+        if (shared == NULL) {
+            PyObject *key;
+            int known;
+
+            if (PyErr_Occurred()) {
+                return NULL;
+            }
+            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                !PyUnicode_Check(PyTuple_GET_ITEM(pair, 0))) {
+                PyErr_SetString(PyExc_TypeError, "share_fields() needs (str, value) pairs");
+                return NULL;
+            }
+            key = lower_name(PyTuple_GET_ITEM(pair, 0));
+            if (key == NULL) {
+                return NULL;
+            }
+            known = PySequence_Contains(names, key);
+            Py_DECREF(key);
+            if (known < 0) {
+                return NULL;
+            }
+            if (!known || PyDict_GET_SIZE(table) >= limit) {
+                continue;
+            }
+            if (PyDict_SetItem(table, pair, pair) < 0) {
+                return NULL;
+            }
+            continue; /* the pair itself is the shared copy now */
+        }
+        if (shared != pair) {
+            Py_INCREF(shared);
+            PyList_SET_ITEM(pairs, i, shared);
+            Py_DECREF(pair);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL, apply_mask_doc},
     {"read_simple_frame", (PyCFunction)(void (*)(void))read_simple_frame, METH_FASTCALL,
@@ -871,6 +940,8 @@ static PyMethodDef speedups_methods[] = {
     {"build_frame", (PyCFunction)(void (*)(void))build_frame, METH_FASTCALL, build_frame_doc},
     {"split_head", (PyCFunction)split_head, METH_O, split_head_doc},
     {"index_fields", (PyCFunction)index_fields, METH_O, index_fields_doc},
+    {"share_fields", (PyCFunction)(void (*)(void))share_fields, METH_FASTCALL,
+     share_fields_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -317,10 +317,15 @@ def _extension_offers(fields: _Fields) -> list[ExtensionHeaderItem]:
 
 def _has_token(fields: _Fields, key: str, token: str, parse: Callable[[str], list[str]]) -> bool:
     values = fields.get(key, _NONE)
-    if len(values) == 1 and _TOKEN.fullmatch(values[0]):
+    if len(values) == 1:
         # One field holding one token ("Upgrade: websocket", "Connection: Upgrade"), the usual
-        # case: a one-element list in both grammars, without the list parser.
-        return values[0].lower() == token
+        # case: a one-element list in both grammars, without the list parser. The token
+        # itself first (~1.2k instructions less than the regular expression, callgrind).
+        value = values[0]
+        if value.lower() == token:
+            return True
+        if _TOKEN.fullmatch(value):
+            return False
     return any(item.lower() == token for item in _header_list(fields, key, parse))
 
 

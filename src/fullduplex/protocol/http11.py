@@ -111,6 +111,27 @@ _index_fields: Callable[[list[tuple[str, str]]], dict[str, list[str]]] = getattr
 )  # getattr: an accelerator built before index_fields existed has none
 
 
+def share_fields_python(
+    pairs: list[tuple[str, str]],
+    table: dict[tuple[str, str], tuple[str, str]],
+    names: Container[str],
+    limit: int,
+) -> None:
+    """What :meth:`Headers.share` does to its list of pairs; the accelerator's ``share_fields``."""
+    for i, pair in enumerate(pairs):
+        shared = table.get(pair)
+        if shared is None:
+            if pair[0].lower() not in names or len(table) >= limit:
+                continue
+            table[pair] = shared = pair
+        pairs[i] = shared
+
+
+_share_fields: Callable[
+    [list[tuple[str, str]], dict[tuple[str, str], tuple[str, str]], Container[str], int], None
+] = getattr(load_speedups(), "share_fields", share_fields_python)
+
+
 class Headers:
     """A case-insensitive multi-dict of header fields that keeps their order.
 
@@ -210,17 +231,11 @@ class Headers:
         fields every client sends alike (Host, Upgrade, User-Agent...). Only fields whose
         lowercased name is in ``names`` enter the table, and only while it has fewer than
         ``limit`` entries. Names, values and order are unchanged; the :meth:`by_name` index
-        is dropped (it would keep the unshared copies alive).
+        is dropped (it would keep the unshared copies alive). In C when the accelerator is
+        built (seven fields: ~6k -> ~1.5k user-space instructions, callgrind).
         """
         self._by_name = None
-        pairs = self._pairs
-        for i, pair in enumerate(pairs):
-            shared = table.get(pair)
-            if shared is None:
-                if pair[0].lower() not in names or len(table) >= limit:
-                    continue
-                table[pair] = shared = pair
-            pairs[i] = shared
+        _share_fields(self._pairs, table, names, limit)
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.get(name) is not None
