@@ -305,7 +305,8 @@ async def _stream(send: Send, response: StreamingResponse) -> None:
 
 
 async def _run_handler(handler: Any, ws: WebSocket, path: str) -> None:
-    # What the native server's _run_ws_handler does: a handler that raises closes with 1011.
+    # What the native server does when a handler ends (HTTPProtocol._ws_handler_done): a
+    # handler that raises closes with 1011.
     code, reason = CloseCode.NORMAL_CLOSURE, ""
     try:
         await handler(ws)

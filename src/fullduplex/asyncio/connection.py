@@ -248,7 +248,8 @@ class WebSocket(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._fragments: list[Data] | None = None
-        self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
+        # Pings waiting for their pong, made by the first ping (an idle connection holds none).
+        self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] | None = None
         # Created by the first close() or wait_closed() that has to wait: most connections
         # are lost before anyone waits, and an idle one then holds no future.
         self._closed: asyncio.Future[None] | None = None
@@ -813,14 +814,20 @@ class WebSocket(asyncio.Protocol):
     def _send_ping(self, data: bytes) -> asyncio.Future[float]:
         self.core.send_ping(data)
         fut: asyncio.Future[float] = self._loop.create_future()
-        self._pings[data] = (time.monotonic(), fut)
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        pings[data] = (time.monotonic(), fut)
         self._flush()
         return fut
 
     def _pong_received(self, acknowledged: tuple[bytes, ...]) -> None:
+        pings = self._pings
+        if pings is None:
+            return
         now = time.monotonic()
         for payload in acknowledged:
-            entry = self._pings.pop(payload, None)
+            entry = pings.pop(payload, None)
             if entry is not None:
                 sent, fut = entry
                 self.latency = now - sent
@@ -949,10 +956,10 @@ def _join(parts: list[Data]) -> Data:
     return b"".join(parts)  # type: ignore[arg-type]
 
 
-def _random_payload(taken: dict[bytes, Any]) -> bytes:
+def _random_payload(taken: dict[bytes, Any] | None) -> bytes:
     while True:
         data = secrets.token_bytes(4)
-        if data not in taken:
+        if taken is None or data not in taken:
             return data
 
 

@@ -183,6 +183,8 @@ class Connection:
         "_pings",
         "_plain_frames",
         "_receiving",
+        "_require_mask",
+        "_rsv_mask",
         "_send_compress",
         "_send_opcode",
         "close_received",
@@ -257,9 +259,12 @@ class Connection:
         # here, at construction, like the parser's.
         limit = _smaller(max_frame_size, max_message_size)
         self._one_limit = -1 if limit is None else limit
-        self._parser = FrameParser(
-            require_mask=side is _SERVER, max_frame_size=limit, rsv_mask=rsv_mask
-        )
+        self._require_mask = side is _SERVER
+        self._rsv_mask = rsv_mask
+        # The frame parser, made by the first read that is not one whole message (see
+        # _frame_parser): a connection whose reads all are (the commonest) never needs one,
+        # and an idle connection holds none (~100 bytes each).
+        self._parser: FrameParser | None = None
         #: Events received and not taken yet by :meth:`events_received` (read-only: an I/O
         #: layer may test it to skip the call when it is empty).
         self.pending_events: list[Event] = []
@@ -268,7 +273,7 @@ class Connection:
         #: to write them with ``writelines`` (a large payload is a piece of its own: see
         #: :data:`LARGE_PAYLOAD_SIZE`).
         self.pending_output: list[bytes] = []
-        self._pings: dict[bytes, None] = {}
+        self._pings: dict[bytes, None] | None = None  # made by the first ping
         # Receiving: the open message's opcode (None between messages), its parts and size.
         self._msg_opcode: int | None = None
         self._msg_parts: _MessageParts | None = None
@@ -322,8 +327,7 @@ class Connection:
             and self._fast_receive
             and self._msg_opcode is None
             and self.state is _OPEN
-            and parser._pos >= len(parser._buf)
-            and parser._assembly is None  # FrameParser.idle, inlined
+            and (parser is None or (parser._pos >= len(parser._buf) and parser._assembly is None))
             and type(data) is bytes
         ):
             # Fastest path: the read is exactly one whole message and nothing is buffered, the
@@ -332,12 +336,14 @@ class Connection:
             # finds nothing. Anything else (several frames, a partial one, control frames,
             # invalid UTF-8, over a limit) returns None and takes the general path below.
             # 32 B listener echo: 21.8k -> 14.6k instructions (bench/run.py --callgrind).
-            one = read_message(data, parser.require_mask, self._one_limit)
+            one = read_message(data, self._require_mask, self._one_limit)
             if one is not None:
                 handler(one)
                 return
             if data and data[0] == _FIN_CLOSE and self._receive_close_frame(data):
                 return
+        if parser is None:
+            parser = self._frame_parser()
         parser.feed(data)
         next_frame = parser.next_frame
         next_simple = parser.next_simple
@@ -383,7 +389,7 @@ class Connection:
         if (
             length > 125
             or len(data) != length + (6 if masked else 2)
-            or (masked != 0) is not self._parser.require_mask
+            or (masked != 0) is not self._require_mask
         ):
             return False
         try:
@@ -391,6 +397,15 @@ class Connection:
         except ProtocolError as exc:
             self.fail(exc.code, exc.public_reason, exc)
         return True
+
+    def _frame_parser(self) -> FrameParser:
+        limit = self._one_limit
+        parser = self._parser = FrameParser(
+            require_mask=self._require_mask,
+            max_frame_size=None if limit < 0 else limit,
+            rsv_mask=self._rsv_mask,
+        )
+        return parser
 
     def receive_eof(self) -> None:
         """Tell the connection the peer closed its end of the TCP connection."""
@@ -461,14 +476,15 @@ class Connection:
             self._handle_close(frame.payload)
 
     def _handle_pong(self, payload: bytes) -> None:
-        if payload not in self._pings:
+        pings = self._pings
+        if not pings or payload not in pings:
             return  # RFC 6455 5.5.3: an unsolicited pong needs no response.
         # A pong acknowledges its ping and every ping sent before it (pings are answered in
         # order, and a peer may answer only the latest: RFC 6455 5.5.3).
-        outstanding = list(self._pings)
+        outstanding = list(pings)
         acknowledged = tuple(outstanding[: outstanding.index(payload) + 1])
         for key in acknowledged:
-            del self._pings[key]
+            del pings[key]
         self.pending_events.append(Pong(payload, acknowledged))
 
     def _handle_close(self, payload: bytes) -> None:
@@ -701,9 +717,12 @@ class Connection:
             LocalProtocolError: payload over 125 bytes, already outstanding, or closing.
         """
         self._check_control(payload)
-        if payload in self._pings:
+        pings = self._pings
+        if pings is None:
+            pings = self._pings = {}
+        if payload in pings:
             raise LocalProtocolError("a ping with this payload is already waiting for its pong")
-        self._pings[payload] = None
+        pings[payload] = None
         self._write(_PING, payload)
 
     def send_pong(self, payload: bytes = b"") -> None:

@@ -331,6 +331,9 @@ def _has_token(fields: _Fields, key: str, token: str, parse: Callable[[str], lis
 
 # -- server --------------------------------------------------------------------------------
 
+_UPGRADE_FIELD = ("Upgrade", "websocket")
+_CONNECTION_FIELD = ("Connection", "Upgrade")
+
 
 @dataclass
 class Accepted:
@@ -417,6 +420,9 @@ class ServerHandshake:
         if server_header is not None:
             Headers([("Server", server_header)])  # ValueError now for a value that can't be sent
         self._server_header = server_header
+        # The 101's fields that every connection has alike: one tuple each for all (a server
+        # keeps each connection's response: ~90 bytes less per idle connection).
+        self._server_field = None if server_header is None else ("Server", server_header)
         # The 101's bytes around the accept key when there is no extension and no subprotocol
         # to answer: written without Response.serialize() (~11k user-space instructions).
         self._head101 = (
@@ -450,22 +456,25 @@ class ServerHandshake:
         # accept key is base64, the extension answers come from our factories, the subprotocol
         # is one the client offered (a token, parsed) and the Server value was checked once.
         accept = accept_key(key)
-        response_fields = [
-            ("Upgrade", "websocket"),
-            ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept),
-        ]
-        if answers:
-            response_fields.append(("Sec-WebSocket-Extensions", build_extension_header(answers)))
-        if subprotocol is not None:
-            response_fields.append(("Sec-WebSocket-Protocol", subprotocol))
-        if self._server_header is not None:
-            response_fields.append(("Server", self._server_header))
-        response = Response(101, Headers.from_wire(response_fields))
+        server_field = self._server_field
         if answers or subprotocol is not None:
-            data = response.serialize()
+            response_fields = [_UPGRADE_FIELD, _CONNECTION_FIELD, ("Sec-WebSocket-Accept", accept)]
+            if answers:
+                extensions_value = build_extension_header(answers)
+                response_fields.append(("Sec-WebSocket-Extensions", extensions_value))
+            if subprotocol is not None:
+                response_fields.append(("Sec-WebSocket-Protocol", subprotocol))
+            if server_field is not None:
+                response_fields.append(server_field)
+            response = Response(101, Headers.from_wire(response_fields))
+            return Accepted(response, subprotocol, extensions, response.serialize())
+        accept_field = ("Sec-WebSocket-Accept", accept)
+        if server_field is None:
+            response_fields = [_UPGRADE_FIELD, _CONNECTION_FIELD, accept_field]
         else:
-            data = self._head101 + accept.encode() + self._tail101
+            response_fields = [_UPGRADE_FIELD, _CONNECTION_FIELD, accept_field, server_field]
+        response = Response(101, Headers.from_wire(response_fields))
+        data = self._head101 + accept.encode() + self._tail101
         return Accepted(response, subprotocol, extensions, data)
 
     def reject(self, exc: InvalidHandshake) -> Response:

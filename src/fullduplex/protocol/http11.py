@@ -543,6 +543,9 @@ class _Message:
         self.keep_alive = bool(self.parser.should_keep_alive())
 
 
+# The usual request methods and versions, one string each for every request.
+_COMMON = {s: s for s in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "1.1", "1.0")}
+
 # Parser states.
 _HEAD, _BODY, _UPGRADED, _CLOSED, _FAILED = range(5)
 
@@ -927,13 +930,15 @@ class RequestParser(_Parser):
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing Host header" if hosts == 0 else "duplicate Host header")
         # Positional: keywords to a class call cost a dict (method, target, headers, body,
-        # version).
+        # version). The usual method and version strings are shared by every request (a
+        # server keeps each WebSocket's request: ~100 bytes less per idle connection).
+        method = self._parser.get_method().decode("ascii")
         return Request(
-            self._parser.get_method().decode("ascii"),
+            _COMMON.get(method, method),
             m.url.decode("latin-1"),
             headers,
             bytes(m.body),
-            version,
+            _COMMON.get(version, version),
         )
 
 
