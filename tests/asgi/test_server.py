@@ -435,3 +435,21 @@ async def test_max_connections_and_compression_settings_apply() -> None:
             assert await first.recv() == "still here"
     finally:
         await server.shutdown()
+
+
+async def test_two_servers_on_one_adapter_keep_their_own_handshake_settings() -> None:
+    # The handshake processor is kept per server (as native routes' are): the adapter once
+    # kept the first server's, so a second server without compression still offered it.
+    adapter = ASGIAdapter(apps.echo_app)
+    compressing = await fullduplex.serve(adapter, "127.0.0.1", 0)
+    plain = await fullduplex.serve(adapter, "127.0.0.1", 0, compression=False)
+    try:
+        for server, expected in ((compressing, True), (plain, False), (compressing, True)):
+            async with wsclient.connect(base(server, "ws") + "/") as client:  # offers deflate
+                await client.send("x")
+                assert await client.recv() == "x"
+                answer = client.response.headers.get("Sec-WebSocket-Extensions", "")
+                assert ("permessage-deflate" in answer) is expected, (server.port, answer)
+    finally:
+        await compressing.shutdown()
+        await plain.shutdown()

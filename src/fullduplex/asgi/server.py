@@ -27,6 +27,7 @@ from .types import ASGIApplication
 
 if TYPE_CHECKING:
     from ..asyncio.server import Server
+    from ..config import Config
 
 __all__ = ["ANY_ORIGIN", "ASGIAdapter"]
 
@@ -74,16 +75,20 @@ class ASGIAdapter(App):
         self.lifespan = Lifespan(app, self.state, lifespan)
         self.origins = origins
         self.compression = compression
-        self._handshake: ServerHandshake | None = None
         self.on_startup(self.lifespan.startup)
         self.on_shutdown(self.lifespan.shutdown)
 
     def handshake(self, server: Server) -> ServerHandshake:
-        """The opening handshake processor, built once."""
-        if self._handshake is None:
-            compress = self.compression and server.config.compression
-            self._handshake = ServerHandshake(
-                extensions=[ServerPerMessageDeflateFactory()] if compress else [],
-                origins=self.origins,
-            )
-        return self._handshake
+        """The opening handshake processor for ``server``'s settings, built once per server.
+
+        Kept by the server, as native routes' are: one adapter served by two servers with
+        different settings (``compression``) answers each with its own.
+        """
+        return server.handshake(self, self._build_handshake)
+
+    def _build_handshake(self, config: Config) -> ServerHandshake:
+        compress = self.compression and config.compression
+        return ServerHandshake(
+            extensions=[ServerPerMessageDeflateFactory()] if compress else [],
+            origins=self.origins,
+        )

@@ -21,7 +21,7 @@ import signal
 import socket
 import ssl as ssl_module
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..auth.identity import AuthError, Identity, check_result
@@ -130,9 +130,9 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._callback_context = contextvars.copy_context()
         self._fields: dict[tuple[str, str], tuple[str, str]] = {}
-        # Each WebSocket route's handshake processor, built with this server's settings (not
-        # cached on the App's route: another server on the same App may differ).
-        self._handshakes: dict[int, ServerHandshake] = {}
+        # The handshake processors built with this server's settings (see handshake()), by
+        # id of what they serve, which is kept too (no id reuse while it is cached).
+        self._handshakes: dict[int, tuple[object, ServerHandshake]] = {}
         self._server: asyncio.AbstractServer | None = None
         #: True when serving TLS (https:// and wss://).
         self.tls = False
@@ -370,19 +370,39 @@ class Server:
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown()
 
+    def handshake(
+        self, owner: object, build: Callable[[Config], ServerHandshake]
+    ) -> ServerHandshake:
+        """The handshake processor of ``owner`` for this server, built once by ``build``.
+
+        Kept per server, not on the owner (a WebSocket route, an ASGI adapter): two servers
+        of one application may differ in their settings (``compression``...).
+
+        Args:
+            owner: what the processor serves; kept as long as this server.
+            build: makes the processor from this server's settings.
+        """
+        entry = self._handshakes.get(id(owner))
+        if entry is None:
+            entry = self._handshakes[id(owner)] = (owner, build(self.config))
+        return entry[1]
+
     def build_handshake(self, route: WebSocketRoute) -> ServerHandshake:
         """The handshake processor of a route for this server's settings, built once."""
-        handshake = self._handshakes.get(id(route))  # the App keeps its routes alive
-        if handshake is None:
-            compress = route.compression and self.config.compression
-            handshake = ServerHandshake(
+        entry = self._handshakes.get(id(route))  # the common case without a call
+        if entry is not None:
+            return entry[1]
+
+        def build(config: Config) -> ServerHandshake:
+            compress = route.compression and config.compression
+            return ServerHandshake(
                 subprotocols=route.subprotocols,
                 select_subprotocol=route.select_subprotocol,
                 extensions=[ServerPerMessageDeflateFactory()] if compress else [],
                 origins=route.origins,
             )
-            self._handshakes[id(route)] = handshake
-        return handshake
+
+        return self.handshake(route, build)
 
     def share_fields(self, request: Request) -> None:
         """Make ``request``'s common header fields the server's single copies.
@@ -446,7 +466,23 @@ def _expires(identity: Identity) -> bool:
 
 
 class HTTPProtocol(asyncio.Protocol):
-    """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket."""
+    """One TCP connection: HTTP/1.1 until an upgrade, then a WebSocket.
+
+    Its :attr:`state` (:class:`HTTPState`) says what the other fields mean; there are no
+    other flags. The request being answered is :attr:`request`, with, by state:
+
+    * ``READING``: the timer is ``open_timeout`` (a new connection, or the first byte of the
+      next request after ``IDLE``); the parser holds what arrived of a head.
+    * ``HANDLING``: ``_handler_task`` runs the HTTP handler (or an asynchronous
+      authenticator) for :attr:`request`; bytes that arrive wait in ``_pending`` and reading
+      pauses; ``_access_level`` is the route's; ``_expiry`` may end it when a token expires.
+    * ``IDLE``: answered, kept alive; the timer is ``keepalive_timeout``.
+    * ``UPGRADED``: final. :attr:`websocket` has the transport, the parser is gone; a
+      handler coroutine (``_ws_route``'s) may run as a task; ``_expiry`` may close it 1008.
+
+    A per-request object (uvicorn's ``RequestResponseCycle``) was weighed and not made: an
+    allocation per handshake for fields that an upgrade mostly never uses.
+    """
 
     __slots__ = (
         "_access_level",
@@ -467,6 +503,7 @@ class HTTPProtocol(asyncio.Protocol):
     )
 
     def __init__(self, server: Server) -> None:
+        # -- the connection
         self.server = server
         config = server.config
         #: The HTTP request parser; dropped once the connection is upgraded.
@@ -477,23 +514,27 @@ class HTTPProtocol(asyncio.Protocol):
         self.websocket: WebSocket | None = None
         #: Where the connection is between requests (:class:`HTTPState`).
         self.state = _READING
-        #: The last request dispatched (while :attr:`busy`, the one being handled).
-        self.request: Request | None = None
         #: The TCP peer's address as the socket gives it, read when the first request is
         #: dispatched (None before).
         self.peer: Any = None
-        self._handler_task: asyncio.Task[None] | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        # open_timeout while READING, keepalive_timeout while IDLE (None: no timer).
+        self._timer: asyncio.TimerHandle | None = None
+        # Flow control of HTTP answers (WebSockets do their own).
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
+        # -- the request being answered (see the class docstring for when each is set)
+        #: The last request dispatched (while :attr:`busy`, the one being handled).
+        self.request: Request | None = None
+        # The task of an HTTP handler or an asynchronous authenticator (HANDLING).
+        self._handler_task: asyncio.Task[None] | None = None
         # The access log level of the request being answered (its route's; INFO otherwise).
         self._access_level = logging.INFO
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self._timer: asyncio.TimerHandle | None = None
         # Bytes that arrived while a handler ran (a pipelined request), parsed after it.
         self._pending: bytes | None = None
         # Ends a connection when its identity's token expires (set only with an authenticator).
         self._expiry: asyncio.TimerHandle | None = None
-        # The route whose handler runs as a task, for _ws_handler_done.
+        # The route whose handler runs as a task, for _ws_handler_done (UPGRADED).
         self._ws_route: WebSocketRoute | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
