@@ -1,7 +1,8 @@
 """A pub/sub server with presence, for tests/hub/test_presence.py (run as a subprocess).
 
-Usage: python -m tests.hub.presence_app REDIS_URL PREFIX EXPIRY. It prints its port, then
-serves until killed. A connection's identity is its ``?user=`` query parameter.
+Usage: python -m tests.hub.presence_app URL PREFIX EXPIRY (a Redis or a Redis Cluster URL). It
+prints its port, then serves until killed. A connection's identity is its ``?user=`` query
+parameter.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import fullduplex
 from fullduplex.auth import Identity
-from fullduplex.hub import Hub, RedisBackend
+from fullduplex.hub import Hub, RedisBackend, RedisClusterBackend
 from fullduplex.hub.presence import Presence
 from fullduplex.transports.websocket import mount_websocket
 
@@ -33,7 +34,8 @@ def make_app(hub: Hub, presence: Presence) -> fullduplex.App:
 async def main(url: str, prefix: str, expiry: float) -> None:
     from fullduplex.hub.presence import RedisPresence
 
-    hub = Hub(RedisBackend(url, prefix=prefix))
+    cluster = url.startswith("redis+cluster://")
+    hub = Hub((RedisClusterBackend if cluster else RedisBackend)(url, prefix=prefix))
     await hub.start()
     presence = RedisPresence(url, prefix=prefix, expiry=expiry)
     server = await fullduplex.serve(make_app(hub, presence), "127.0.0.1", 0)

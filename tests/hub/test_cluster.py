@@ -22,7 +22,7 @@ from fullduplex.hub import Gap, GapReason, Hub, HubUnavailable, Message, TopicCo
 from fullduplex.hub.cluster import RedisClusterBackend, parse_cluster_url
 
 from ..redis_cluster import Node, RedisCluster
-from .conftest import cluster_backend
+from .conftest import cluster_backend, eventually
 
 BIG = TopicConfig(queue_size=10_000)
 
@@ -171,6 +171,38 @@ async def test_hubs_share_topics_on_every_shard(redis_cluster: RedisCluster) -> 
             resumed = subscriber.subscribe(name, since=count // 2)
             assert await collect(resumed, lambda i: len(i) >= count // 2) == sent[name][20:]
         assert subscriber.backend.available
+
+
+async def test_many_topics_of_one_shard_at_once(redis_cluster: RedisCluster) -> None:
+    """One hub subscribes to 20 topics of one master at once, and again after Redis drops
+    its pub/sub connection: each SSUBSCRIBE names one slot's channel (CROSSSLOT else)."""
+    keys = prefix()
+    async with (
+        Hub(cluster_backend(redis_cluster.url, keys)) as publisher,
+        Hub(cluster_backend(redis_cluster.url, keys), default=BIG) as subscriber,
+    ):
+        backend = subscriber.backend
+        assert isinstance(backend, RedisClusterBackend)
+        first = f"t-{uuid.uuid4().hex[:8]}"
+        topics = [first]
+        while len(topics) < 20:
+            name = f"t-{uuid.uuid4().hex[:8]}"
+            if backend.node(name) == backend.node(first):
+                topics.append(name)
+        subs = [subscriber.subscribe(name) for name in topics]
+        async with asyncio.timeout(10):
+            for sub in subs:
+                await sub.wait_started()
+        sent = [await publisher.publish(name, "one") for name in topics]
+        for sub, message in zip(subs, sent, strict=True):
+            assert await collect(sub, lambda items: len(items) >= 1) == [message]
+        reconnects = backend.reconnects
+        with redis_cluster.node(backend.node(first)).client() as client:
+            assert client.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 1
+        await eventually(lambda: backend.reconnects > reconnects and backend.available)
+        sent = [await publisher.publish(name, "two") for name in topics]
+        for sub, message in zip(subs, sent, strict=True):
+            assert await collect(sub, lambda items: len(items) >= 1) == [message]
 
 
 async def test_slot_moved_to_another_master_under_a_subscriber(

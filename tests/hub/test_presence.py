@@ -19,6 +19,7 @@ import fullduplex
 from fullduplex.hub import Hub
 from fullduplex.hub.presence import MemoryPresence
 
+from ..redis_cluster import RedisCluster
 from .conftest import RedisServer
 from .presence_app import make_app
 
@@ -84,10 +85,10 @@ async def test_memory_counts_and_events(memory_server: fullduplex.Server) -> Non
         assert await who(watcher, "other") == {"identities": {}, "connections": 0}
 
 
-def start_process(redis: RedisServer, prefix: str, expiry: float) -> tuple[Any, int]:
+def start_process(url: str, prefix: str, expiry: float) -> tuple[Any, int]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.hub.presence_app", redis.url, prefix, str(expiry)],
+        [sys.executable, "-m", "tests.hub.presence_app", url, prefix, str(expiry)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -109,15 +110,23 @@ def processes() -> Iterator[list[Any]]:
         process.stdout.close()
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A real redis-server's URL, or a real Redis Cluster's."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    return cluster.url
+
+
 @pytest.mark.one_loop
-async def test_redis_two_processes_and_expiry(
-    redis_server: RedisServer, processes: list[Any]
-) -> None:
+async def test_redis_two_processes_and_expiry(broker_url: str, processes: list[Any]) -> None:
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
     expiry = 1.5
-    first, port1 = start_process(redis_server, prefix, expiry)
+    first, port1 = start_process(broker_url, prefix, expiry)
     processes.append(first)
-    second, port2 = start_process(redis_server, prefix, expiry)
+    second, port2 = start_process(broker_url, prefix, expiry)
     processes.append(second)
     url1 = f"ws://127.0.0.1:{port1}/pubsub"
     url2 = f"ws://127.0.0.1:{port2}/pubsub"
@@ -191,12 +200,12 @@ async def test_cap_counts_the_rest_together() -> None:
     assert len(seen) == 7
 
 
-async def test_redis_close_withdraws_entries(redis_server: RedisServer) -> None:
+async def test_redis_close_withdraws_entries(broker_url: str) -> None:
     from fullduplex.hub.presence import RedisPresence
 
     prefix = f"test-{uuid.uuid4().hex[:8]}:"
-    one = RedisPresence(redis_server.url, prefix=prefix, expiry=30.0)
-    two = RedisPresence(redis_server.url, prefix=prefix, expiry=30.0)
+    one = RedisPresence(broker_url, prefix=prefix, expiry=30.0)
+    two = RedisPresence(broker_url, prefix=prefix, expiry=30.0)
     await one.start()
     await two.start()
     try:

@@ -49,8 +49,8 @@ it raises ``HubUnavailable``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -87,6 +87,7 @@ from .slots import (
     Router,
     Script,
     evalsha,
+    hash_tagged,
     parse_cluster_url,
     redis_options,
 )
@@ -94,7 +95,6 @@ from .slots import (
 __all__ = [
     "CLUSTER_SCHEME",
     "DEFAULT_WAIT_TIMEOUT",
-    "SUBSCRIBE_BATCH",
     "ClusterURL",
     "RedisClusterBackend",
     "parse_cluster_url",
@@ -102,8 +102,6 @@ __all__ = [
 
 logger = logging.getLogger("fullduplex.hub")
 
-#: Shard channels per ``SSUBSCRIBE`` command when (re)subscribing many topics at once.
-SUBSCRIBE_BATCH = 500
 
 # KEYS stream, epoch; ARGV as the single-node publish, then the topic's shard channel (not a
 # key: a resharding would find it missing and answer TRYAGAIN). The notification is
@@ -200,7 +198,7 @@ class _Shard:
         self.topics: set[str] = set()
         self.connected = False
         self._pubsub: Any = None
-        self._ops: list[tuple[str, str]] = []
+        self._ops: collections.deque[tuple[str, str]] = collections.deque()
         # SUNSUBSCRIBEs sent and not yet confirmed, by channel: any other is the node's.
         self._unsubscribing: dict[bytes, int] = {}
         self._flusher: asyncio.Task[None] | None = None
@@ -236,11 +234,11 @@ class _Shard:
         pubsub = self._pubsub
         try:
             while self._ops and self._pubsub is pubsub:
-                command = self._ops[0][0]
-                batch: list[str] = []
-                while self._ops and self._ops[0][0] == command and len(batch) < SUBSCRIBE_BATCH:
-                    batch.append(self._ops.pop(0)[1])
-                await pubsub.execute_command(command, *batch)
+                # One channel a command: the channels of one SSUBSCRIBE must share a slot
+                # (CROSSSLOT otherwise), and topics of one slot are rare. Writes only, so
+                # thousands of topics go out back to back.
+                command, channel = self._ops.popleft()
+                await pubsub.execute_command(command, channel)
         except (RedisError, OSError) as exc:
             logger.debug("redis cluster: cannot subscribe at %s: %s", self.name, exc)
             # The reader notices the connection's loss and subscribes again on return.
@@ -296,7 +294,9 @@ class _Shard:
             await pubsub.connect()
             self._unsubscribing.clear()
             # Every topic wanted now, then what listen and unlisten ask meanwhile, in order.
-            self._ops = [("SSUBSCRIBE", backend.channel(topic)) for topic in self.topics]
+            self._ops = collections.deque(
+                ("SSUBSCRIBE", backend.channel(topic)) for topic in self.topics
+            )
             self._pubsub = pubsub
             self.connected = True
             self._flusher = asyncio.ensure_future(self._flush())
@@ -448,17 +448,8 @@ class RedisClusterBackend(Backend):
 
     # Keys
 
-    def tag(self, topic: str) -> str:
-        """The hash tag that places ``topic``'s keys: the topic, or a hash if it has braces."""
-        if "{" in topic or "}" in topic:
-            return hashlib.sha1(topic.encode()).hexdigest()
-        return topic
-
     def _key(self, topic: str, kind: str) -> str:
-        tag = self.tag(topic)
-        # A hashed tag is followed by the topic, so that two topics never share a key.
-        name = "" if tag == topic else topic
-        return f"{self.prefix}{{{tag}}}{name}:{kind}"
+        return f"{self.prefix}{hash_tagged(topic)}:{kind}"
 
     def key(self, topic: str) -> str:
         """The Redis key of a topic's stream."""

@@ -18,6 +18,12 @@ shares them between processes on one Redis:
 * join and leave events go through Redis pub/sub (``PUBLISH <prefix>pe:<topic>``); each
   process reads them with one ``PSUBSCRIBE <prefix>pe:*`` connection and calls its watchers.
 
+On a Redis Cluster (a ``redis+cluster://`` URL) the keys carry the topic as a hash tag,
+``<prefix>p:{<topic>}:<process>`` and ``<prefix>ps:{<topic>}``, so a topic's hashes and set
+live on one shard: each topic is written in a transaction of its own and read with one
+round trip or two on its shard. Events stay classic pub/sub, which a cluster broadcasts to
+every node, so the pattern subscription sits on any one master (another after a failover).
+
 Not done: a process that dies sends no leave events for its subscribers; watchers learn of
 them only by asking :meth:`~Presence.who` again.
 
@@ -33,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -173,10 +180,12 @@ class MemoryPresence(Presence):
 
 
 class RedisPresence(Presence):
-    """Presence shared by every process on one Redis (see the module docstring).
+    """Presence shared by every process on one Redis or one Redis Cluster (module docstring).
 
     Args:
-        url: the Redis URL.
+        url: the Redis URL, or a Redis Cluster's (``redis+cluster://host:port,...``): each
+            topic's keys are then placed by hash tag, ``<prefix>p:{<topic>}:<process>`` and
+            ``<prefix>ps:{<topic>}``, so they live on one shard.
         prefix: prefix of every key (the hub's default is ``fullduplex:``).
         expiry: seconds the entries of a process outlive its last heartbeat; the heartbeat
             runs every ``expiry / 3`` seconds.
@@ -203,24 +212,76 @@ class RedisPresence(Presence):
         self.expiry = expiry
         #: This process' id in Redis keys.
         self.process = uuid.uuid4().hex
-        self._redis: Any = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        self._router: Any = None
+        self._redis: Any = None
+        if url.lower().startswith("redis+cluster://"):
+            from .slots import Router, parse_cluster_url, redis_options
+
+            if "{" in prefix or "}" in prefix:
+                raise ValueError("prefix must not contain braces (the hash tag is the topic's)")
+            parsed = parse_cluster_url(url)
+            options = redis_options(parsed.username, parsed.password, timeout)
+            self._router = Router(parsed.nodes, options, timeout=timeout, max_connections=8)
+        else:
+            self._redis = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        self._pubsub: Any = None
         self._dirty: set[str] = set()
         self._events: list[tuple[str, str, str]] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    def _tag(self, topic: str) -> str:
+        if self._router is None:
+            return topic
+        from .slots import hash_tagged
+
+        return hash_tagged(topic)
+
     def _hash(self, topic: str, process: str) -> str:
-        return f"{self.prefix}p:{topic}:{process}"
+        return f"{self.prefix}p:{self._tag(topic)}:{process}"
 
     def _set(self, topic: str) -> str:
-        return f"{self.prefix}ps:{topic}"
+        return f"{self.prefix}ps:{self._tag(topic)}"
+
+    def _client(self, topic: str) -> Any:
+        """The client of the node holding ``topic``'s keys (the one Redis, or its shard)."""
+        if self._router is None:
+            return self._redis
+        return self._router.client(self._router.master(self._set(topic)))
+
+    def _groups(self, topics: set[str] | list[str]) -> list[tuple[Any, list[str]]]:
+        """Topics by the client whose transaction writes them.
+
+        All at once on one Redis; one topic per transaction on a cluster, where a
+        transaction must stay within one slot.
+        """
+        if not topics:
+            return []
+        if self._router is None:
+            return [(self._redis, list(topics))]
+        return [(self._client(topic), [topic]) for topic in topics]
+
+    async def _subscribe_events(self) -> None:
+        """Pattern-subscribe to every topic's events.
+
+        On a cluster, on any master: a classic PUBLISH reaches every node.
+        """
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        if self._router is None:
+            client = self._redis
+        else:
+            await self._router.refresh()
+            client = self._router.client(random.choice(self._router.masters()))
+        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.psubscribe(f"{self.prefix}pe:*")
 
     async def start(self) -> None:
         """Start the writer, the heartbeat and the event reader."""
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.psubscribe(f"{self.prefix}pe:*")
+        await self._subscribe_events()
         self._tasks = [
             asyncio.create_task(self._write_forever()),
             asyncio.create_task(self._heartbeat()),
@@ -236,14 +297,18 @@ class RedisPresence(Presence):
                 await task
         self._tasks = []
         with contextlib.suppress(Exception):
-            pipe = self._redis.pipeline(transaction=False)
-            for topic in self.local:
-                pipe.delete(self._hash(topic, self.process))
-                pipe.srem(self._set(topic), self.process)
-            await pipe.execute()
+            for client, topics in self._groups(list(self.local)):
+                pipe = client.pipeline(transaction=False)
+                for topic in topics:
+                    pipe.delete(self._hash(topic, self.process))
+                    pipe.srem(self._set(topic), self.process)
+                await pipe.execute()
         with contextlib.suppress(Exception):
             await self._pubsub.aclose()
-        await self._redis.aclose()
+        if self._router is not None:
+            await self._router.close()
+        else:
+            await self._redis.aclose()
 
     def changed(self, topic: str, kind: str, identity_id: str) -> None:
         """Queue the topic's hash for writing and the event for publishing (no I/O here)."""
@@ -253,21 +318,34 @@ class RedisPresence(Presence):
 
     async def _write(self, topics: set[str], events: list[tuple[str, str, str]]) -> None:
         ttl = max(1, int(self.expiry * 1000))
-        pipe = self._redis.pipeline(transaction=True)
-        for topic in topics:
-            key = self._hash(topic, self.process)
-            pipe.delete(key)
-            counts = self.local.get(topic)
-            if counts:
-                pipe.hset(key, mapping=dict(counts))
-                pipe.pexpire(key, ttl)
-                pipe.sadd(self._set(topic), self.process)
-                pipe.pexpire(self._set(topic), ttl)
-            else:
-                pipe.srem(self._set(topic), self.process)
+        pipes = []
+        for client, group in self._groups(topics):
+            pipe = client.pipeline(transaction=True)
+            for topic in group:
+                key = self._hash(topic, self.process)
+                pipe.delete(key)
+                counts = self.local.get(topic)
+                if counts:
+                    pipe.hset(key, mapping=dict(counts))
+                    pipe.pexpire(key, ttl)
+                    pipe.sadd(self._set(topic), self.process)
+                    pipe.pexpire(self._set(topic), ttl)
+                else:
+                    pipe.srem(self._set(topic), self.process)
+            pipes.append((set(group), pipe))
         for topic, kind, identity_id in events:
+            # In the transaction of the event's topic (every event's topic is written).
+            pipe = next((pipe for group, pipe in pipes if topic in group), None)
+            if pipe is None:
+                pipe = self._client(topic).pipeline(transaction=False)
+                pipes.append(({topic}, pipe))
             pipe.publish(f"{self.prefix}pe:{topic}", json.dumps([kind, identity_id]))
-        await pipe.execute()
+        try:
+            await asyncio.gather(*(pipe.execute() for _, pipe in pipes))
+        except Exception:
+            if self._router is not None:
+                self._router.refresh_soon()  # a failover or a moved slot: find the shards
+            raise
 
     async def _write_forever(self) -> None:
         while True:
@@ -305,7 +383,10 @@ class RedisPresence(Presence):
                 logger.warning("presence: event feed lost: %s", exc)
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
-                    await self._pubsub.psubscribe(f"{self.prefix}pe:*")
+                    if self._router is None:
+                        await self._pubsub.psubscribe(f"{self.prefix}pe:*")
+                    else:  # the node may be gone (failover): subscribe on another
+                        await self._subscribe_events()
 
     async def who(self, topic: str) -> dict[str, Any]:
         """Who is subscribed to ``topic`` in every live process."""
@@ -314,11 +395,12 @@ class RedisPresence(Presence):
         from .base import HubUnavailable
 
         try:
+            client = self._client(topic)
             processes = [
                 p.decode() if isinstance(p, bytes) else p
-                for p in await self._redis.smembers(self._set(topic))
+                for p in await client.smembers(self._set(topic))
             ]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = client.pipeline(transaction=False)
             for process in processes:
                 pipe.hgetall(self._hash(topic, process))
             hashes = await pipe.execute()
@@ -331,7 +413,9 @@ class RedisPresence(Presence):
                     name = key.decode() if isinstance(key, bytes) else key
                     total[name] += int(value)
             if dead:
-                await self._redis.srem(self._set(topic), *dead)
+                await client.srem(self._set(topic), *dead)
         except (RedisError, OSError) as exc:
+            if self._router is not None:
+                self._router.refresh_soon()
             raise HubUnavailable(f"presence: {exc}") from exc
         return _answer(total)

@@ -55,6 +55,7 @@ __all__ = [
     "Router",
     "Script",
     "evalsha",
+    "hash_tagged",
     "parse_cluster_url",
     "redis_options",
 ]
@@ -84,6 +85,18 @@ UNAVAILABLE = (
 
 #: A node: host and port.
 Address = tuple[str, int]
+
+
+def hash_tagged(topic: str) -> str:
+    """``{topic}``: the part of a key that places it by the topic's hash tag.
+
+    Every key made with it for one topic lands in one slot. A topic containing a brace would
+    end or empty the tag, so it is placed by its SHA1 instead, followed by the topic itself
+    so that keys stay distinct: ``{<sha1>}<topic>``.
+    """
+    if "{" in topic or "}" in topic:
+        return f"{{{hashlib.sha1(topic.encode()).hexdigest()}}}{topic}"
+    return f"{{{topic}}}"
 
 
 @dataclass(frozen=True)
@@ -269,6 +282,10 @@ class Router:
             replicas.extend(_address(other, asked) for other in others)
         self.slots = slots
         self.known = list(dict.fromkeys([*masters, *replicas]))
+
+    def masters(self) -> list[Address]:
+        """The masters of the current map, in slot order."""
+        return list(dict.fromkeys(address for address in self.slots if address is not None))
 
     def moved(self, exc: MovedError) -> None:
         """Patch the slot a ``MOVED`` names, and read the whole map again soon."""
