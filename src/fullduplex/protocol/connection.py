@@ -651,7 +651,8 @@ class Connection:
         Raises:
             LocalProtocolError: the connection is closing, or a fragmented send is open.
         """
-        if isinstance(data, (bytes, bytearray, memoryview)):
+        # The exact type first: a tuple isinstance() walks its types (~0.3k instructions).
+        if type(data) is bytes or isinstance(data, (bytes, bytearray, memoryview)):
             if self.takes_prepared:
                 # Fast path (a server without extensions or fragment_size): one frame built in
                 # one call, no Frame object, no keyword arguments (see FrameParser.next_simple).
