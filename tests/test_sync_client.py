@@ -292,6 +292,11 @@ def test_close_with_a_full_queue_does_not_wait_for_the_timeout(burst_server: int
         f"ws://127.0.0.1:{burst_server}/burst16", ping_interval=None, max_queue=1
     )
     assert ws.recv(timeout=5) == "m0"
+    # Wait until the reader has queued m1 (the queue holds one) and waits with m2: a close()
+    # sent before m1 was even read would make it a message after the close, not one queued.
+    deadline = time.monotonic() + 5
+    while len(ws._messages) < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
     started = time.monotonic()
     ws.close()
     assert time.monotonic() - started < 5  # close_timeout is 10 s
