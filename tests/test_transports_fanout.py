@@ -329,21 +329,55 @@ async def test_hub_gap_reaches_every_member_with_its_cursor(hub: Hub) -> None:
     assert a.sink.topics["t"].sent == b.sink.topics["t"].sent == 5
 
 
-async def test_a_replaying_connection_closed_as_slow_leaves_cleanly(
+async def test_a_replay_is_paced_by_the_socket_not_judged_slow(
     hub: Hub, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # A reconnection replays what it missed: a burst of the server's making (the hub calls
+    # back a chunk of up to 500 at once), not the client's slowness. Under ``disconnect`` it
+    # was closed as "slow" whenever the replay outran its buffers: every dropped consumer
+    # was dropped again on every reconnection (issue 15).
     hub.configure("t", TopicConfig(queue_size=2, policy=Policy.DISCONNECT))
     fanout = fanout_of(hub)
-    await publish(hub, "t", 3)
+    await publish(hub, "t", 7)
     live = Client(fanout)
-    live.subscribe("t")  # the loop stands at 3
-    slow = Client(fanout)
-    slow.stall()
-    slow.subscribe("t", since=0)  # replays 1-3: overflows on 3, where the loop stands
+    live.subscribe("t")  # the loop stands at 7
+    late = Client(fanout)
+    late.stall()
+    late.subscribe("t", since=0)  # 1-7 into a stalled socket and a backlog of 2
     await asyncio.sleep(0.05)
-    assert slow.ws.core.close_sent == (1013, "slow consumer")
+    assert late.ws.core.close_sent is None
+    assert late.seqs() == []
+    assert hub_subscriptions(hub, "t") == 1  # the replay is paused: its subscription closed
+    await publish(hub, "t", 2)  # 8, 9 meanwhile
+    late.drain()  # the backlog (1, 2) goes out, then the replay resumes from 2
+    await asyncio.sleep(0.05)
+    assert late.seqs() == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    await publish(hub, "t", 1)  # the first live message after the replay: it joins the loop
+    assert hub_subscriptions(hub, "t") == 1
+    assert late.seqs()[-1] == 10 and live.seqs() == [8, 9, 10]
+    # Once live, slowness is judged: stalled and overflowing, it is closed and leaves.
+    late.stall()
+    await publish(hub, "t", 3)
+    assert late.ws.core.close_sent == (1013, "slow consumer")
     assert fanout.subscribers("t") == 1
     assert hub_subscriptions(hub, "t") == 1
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     await publish(hub, "t", 1)
-    assert live.seqs() == [4]
+    assert live.seqs()[-1] == 14
+
+
+async def test_a_paused_replay_that_leaves_is_forgotten(hub: Hub) -> None:
+    hub.configure("t", TopicConfig(queue_size=2))
+    fanout = fanout_of(hub)
+    await publish(hub, "t", 5)
+    live = Client(fanout)
+    live.subscribe("t")
+    late = Client(fanout)
+    late.stall()
+    late.subscribe("t", since=0)
+    await asyncio.sleep(0.05)
+    late.unsubscribe("t")
+    late.drain()
+    await asyncio.sleep(0.05)
+    assert late.seqs() == []  # its backlog went with the topic; no replay resumed
+    assert fanout.subscribers("t") == 1 and hub_subscriptions(hub, "t") == 1

@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,10 +26,15 @@ class Proxy:
         target: where new connections go (change it to move clients to another server).
         refuse_upgrades: answer WebSocket upgrades with 403, as a proxy that blocks them does.
         connections: connections accepted so far.
+
+    With ``receive_buffer`` (e.g. 4096), its connections to ``target`` have that small a
+    receive buffer: while :meth:`stall` holds, the server sees clients that stopped reading
+    (slow consumers), whatever they do.
     """
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, *, receive_buffer: int | None = None) -> None:
         self.target = target
+        self.receive_buffer = receive_buffer
         self.refuse_upgrades = False
         self.connections = 0
         self.refused = 0
@@ -37,6 +43,7 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._cutter: asyncio.Task[None] | None = None
         self.cuts = 0
+        self.stalled = False
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -60,7 +67,19 @@ class Proxy:
                 await writer.drain()
                 writer.close()
                 return
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if self.receive_buffer is not None:
+                # Before connecting: the window scale is fixed at the handshake.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer)
+            sock.setblocking(False)
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.target))
+            except OSError:
+                sock.close()
+                raise
+            up_reader, up_writer = await asyncio.open_connection(sock=sock)
+            if self.stalled:
+                up_writer.transport.pause_reading()
         except OSError:
             writer.transport.abort()
             return
@@ -82,6 +101,18 @@ class Proxy:
             pass
         finally:
             writer.transport.abort()
+
+    def stall(self) -> None:
+        """Stop reading from the server (every connection, and new ones): clients look slow."""
+        self.stalled = True
+        for _, up_writer in self._pairs:
+            up_writer.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read from the server again (a reset it sent meanwhile then reaches the client)."""
+        self.stalled = False
+        for _, up_writer in self._pairs:
+            up_writer.transport.resume_reading()
 
     def cut(self) -> int:
         """Abort every connection now (both sides see a reset); return how many."""

@@ -293,11 +293,22 @@ async def _stream(send: Send, response: StreamingResponse) -> None:
         }
     )
     body = response.body
+    aborted = False
+
+    def abort() -> None:
+        # ASGI cannot drop a connection: the body ends at its next chunk instead.
+        nonlocal aborted
+        aborted = True
+
+    response.aborter = abort
     try:
         async for chunk in body:
+            if aborted:
+                break
             if chunk:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
+        response.aborter = None
         aclose = getattr(body, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -392,8 +403,10 @@ class _Loopback(asyncio.Transport):
         asyncio.get_running_loop().call_soon(self._connection_lost)
 
     def abort(self) -> None:
-        """Drop what is queued and close."""
+        """Drop what is queued (but a close already queued: it goes out next) and close."""
+        closes = [entry for entry in self._queue if entry[0]["type"] == "websocket.close"]
         self._queue.clear()
+        self._queue.extend(closes[:1])
         self._size = 0
         self.close()
 

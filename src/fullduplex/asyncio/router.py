@@ -73,15 +73,36 @@ class StreamingResponse:
     for the write buffer to drain between chunks, and cancels the iterator (its ``finally``
     blocks run) as soon as the client disconnects.
 
+    A client that stops reading for the server's ``write_timeout`` is dropped (TCP reset);
+    ``on_stalled`` is called first. :meth:`abort` drops the client at once.
+
     Attributes:
         status: the status code.
         headers: the header fields (``Transfer-Encoding: chunked`` is added).
         body: an async iterator of byte chunks.
+        on_stalled: called (no argument) when the server drops the stream because the
+            client read nothing for ``write_timeout`` seconds.
+        aborter: how the server drops this response's connection, set when it starts
+            sending it (see :meth:`abort`); None before.
     """
 
     status: int
     headers: Headers
     body: AsyncIterable[bytes]
+    on_stalled: Callable[[], None] | None = None
+    aborter: Callable[[], None] | None = field(default=None, repr=False)
+
+    def abort(self) -> None:
+        """Drop the client now, without the rest of the body.
+
+        For a client too slow to be worth waiting for (an event stream's slow consumer):
+        whatever is still buffered for it would only delay the end. The native server resets
+        the TCP connection at once and closes the body's iterator; under ASGI, which cannot
+        drop a connection, the body ends at its next chunk. Does nothing before the server
+        started sending the response.
+        """
+        if self.aborter is not None:
+            self.aborter()
 
 
 #: What an HTTP handler may return: a Response, a StreamingResponse, or a value converted by

@@ -879,6 +879,7 @@ class HTTPProtocol(asyncio.Protocol):
             headers["Connection"] = "close"
         transport = self.transport
         transport.write(Response(response.status, headers).serialize())
+        response.aborter = transport.abort  # connection_lost then cancels this task
         size = 0
         body = response.body
         try:
@@ -888,8 +889,9 @@ class HTTPProtocol(asyncio.Protocol):
                 if chunk:
                     size += len(chunk)
                     transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    await self._drain()
+                    await self._drain(response)
         finally:
+            response.aborter = None
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -907,7 +909,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
-    async def _drain(self) -> None:
+    async def _drain(self, response: StreamingResponse) -> None:
         timeout = self.server.config.write_timeout
         while self._write_paused and not self.transport.is_closing():
             self._drain_waiter = asyncio.get_running_loop().create_future()
@@ -917,6 +919,11 @@ class HTTPProtocol(asyncio.Protocol):
                 # A client that stopped reading an event stream: drop it rather than hold its
                 # socket until TCP gives up.
                 logger.info("stream to %s stalled for %ss: closing", self._peer(), timeout)
+                if response.on_stalled is not None:
+                    try:
+                        response.on_stalled()
+                    except Exception:
+                        logger.exception("on_stalled of the stream to %s raised", self._peer())
                 self.transport.abort()
             finally:
                 self._drain_waiter = None

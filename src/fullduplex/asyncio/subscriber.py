@@ -27,6 +27,14 @@ Dead connections are found by RFC 6455 pings (``ping_interval``, ``ping_timeout`
 5.5.2: "A Ping frame MAY be sent after the connection is established"): the connection closes
 with 1011 and the subscriber reconnects.
 
+Dropped for slowness: a subscriber whose application stops taking items stops reading, and
+a server whose topic has the ``disconnect`` policy drops it (a connection reset: the close frame
+would wait behind what it did not read). Each connection says ``hello`` first, with the id of
+the previous one; the server's answer names the new connection and, if it dropped the
+previous one, says why: :attr:`Subscriber.last_drop` (a :class:`~fullduplex.hub.Drop`:
+``reason`` ``"slow consumer"``, ``code`` 1013, ``topic``) and a warning in the log. A network
+failure leaves ``last_drop`` as it was.
+
 Publishing: :meth:`Subscriber.publish` sends ``{"op": "publish", "id": N, "key": K}`` and
 resolves with the server's acknowledgement; a publish not yet acknowledged is sent again after
 every reconnection with the same idempotency key, which the server publishes once.
@@ -47,6 +55,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..hub.base import Gap, GapReason, Message
+from ..hub.drops import Drop
 from ..protocol import CloseCode, ConnectionClosed, InvalidHandshake, InvalidStatus
 from .client import connect
 from .connection import WebSocket
@@ -134,6 +143,13 @@ class Subscriber:
         cursors: per topic, the seq of the last item taken (None until known).
         state: ``"connecting"``, ``"open"``, ``"reconnecting"`` or ``"closed"``.
         connections: connections opened so far (1 + reconnections).
+        connection_id: the server's name of the current (or last) connection, from its
+            ``hello``; None until the first answer.
+        last_drop: why the server last dropped this subscriber (a
+            :class:`~fullduplex.hub.Drop`: ``reason == "slow consumer"``, ``code`` 1013, the
+            ``topic`` that overflowed), learned on the connection after; None if it never
+            did. Network failures and restarts do not set it.
+        drops: how many times the server said it dropped this subscriber.
     """
 
     def __init__(
@@ -170,6 +186,9 @@ class Subscriber:
         self.connect_options = connect_options
         self.state = "connecting"
         self.connections = 0
+        self.connection_id: str | None = None
+        self.last_drop: Drop | None = None
+        self.drops = 0
         self._items: asyncio.Queue[Message | Gap | BaseException] = asyncio.Queue(max_pending)
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
@@ -304,6 +323,12 @@ class Subscriber:
         self.connections += 1
         self.state = "open"
         try:
+            # First: the answer (and whether the server dropped the previous connection)
+            # comes before any message of this one.
+            greeting: dict[str, Any] = {"op": "hello"}
+            if self.connection_id is not None:
+                greeting["previous"] = self.connection_id
+            await ws.send(json.dumps(greeting))
             for topic, cursor in self.cursors.items():
                 since = self._received.get(topic, cursor)
                 op: dict[str, Any] = {"op": "subscribe", "topic": topic}
@@ -334,8 +359,12 @@ class Subscriber:
             await self._gap(reply)
         elif "ack" in reply:
             self._settle(reply["ack"], Ack(reply["topic"], reply["seq"], reply["time"]))
+        elif "hello" in reply:
+            self._hello(reply)
         elif "error" in reply:
-            if "id" in reply:
+            if reply.get("op") == "hello":
+                logger.debug("subscriber: the server does not name connections: %s", reply)
+            elif "id" in reply:
                 self._settle(reply["id"], SubscriptionError(reply["error"]))
             elif reply.get("op") == "subscribe" and reply["error"] != "hub unavailable":
                 # unknown or invalid topic, too many: retrying cannot fix it.
@@ -352,6 +381,18 @@ class Subscriber:
             return  # seen already
         self._received[topic] = after
         await self._items.put(Gap(topic, gap["since"], gap["first_available"], reason))
+
+    def _hello(self, reply: dict[str, Any]) -> None:
+        self.connection_id = str(reply["hello"]["id"])
+        dropped = reply.get("dropped")
+        if dropped is not None:
+            self.last_drop = Drop.from_json(dropped)
+            self.drops += 1
+            logger.warning(
+                "subscriber: the server dropped the previous connection: %s (topic %s)",
+                self.last_drop.reason,
+                self.last_drop.topic,
+            )
 
     def _settle(self, pid: object, result: Ack | SubscriptionError) -> None:
         pending = self._pending.pop(pid, None) if isinstance(pid, int) else None

@@ -33,6 +33,20 @@ export interface Ack {
   time: number;
 }
 
+/** Why the server dropped this client's previous connection ("drop" event, client.lastDrop). */
+export interface DropEvent {
+  /** "slow consumer": the page did not read as fast as a topic with the "disconnect" policy fed it. */
+  reason: string;
+  /** The WebSocket close code the server gave (1013, try again later), on "websocket". */
+  code?: number;
+  /** The topic whose backlog overflowed, if one did. */
+  topic?: string;
+  /** When, seconds since the epoch (the server's clock). */
+  time: number;
+  /** The transport it was dropped from: "websocket" or "sse". */
+  transport: string;
+}
+
 /** Fired on every state change. */
 export interface StateEvent {
   state: State;
@@ -122,6 +136,10 @@ export class Client {
   readonly state: State;
   readonly transport: TransportName | null;
   readonly options: Required<Options>;
+  /** The server's name of the current (or last) connection, from its hello; null before. */
+  readonly connectionId: string | null;
+  /** Why the server last dropped this client (learned on the connection after); null if never. */
+  readonly lastDrop: DropEvent | null;
   subscribe<T = unknown>(topic: string, options?: SubscribeOptions<T>): Subscription;
   /** Resolves once the server acknowledged it; retried across reconnections, published once. */
   publish(topic: string, data: unknown): Promise<Ack>;
@@ -129,6 +147,8 @@ export class Client {
   on(event: "message", listener: (message: Message) => void): () => void;
   on(event: "gap", listener: (gap: Gap) => void): () => void;
   on(event: "error", listener: (error: ErrorEvent) => void): () => void;
+  /** The server dropped the previous connection (a slow consumer); fired after it reconnected. */
+  on(event: "drop", listener: (drop: DropEvent) => void): () => void;
   /** Every topic's cursor. */
   cursors(): Record<string, number | null>;
   connect(): void;

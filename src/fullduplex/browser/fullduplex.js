@@ -31,6 +31,12 @@
 //   within `heartbeatTimeout` means the connection is dead (a NAT or proxy dropped it silently).
 //   An event stream gets the server's ":" comment every 15 s: `sseTimeout` of silence is dead.
 //   Polls have a request timeout.
+// * Dropped for slowness: a page too busy to read falls behind the server's feed, and a topic
+//   with the "disconnect" policy drops it (a reset: the close frame would wait behind what it did
+//   not read). The WebSocket and the event stream say hello when they open, with the id of the
+//   previous connection; the server's answer names the new one and, if it dropped the previous
+//   one, says why: a "drop" event {reason: "slow consumer", code, topic, time, transport} and
+//   client.lastDrop. A network failure never fires it.
 // * Publishing: publish() resolves with the message's {topic, seq, time} once the server
 //   acknowledged it. Each publish carries an idempotency key; until it is acknowledged it is
 //   sent again on every reconnection (or HTTP retry), and the server publishes a key once.
@@ -148,6 +154,9 @@
         opened = true;
         clearTimeout(deadline);
         self.lastSeen = Date.now();
+        // First, so that its answer comes before any message: was the last connection dropped?
+        var hello = client._helloRequest();
+        if (hello) self.send(hello);
         client._ready().forEach(function (topic) { self.add(topic); });
         client._flushPublishes(self);
         self.beat();
@@ -159,6 +168,7 @@
         var item;
         try { item = JSON.parse(ev.data); } catch (err) { return; }
         if (item.pong !== undefined) return;
+        if (item.hello !== undefined) { client._hello(item, self); return; }
         client._receive(item, self);
       };
       ws.onclose = function (ev) {
@@ -230,6 +240,11 @@
       return topic + ":" + topics[topic].cursor;
     });
     url.searchParams.set("since", ids.join(",")); // every topic's cursor: "t1:17,t2:42"
+    var hello = this.client._helloRequest();
+    if (hello) {
+      url.searchParams.set("hello", "1"); // the stream starts with a "hello" event
+      if (hello.previous) url.searchParams.set("previous", hello.previous);
+    }
     return url;
   };
 
@@ -279,6 +294,12 @@
 
   EventStreamTransport.prototype.event = function (event) {
     var topics = this.client.topics;
+    if (event.type === "hello") {
+      var greeting;
+      try { greeting = JSON.parse(event.data); } catch (err) { return; }
+      this.client._hello(greeting, this);
+      return;
+    }
     if (event.data === "") {
       // The id-only block at the start: "now" as a cursor, for the topics that had none.
       var parts = event.id.split(",");
@@ -452,6 +473,8 @@
     this.nextId = 1;
     this.timer = null; // the reconnection or probe timer
     this.generation = 0; // bumped by every connecting round: late callbacks of old rounds are ignored
+    this.connectionId = null; // the server's name of the current (or last) connection: its hello
+    this.lastDrop = null; // why the server last dropped this client, from the next connection's hello
     var self = this;
     if (this.options.autoConnect) Promise.resolve().then(function () { if (self.state === "idle") self.connect(); });
   }
@@ -530,6 +553,22 @@
     }, function () {
       entry.resolving = false; // tried again when a transport opens
     });
+  };
+
+  // The hello a WebSocket sends (an event stream puts it in its URL): the previous connection's
+  // id, for the server to say whether it dropped it.
+  Client.prototype._helloRequest = function () {
+    return this.connectionId ? { op: "hello", previous: this.connectionId } : { op: "hello" };
+  };
+
+  // The answer: this connection's id, and "dropped" if the server dropped the previous one.
+  Client.prototype._hello = function (item, transport) {
+    if (transport !== this.current || !item.hello) return;
+    this.connectionId = item.hello.id;
+    if (item.dropped) {
+      this.lastDrop = item.dropped;
+      this._emit("drop", item.dropped);
+    }
   };
 
   /** The cursor of every topic: {topic: seq}. */
@@ -709,6 +748,8 @@
       probeClient._receive = function () {};
       probeClient._lost = function () {};
       probeClient._flushPublishes = function () {};
+      probeClient._helloRequest = function () { return null; }; // nor takes the client's drop
+      probeClient._hello = function () {};
       candidate.client = probeClient;
       var probe = candidate.name === "sse" ? self._probeHttp("sse") : candidate.start();
       probe.then(function () {

@@ -29,6 +29,7 @@ from .base import (
     check_since,
     whole_topic,
 )
+from .drops import Drop, DropLog
 from .hub import Hub, Subscription
 from .memory import MemoryBackend
 from .presence import MemoryPresence, Presence, RedisPresence
@@ -46,6 +47,8 @@ __all__ = [
     "SLOW_CONSUMER",
     "STATS",
     "Backend",
+    "Drop",
+    "DropLog",
     "Gap",
     "GapReason",
     "Hub",

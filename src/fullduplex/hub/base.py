@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -350,3 +350,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def unlisten(self, topic: str) -> None:
         """Stop delivering the topic's messages."""
+
+    # Notes: short records with a lifetime, shared by every hub on the backend (why a
+    # subscriber was dropped: :class:`~fullduplex.hub.drops.DropLog`). A backend of one
+    # process keeps none: its hubs keep them in memory themselves.
+
+    #: Whether :meth:`set_notes` stores notes that every hub on this backend can read.
+    shares_notes = False
+
+    async def set_notes(self, notes: Mapping[str, str], ttl: float) -> None:
+        """Store each ``name: value`` for ``ttl`` seconds, readable by every hub on the backend.
+
+        The default keeps nothing (see :attr:`shares_notes`).
+
+        Raises:
+            HubUnavailable: the backend cannot be reached.
+        """
+        return None
+
+    async def pop_note(self, name: str) -> str | None:
+        """The note stored under ``name``, deleted as it is read; None if absent or expired.
+
+        Raises:
+            HubUnavailable: the backend cannot be reached.
+        """
+        return None

@@ -28,6 +28,10 @@ entry as field ``e``), or whose last sequence number is now below the cursor, is
 a ``reset`` gap carrying the new epoch: even when the new numbering passed the cursor before
 the reader was back.
 
+Notes (:meth:`RedisBackend.set_notes`): short records shared by every process, with a TTL,
+``<prefix>n:<name>`` (``SET ... PX``, read once with ``GETDEL``): why a subscriber was dropped
+(:class:`~fullduplex.hub.drops.DropLog`), for its reconnection to another process.
+
 :meth:`RedisBackend.publish`, ``history`` and ``last_seq`` do not retry: they raise
 :class:`~fullduplex.hub.base.HubUnavailable` at once while Redis is away (a publish retried
 after a dropped reply could be published twice). redis-py's own retries are turned off.
@@ -42,6 +46,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -356,6 +361,33 @@ class RedisBackend(Backend):
         except _UNAVAILABLE as exc:
             raise HubUnavailable(f"redis unavailable: {exc}") from exc
         return int(last), int(first), epoch.decode()
+
+    shares_notes = True
+
+    def note_key(self, name: str) -> str:
+        """The Redis key of a note (see :meth:`Backend.set_notes`)."""
+        return f"{self.prefix}n:{name}"
+
+    async def set_notes(self, notes: Mapping[str, str], ttl: float) -> None:
+        """One ``SET key value PX ttl`` per note, one round trip (:meth:`Backend.set_notes`)."""
+        milliseconds = max(1, int(ttl * 1000))
+        pipe = self._redis.pipeline(transaction=False)
+        for name, value in notes.items():
+            pipe.set(self.note_key(name), value, px=milliseconds)
+        try:
+            await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable, notes not stored: {exc}") from exc
+
+    async def pop_note(self, name: str) -> str | None:
+        """``GETDEL`` (Redis 6.2): read once (see :meth:`Backend.pop_note`)."""
+        try:
+            value = await self._redis.getdel(self.note_key(name))
+        except _UNAVAILABLE as exc:
+            raise HubUnavailable(f"redis unavailable: {exc}") from exc
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     def listen(self, topic: str, after: int, epoch: str = "") -> None:
         """Add the topic to the live feed's XREAD, from ``after`` (of ``epoch``)."""

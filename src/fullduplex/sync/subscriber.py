@@ -27,6 +27,7 @@ from typing import Any
 from ..asyncio.subscriber import DEFAULT_MAX_PENDING, Ack
 from ..asyncio.subscriber import Subscriber as AsyncSubscriber
 from ..hub.base import Gap, Message
+from ..hub.drops import Drop
 
 __all__ = ["Subscriber", "subscribe"]
 
@@ -144,6 +145,20 @@ class Subscriber:
     def connections(self) -> int:
         """Connections opened so far (1 + reconnections)."""
         return self._async.connections if self._async is not None else 0
+
+    @property
+    def last_drop(self) -> Drop | None:
+        """Why the server last dropped this subscriber (``reason``, ``code``, ``topic``).
+
+        Learned from the ``hello`` of the connection after; None if it never did. See
+        :attr:`fullduplex.asyncio.subscriber.Subscriber.last_drop`.
+        """
+        return self._async.last_drop if self._async is not None else None
+
+    @property
+    def drops(self) -> int:
+        """How many times the server said it dropped this subscriber."""
+        return self._async.drops if self._async is not None else 0
 
     def close(self) -> None:
         """Close the connection, stop reconnecting and end the thread."""

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App
-from ..hub import Hub, Presence
+from ..hub import DropLog, Hub, Presence
 from ..protocol.http11 import Headers, Request, Response
 from .broadcast import Fanout, FrameCache, WebSocketSink
 from .common import EnvelopeCache, InvalidInput, OpenRequests, TopicRules
@@ -117,6 +117,8 @@ class Transports:
         events: the encoded SSE events shared by every event stream (its counter says how
             many times events were encoded).
         keys: the idempotency keys of recent publishes (``/publish`` and ``/pubsub``).
+        drops: the records of connections dropped as slow consumers (``/pubsub`` and
+            ``/sse``), for their ``hello`` when they reconnect.
         routes: the transport behind each mounted path (``"/sse": "sse"``...), which
             metrics use to label open connections.
     """
@@ -127,6 +129,7 @@ class Transports:
     events: EventCache | None = None
     keys: PublishKeys | None = None
     routes: dict[str, str] = field(default_factory=dict)
+    drops: DropLog | None = None
 
     def close(self) -> None:
         """End every event stream and long poll now (call it before a server shutdown)."""
@@ -152,6 +155,7 @@ def mount_all(
     origins: list[str] | None = None,
     compression: bool = False,
     presence: Presence | None = None,
+    drops: DropLog | None = None,
     # Timeouts
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
@@ -178,6 +182,10 @@ def mount_all(
         presence: who is subscribed, on the WebSocket route (:mod:`fullduplex.hub.presence`):
             its ``presence`` op and ``"presence": true`` subscriptions, and ``GET
             {prefix}/presence?topic=T`` (:mod:`.presence`); None for none.
+        drops: where ``/pubsub`` and ``/sse`` record the connections they drop as slow
+            consumers, for the ``hello`` of their reconnection; if None, a
+            :class:`~fullduplex.hub.DropLog` over ``hub`` with its defaults (10,000
+            records, 5 minutes; shared between processes when ``hub`` is on Redis).
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
 
@@ -189,6 +197,8 @@ def mount_all(
     events = EventCache(envelopes)
     held = OpenRequests()
     keys = PublishKeys()
+    log = drops if drops is not None else DropLog(hub)
+    app.on_shutdown(log.close)
     prefix = prefix.rstrip("/")
     fanout = mount_websocket(
         app,
@@ -201,6 +211,7 @@ def mount_all(
         compression=compression,
         keys=keys,
         presence=presence,
+        drops=log,
     )
     if presence is not None:
         mount_presence(app, presence, f"{prefix}/presence", rules=rules, auth=auth)
@@ -212,6 +223,7 @@ def mount_all(
         auth=auth,
         events=events,
         requests=held,
+        drops=log,
         heartbeat_interval=heartbeat_interval,
     )
     mount_longpoll(
@@ -229,7 +241,7 @@ def mount_all(
     mount_browser_library(app, prefix)
     names = ("pubsub", "sse", "longpoll", "poll", "publish")
     routes = {f"{prefix}/{name}": "websocket" if name == "pubsub" else name for name in names}
-    transports = Transports(frames, held, fanout, events, keys, routes)
+    transports = Transports(frames, held, fanout, events, keys, routes, log)
     # When the server starts closing: end event streams and long polls at once (a shutdown
     # would otherwise wait for them: they are never idle).
     app.on_closing(transports.close)

@@ -16,7 +16,12 @@ queue and no task per subscriber inside the hub) and keep what they cannot write
   numbers jump by design); with no such message, the oldest is dropped with a gap as above.
   Conflating only when full means a consumer that keeps up sees every message, however its
   messages are batched (the hub's queue mode conflates at once);
-* ``disconnect``: when full, :meth:`Backlog.push` says so and the consumer is disconnected.
+* ``disconnect``: when full, :meth:`Backlog.push` says so and the consumer is disconnected;
+  unless the consumer had no chance to take what filled it (``push(item, slow=False)``: a
+  burst, such as a history replay, that arrived while it was not waiting on its client): then
+  a ``from_history`` backlog falls behind and reads from history as under ``drop-oldest``.
+  Disconnecting a consumer for the server's own burst would drop it again on every
+  reconnection, as each one replays more than the backlog holds.
 """
 
 from __future__ import annotations
@@ -84,8 +89,15 @@ class Backlog:
         self._loss: tuple[int, GapReason] | None = None  # a loss not reported yet
         self._latest: dict[Hashable, int] = {}  # conflate key -> seq of its latest message
 
-    def push(self, item: Message | Gap) -> bool:
-        """Add what the hub delivered; False if full under the ``disconnect`` policy."""
+    def push(self, item: Message | Gap, *, slow: bool = True) -> bool:
+        """Add what the hub delivered; False if full under the ``disconnect`` policy.
+
+        Args:
+            item: the message or gap.
+            slow: whether a full backlog is the consumer's fault (it is waiting for its
+                client to read); with False, a ``from_history`` backlog under ``disconnect``
+                falls :attr:`behind` instead (see the module docstring).
+        """
         pending = self.pending
         if isinstance(item, Gap):
             pending[object()] = item  # gaps are never conflated
@@ -102,7 +114,7 @@ class Backlog:
             pending[item.seq] = item
         if len(pending) <= self.config.queue_size:
             return True
-        if self.config.policy == Policy.DISCONNECT:
+        if self.config.policy == Policy.DISCONNECT and (slow or not self.from_history):
             if not self.overflowed:
                 STATS.slow_action(Policy.DISCONNECT, "disconnect")
             self.overflowed = True
@@ -222,10 +234,19 @@ class Mailbox:
     Args:
         on_overflow: called once when a backlog overflows under the ``disconnect`` policy
             (the consumer may be stuck in a write and not see it for a while).
+        busy: whether the consumer is waiting for its client to read now: a backlog that
+            overflows meanwhile is the client's slowness. None: never (a long poll answers
+            at once, never waits on its client), so under ``disconnect`` its backlogs fall
+            behind and are read from history instead (:meth:`Backlog.push`).
     """
 
-    def __init__(self, on_overflow: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_overflow: Callable[[], None] | None = None,
+        busy: Callable[[], bool] | None = None,
+    ) -> None:
         self._on_overflow = on_overflow
+        self._busy = busy
         #: Backlog of each topic, in subscription order.
         self.backlogs: dict[str, Backlog] = {}
         #: True once a backlog overflowed under the ``disconnect`` policy.
@@ -239,7 +260,8 @@ class Mailbox:
         self.backlogs[backlog.topic] = backlog
 
         def put(item: Message | Gap) -> None:
-            if not backlog.push(item) and not self.overflowed:
+            slow = self._busy is not None and self._busy()
+            if not backlog.push(item, slow=slow) and not self.overflowed:
                 self.overflowed = True
                 if self._on_overflow is not None:
                     self._on_overflow()

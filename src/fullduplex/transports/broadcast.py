@@ -29,7 +29,10 @@ a backlog is not empty, one task per such connection awaits ``ws.wait_drain()`` 
 ``resume_writing``) and writes the backlog: an idle or keeping-up connection has no task and no
 timer. Under ``disconnect``, a full backlog closes the connection with 1013 (try again later): the
 client is healthy but slower than the feed, and may reconnect and resume from its cursor
-(``{"op":"subscribe","since":N}``). So a slow connection holds at most its write buffer plus
+(``{"op":"subscribe","since":N}``). As the close frame would wait behind everything the client
+did not read, the connection is reset at once when its buffer is not empty; the ``/pubsub``
+session records why, for the client's ``hello`` when it reconnects
+(:class:`~fullduplex.hub.DropLog`). So a slow connection holds at most its write buffer plus
 ``queue_size`` messages per topic, and never delays the others: a write to an asyncio
 transport never blocks.
 """
@@ -100,7 +103,17 @@ class WebSocketSink:
         on_slow: called once when the connection is closed as a slow consumer.
     """
 
-    __slots__ = ("_flusher", "_on_slow", "dropped", "frames", "slow", "topics", "ws")
+    __slots__ = (
+        "_flushed",
+        "_flusher",
+        "_on_slow",
+        "dropped",
+        "frames",
+        "slow",
+        "slow_topic",
+        "topics",
+        "ws",
+    )
 
     def __init__(
         self,
@@ -119,10 +132,14 @@ class WebSocketSink:
         self.dropped = 0
         #: True once closed as a slow consumer.
         self.slow = False
+        #: The topic whose backlog overflowed, once closed as a slow consumer.
+        self.slow_topic: str | None = None
         self._on_slow = on_slow
         # The task writing backlogs as the write buffer drains; None while every backlog is
         # empty (an idle connection has no task: ~5 KiB per idle connection is the budget).
         self._flusher: asyncio.Task[None] | None = None
+        # Called once the backlogs are written (paused replays resuming); None: nobody waits.
+        self._flushed: list[Callable[[], None]] | None = None
 
     def add(self, topic: str, config: TopicConfig, since: int | None) -> Backlog:
         """Start tracking ``topic`` (before subscribing it on the hub)."""
@@ -169,9 +186,37 @@ class WebSocketSink:
             self._write(item)
             return
         if not backlog.push(item):
-            self._close_slow()
+            self._close_slow(backlog.topic)
             return
         self.dropped = sum(b.dropped for b in self.topics.values())
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_when_drained())
+
+    def hold(self, backlog: Backlog, item: Message | Gap) -> bool:
+        """Write ``item`` now or keep it in the backlog, with no slow-consumer policy.
+
+        For a replay of history, a burst of the server's own making, not the client's
+        slowness. False when the backlog is full: the caller stops its replay and replays
+        again from history once the backlog is written (:meth:`when_flushed`).
+        """
+        if self.slow or self.ws.state is not _OPEN:
+            return True  # closing: nothing more to write
+        if not backlog and self.writable():
+            backlog.skip(item)
+            self._write(item)
+            return True
+        if len(backlog.pending) >= backlog.config.queue_size:
+            return False
+        backlog.push(item)  # room: no policy applies
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_when_drained())
+        return True
+
+    def when_flushed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once every backlog is written (never, if the connection ends)."""
+        if self._flushed is None:
+            self._flushed = []
+        self._flushed.append(callback)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush_when_drained())
 
@@ -213,6 +258,10 @@ class WebSocketSink:
                     await asyncio.sleep(BACKLOG_RETRY)
                 else:
                     await ws.wait_drain()
+            flushed, self._flushed = self._flushed, None
+            if flushed and not self.slow and ws.state is _OPEN:
+                for callback in flushed:
+                    callback()
         except ConnectionClosed:
             pass
         except Exception:  # pragma: no cover - a bug: log it rather than lose it in the task
@@ -226,17 +275,23 @@ class WebSocketSink:
         if flusher is not None:
             flusher.cancel()
 
-    def _close_slow(self) -> None:
+    def _close_slow(self, topic: str) -> None:
         if self.slow:
             return
         self.slow = True
-        logger.info("closing slow WebSocket consumer on %s with 1013", self.ws.request.path)
+        self.slow_topic = topic
+        ws = self.ws
+        logger.info("closing slow WebSocket consumer on %s with 1013 (%s)", ws.request.path, topic)
         self._stop_flusher()
-        # The close frame waits behind the full buffer; fail() closes TCP after flushing what
-        # it can, and the connection's close timer aborts it if the peer never reads.
-        self.ws.fail(CloseCode.TRY_AGAIN_LATER, "slow consumer")
         if self._on_slow is not None:
-            self._on_slow(self)
+            self._on_slow(self)  # first: the drop is on record before the client can return
+        ws.fail(CloseCode.TRY_AGAIN_LATER, "slow consumer")
+        # The close frame waits behind everything this client did not read: it would reach
+        # it late or never, and flushing it would hold the buffers (and the socket) for up to
+        # close_timeout. Reset the connection now instead; the client learns why from its
+        # hello when it reconnects (the session's drop record).
+        if ws.transport.get_write_buffer_size():
+            ws.transport.abort()
 
 
 # What the fan-out loop keeps of a subscribed connection: the sink, the topic's backlog and
@@ -320,7 +375,8 @@ class _TopicFanout:
         self.topic = topic
         # Connections served by the loop, by backlog (one per connection and topic).
         self.members: dict[Backlog, _Member] = {}
-        # Connections replaying history through a subscription of their own.
+        # Connections replaying history through a subscription of their own (closed while
+        # the replay is paused for the socket to catch up).
         self.joining: dict[Backlog, tuple[WebSocketSink, Subscription]] = {}
         # The members as a tuple, rebuilt after a change: the loop must not see the dict
         # change under it (a member closed as a slow consumer leaves in the middle). Kept
@@ -340,10 +396,11 @@ class _TopicFanout:
             # this connection's next one (no replay, no history read).
             self._add_member(sink, backlog)
             return
-        hub = self.fanout.hub
-        subscription = hub.subscribe(
-            self.topic, since, epoch=epoch, on_message=self._replay(sink, backlog)
+        box: list[Subscription] = []
+        subscription = self.fanout.hub.subscribe(
+            self.topic, since, epoch=epoch, on_message=self._replay(sink, backlog, box)
         )
+        box.append(subscription)
         self.joining[backlog] = (sink, subscription)
 
     def remove(self, backlog: Backlog) -> None:
@@ -361,12 +418,20 @@ class _TopicFanout:
         self.members[backlog] = (sink, backlog, sink.ws)
         self._snapshot = None
 
-    def _replay(self, sink: WebSocketSink, backlog: Backlog) -> Callable[[Message | Gap], None]:
+    def _replay(
+        self, sink: WebSocketSink, backlog: Backlog, subscription_box: list[Subscription]
+    ) -> Callable[[Message | Gap], None]:
         def on_message(item: Message | Gap) -> None:
             entry = self.joining.get(backlog)
-            if entry is None:
-                return  # joined the loop (or left): what the replay still passes is old
-            sink.deliver(backlog, item)
+            if entry is None or entry[1] is not subscription_box[0]:
+                return  # joined the loop, left, or paused: what the replay still passes is old
+            if not sink.hold(backlog, item):
+                # The replay outran the socket (it comes in chunks of 500, whatever the socket
+                # takes): stop it, and replay again from history once what waits is written.
+                # Under ``disconnect`` this is not slowness: the burst is the server's.
+                entry[1].close()
+                sink.when_flushed(lambda: self._resume(backlog, entry))
+                return
             if self.joining.get(backlog) is not entry:
                 return  # it left meanwhile (closed as a slow consumer)
             own = self.subscription
@@ -375,6 +440,21 @@ class _TopicFanout:
                 self._switch(backlog, entry)
 
         return on_message
+
+    def _resume(self, backlog: Backlog, entry: tuple[WebSocketSink, Subscription]) -> None:
+        """Replay again, from where the connection stands, after a pause (see _replay)."""
+        if self.joining.get(backlog) is not entry:
+            return  # left meanwhile
+        sink, paused = entry
+        box: list[Subscription] = []
+        subscription = self.fanout.hub.subscribe(
+            self.topic,
+            backlog.sent,
+            epoch=paused.epoch or None,
+            on_message=self._replay(sink, backlog, box),
+        )
+        box.append(subscription)
+        self.joining[backlog] = (sink, subscription)
 
     def _switch(self, backlog: Backlog, entry: tuple[WebSocketSink, Subscription]) -> None:
         """A replaying connection caught up with the loop: serve it from the loop."""
@@ -423,7 +503,8 @@ class _TopicFanout:
         """Move replaying connections whose cursor met the loop's into the loop."""
         cursor = self.subscription.cursor
         for backlog, entry in list(self.joining.items()):
-            if entry[1].started and entry[1].cursor == cursor:
+            subscription = entry[1]
+            if subscription.started and not subscription.closed and subscription.cursor == cursor:
                 self._switch(backlog, entry)
 
     def _failed(self, member: _Member) -> None:

@@ -27,7 +27,8 @@ from typing import Any
 from ..asyncio.router import App, json_response
 from ..auth.identity import Identity
 from ..auth.permissions import PatternSet
-from ..hub import MAX_SEQ, Gap, GapReason, Message, check_since
+from ..hub import MAX_SEQ, Drop, DropLog, Gap, GapReason, Message, check_since
+from ..hub.drops import check_connection_id
 from ..hub.stats import STATS
 from ..protocol.http11 import Response
 
@@ -42,10 +43,13 @@ __all__ = [
     "TopicRules",
     "check_epoch",
     "check_history",
+    "check_previous",
     "check_topic",
     "error_response",
     "gap_envelope",
+    "hello",
     "message_envelope",
+    "owner_of",
     "parse_since",
     "query_epoch",
     "query_one",
@@ -337,6 +341,45 @@ def check_history(rules: TopicRules, topic: str, identity: Identity | None) -> N
     """
     if not rules.can_read_history(topic, identity):
         raise InvalidInput(f"history not readable: {topic}", 403)
+
+
+def check_previous(value: object) -> str | None:
+    """A client's previous connection id (``hello``), or None if absent.
+
+    Raises:
+        InvalidInput: it is not a connection id.
+    """
+    if value is None:
+        return None
+    try:
+        return check_connection_id(value)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid previous: {exc}") from None
+
+
+def owner_of(identity: Identity | None) -> str | None:
+    """Who a drop record is kept for: the identity's id, None for anonymous clients."""
+    return identity.id if identity is not None and not identity.anonymous else None
+
+
+async def hello(
+    drops: DropLog, previous: str | None, identity: Identity | None
+) -> tuple[str, dict[str, Any]]:
+    """Name a connection and tell it whether its previous one was dropped.
+
+    Returns:
+        The new connection id, and the reply: ``{"hello": {"id": ...}}``, with
+        ``"dropped": {...}`` (:meth:`Drop.to_json <fullduplex.hub.Drop.to_json>`) when
+        ``previous`` was dropped by the server (here, or in another process on the same
+        Redis).
+    """
+    connection_id = drops.new_id()
+    reply: dict[str, Any] = {"hello": {"id": connection_id}}
+    if previous is not None:
+        drop: Drop | None = await drops.take(previous, owner_of(identity))
+        if drop is not None:
+            reply["dropped"] = drop.to_json()
+    return connection_id, reply
 
 
 def error_response(exc: InvalidInput) -> Response:

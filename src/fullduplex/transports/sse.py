@@ -46,11 +46,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App, StreamingResponse
-from ..hub import Gap, Hub, HubUnavailable, Message, Subscription
+from ..hub import SLOW_CONSUMER, Drop, DropLog, Gap, Hub, HubUnavailable, Message, Subscription
 from ..protocol.http11 import Headers, Request, Response
 
 # Re-exported (``X as X``): fullduplex.transports.sse held the encoding before protocol.sse.
@@ -64,9 +65,12 @@ from .common import (
     OpenRequests,
     TopicRules,
     check_history,
+    check_previous,
     dumps,
     error_response,
     gap_envelope,
+    hello,
+    owner_of,
     parse_since,
     query_one,
     query_topics,
@@ -189,17 +193,36 @@ class EventCache:
 class _Stream:
     """One event stream: its subscriptions, its mailbox and the cursors of its ids."""
 
-    def __init__(self, hub: Hub, events: EventCache, topics: list[str], held: OpenRequests) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        events: EventCache,
+        topics: list[str],
+        held: OpenRequests,
+        drops: DropLog,
+        owner: str | None,
+    ) -> None:
         self.hub = hub
         self.cache = events
-        # Under the disconnect policy, a full backlog releases the subscriptions at once: the
-        # stream may be stuck waiting for the client to read, and ends when it can.
-        self.mailbox = Mailbox(on_overflow=self.close)
+        # Under the disconnect policy, a backlog that fills while the stream waits for its
+        # client to read drops the client at once (slow()); one that fills otherwise (a burst:
+        # a replay, a broker's backlog) is read back from history.
+        self.mailbox = Mailbox(on_overflow=self.slow, busy=self.is_writing)
+        #: True while the server writes a chunk of the stream: waits for the client, if any.
+        self.writing = False
         self.held = held
         held.add(self.mailbox.close)
         self.cursors: dict[str, int] = {}
         self.subscriptions: list[Subscription] = []
         self.topics = topics
+        self.drops = drops
+        self.owner = owner
+        #: The stream's connection id, if the client said hello (its drop is recorded).
+        self.id: str | None = None
+        #: The hello event's JSON (sent first), if the client said hello.
+        self.hello: str | None = None
+        #: The response carrying the stream, once made (slow() aborts it).
+        self.response: StreamingResponse | None = None
 
     async def open(self, start: dict[str, int | None]) -> None:
         hub = self.hub
@@ -217,6 +240,30 @@ class _Stream:
         for subscription in self.subscriptions:
             subscription.close()
         self.subscriptions.clear()
+
+    def is_writing(self) -> bool:
+        return self.writing
+
+    def slow(self) -> None:
+        """A backlog overflowed under ``disconnect``: record why, release, drop the client.
+
+        The client is not reading: what is buffered for it, and an end behind that, would
+        reach it late or never. It is reset now, and told why when it reconnects (hello).
+        """
+        topic = next((b.topic for b in self.mailbox.backlogs.values() if b.overflowed), None)
+        self.record(topic)
+        self.close()
+        if self.response is not None:
+            self.response.abort()
+
+    def stalled(self) -> None:
+        """The server drops the stream: its client read nothing for ``write_timeout``."""
+        self.record(None)
+
+    def record(self, topic: str | None) -> None:
+        if self.id is not None:
+            drop = Drop(SLOW_CONSUMER, time.time(), "sse", topic=topic)
+            self.drops.record(self.id, drop, self.owner)
 
     def encode(self, items: list[Message | Gap]) -> bytes:
         cursors = self.cursors
@@ -269,20 +316,30 @@ class _Stream:
             head = encode_retry(round(hint * 1000)) if hint is not None else b""
             # WHATWG 9.2.6 "dispatch the event": the last event ID is set before the check for
             # empty data, so an id-only block records the cursor without firing an event.
-            yield head + f"id: {format_event_id(self.cursors)}\n\n".encode()
+            head += f"id: {format_event_id(self.cursors)}\n\n".encode()
+            if self.hello is not None:
+                # No id line: the browser's last event id stays the cursor.
+                head += encode_event(self.hello, event="hello")
+            yield head
             mailbox = self.mailbox
             while True:
+                if mailbox.overflowed:
+                    # Not the backlog: the client was too slow for it (slow() reset the
+                    # connection; under ASGI, which cannot, this ends the stream).
+                    yield encode_comment("closed: slow consumer")
+                    return
                 try:
                     items = await self.take()
                 except HubUnavailable:
                     yield encode_comment("closed: hub unavailable")
                     return
                 if items:
-                    yield self.encode(items)
+                    self.writing = True
+                    try:
+                        yield self.encode(items)
+                    finally:
+                        self.writing = False
                     continue
-                if mailbox.overflowed:
-                    yield encode_comment("closed: slow consumer")
-                    return
                 if self.closed():
                     return
                 if not await mailbox.wait(heartbeat):
@@ -301,6 +358,7 @@ def mount_sse(
     envelopes: EnvelopeCache | None = None,
     events: EventCache | None = None,
     requests: OpenRequests | None = None,
+    drops: DropLog | None = None,
     # Timeouts
     heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     retry: float | None = DEFAULT_RETRY,
@@ -321,6 +379,9 @@ def mount_sse(
         events: an encoded-event cache shared with other mounts (one is made over
             ``envelopes`` if None).
         requests: where open streams are tracked (one is made if None).
+        drops: where the streams dropped as slow consumers are recorded, for their ``hello``
+            on reconnection (one is made over ``hub`` if None; :func:`mount_all` shares
+            one with ``/pubsub``).
         heartbeat_interval: seconds of silence before a comment is sent; None for never.
         retry: reconnection delay hinted to the browser, in seconds; None to send no hint.
         max_topics: topics one stream may carry (400 above it).
@@ -332,6 +393,7 @@ def mount_sse(
     topic_rules = rules or TopicRules()
     cache = events if events is not None else EventCache(envelopes)
     held = requests if requests is not None else OpenRequests()
+    log = drops if drops is not None else DropLog(hub)
 
     @app.get(path, auth=auth)
     async def event_stream(request: Request) -> Response | StreamingResponse:
@@ -344,9 +406,15 @@ def mount_sse(
             for topic, cursor in start.items():
                 if cursor is not None:
                     check_history(topic_rules, topic, identity)
+            previous = check_previous(query_one(request.query, "previous"))
         except InvalidInput as exc:
             return error_response(exc)
-        stream = _Stream(hub, cache, topics, held)
+        connection_id = greeting = None
+        if previous is not None or query_one(request.query, "hello") is not None:
+            connection_id, reply = await hello(log, previous, identity)
+            greeting = dumps(reply)
+        stream = _Stream(hub, cache, topics, held, log, owner_of(identity))
+        stream.id, stream.hello = connection_id, greeting
         try:
             await stream.open(start)
         except HubUnavailable:
@@ -356,7 +424,9 @@ def mount_sse(
             stream.close()
             raise
         body = stream.events(heartbeat_interval, retry)
-        return StreamingResponse(200, Headers(_HEADERS), body)
+        response = StreamingResponse(200, Headers(_HEADERS), body, on_stalled=stream.stalled)
+        stream.response = response
+        return response
 
     return held
 

@@ -8,6 +8,8 @@ Client to server, one JSON object per text message::
     {"op": "publish", "topic": "chat", "data": {"name": "ann", "text": "hi"}}
     {"op": "publish", "topic": "chat", "data": ..., "id": 7, "key": "3f2a..."}   acknowledged
     {"op": "ping"}                                       an application-level heartbeat
+    {"op": "hello"}                                      name this connection
+    {"op": "hello", "previous": "k3J..."}                ... and was my last one dropped?
     {"op": "subscribe", "topic": "chat", "presence": true}   also join and leave events
     {"op": "presence", "topic": "chat"}                  who is subscribed (mount's presence=)
 
@@ -18,6 +20,9 @@ Server to client::
     {"error": "unknown topic", "op": "subscribe", "topic": "secret"}     a recoverable error
     {"ack": 7, "topic": "chat", "seq": 43, "time": 1700000000.2}         publish 7 is seq 43
     {"pong": true}                                                       the answer to a ping
+    {"hello": {"id": "Xa9..."}}                                          the answer to hello
+    {"hello": {"id": "Xa9..."}, "dropped": {"reason": "slow consumer", "code": 1013,
+     "topic": "ticker", "time": 1700000000.4, "transport": "websocket"}}  ... previous dropped
     {"topic": "chat", "presence": {"join": "ann"}}       a subscription joined ("leave" too)
     {"topic": "chat", "presence": {"identities": {"ann": 2}, "connections": 2}}   the answer
 
@@ -49,7 +54,13 @@ A message over ``max_message_size`` is closed by the core with 1009 (message too
 7.4.1), before it is buffered whole.
 
 A slow consumer (see :mod:`~fullduplex.transports.broadcast`) under the ``disconnect`` policy
-is closed with 1013 (try again later): it may reconnect and resume from its cursor.
+is closed with 1013 (try again later): it may reconnect and resume from its cursor. That close
+frame waits behind everything the client did not read, so the connection is reset at once
+instead, and the client learns why on its next connection: a connection that said ``hello``
+has an id, the server records why it dropped it (:class:`~fullduplex.hub.DropLog`: bounded,
+expiring, shared through Redis with a Redis hub), and the answer to the next connection's
+``hello`` with ``"previous"`` carries ``"dropped"``. A connection cut by the network, or closed
+by either side for any other reason, has no record: its ``hello`` answer has no ``dropped``.
 
 When the server shuts down, every connection of the route is closed with 1012 (Service Restart,
 IANA WebSocket Close Code registry) instead of the server's 1001: the clients of this library
@@ -60,12 +71,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import APP_AUTH, App
-from ..hub import Hub, HubUnavailable
+from ..hub import SLOW_CONSUMER, Drop, DropLog, Hub, HubUnavailable
 from ..hub.presence import ANONYMOUS_ID, Presence
 from ..protocol import CloseCode
 from .broadcast import Fanout, FrameCache, WebSocketSink
@@ -73,8 +85,11 @@ from .common import (
     InvalidInput,
     TopicRules,
     check_epoch,
+    check_previous,
     check_topic,
     dumps,
+    hello,
+    owner_of,
     parse_since,
     warn_open_publish,
 )
@@ -116,6 +131,7 @@ class _Session:
         on_publish: OnPublish | None,
         keys: PublishKeys,
         presence: Presence | None = None,
+        drops: DropLog | None = None,
     ) -> None:
         self.ws = ws
         self.hub = hub
@@ -126,7 +142,10 @@ class _Session:
         # Who the connection is, read once: the permission checks cost no lookup per message.
         self.identity = ws.identity
         self.keys = keys
-        self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.release)
+        self.sink = WebSocketSink(ws, fanout.frames, on_slow=self.dropped)
+        self.drops = drops
+        # Set by the first hello: a connection that never said hello has no drop record.
+        self.id: str | None = None
         self.presence = presence
         identity = self.identity
         self.presence_id = (
@@ -154,6 +173,8 @@ class _Session:
                 self.ws.send_nowait('{"pong":true}')
             elif op == "presence":
                 await self.who(request)
+            elif op == "hello":
+                await self.hello(request)
             else:
                 raise InvalidInput("unknown op")
         except InvalidInput as exc:
@@ -248,6 +269,18 @@ class _Session:
             reply["id"] = request["id"]
         self.ws.send_nowait(dumps(reply))
 
+    async def hello(self, request: dict[str, Any]) -> None:
+        """Answer a ``hello`` op: this connection's id, and the drop of ``previous`` if any."""
+        previous = check_previous(request.get("previous"))
+        if self.drops is None:
+            raise InvalidInput("unknown op")
+        connection_id, reply = await hello(self.drops, previous, self.identity)
+        if self.id is None:
+            self.id = connection_id
+        else:
+            reply["hello"]["id"] = self.id  # one name per connection, whatever it asks
+        self.ws.send_nowait(dumps(reply))
+
     def unsubscribe(self, request: dict[str, Any]) -> None:
         topic = check_topic(request.get("topic"))
         backlog = self.sink.topics.get(topic)
@@ -283,6 +316,19 @@ class _Session:
         for backlog in self.sink.topics.values():
             self.fanout.unsubscribe(backlog)
 
+    def dropped(self, sink: WebSocketSink) -> None:
+        """Closed as a slow consumer: record why (for its next hello), leave every topic."""
+        if self.id is not None and self.drops is not None:
+            drop = Drop(
+                SLOW_CONSUMER,
+                time.time(),
+                "websocket",
+                code=CloseCode.TRY_AGAIN_LATER,
+                topic=sink.slow_topic,
+            )
+            self.drops.record(self.id, drop, owner_of(self.identity))
+        self.release()
+
     def close(self) -> None:
         self.release()
         for topic in list(self.present):
@@ -310,6 +356,7 @@ def mount_websocket(
     on_disconnect: OnDisconnect | None = None,
     keys: PublishKeys | None = None,
     presence: Presence | None = None,
+    drops: DropLog | None = None,
     # Limits
     max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
     max_message_size: int | None = DEFAULT_MAX_WS_MESSAGE_SIZE,
@@ -338,6 +385,9 @@ def mount_websocket(
             op and the subscribe option ``"presence": true`` (see
             :mod:`fullduplex.hub.presence`); None for no presence (no cost). Its
             ``start()`` and ``close()`` run with the app's startup and shutdown.
+        drops: where connections dropped as slow consumers are recorded, for the ``hello``
+            of their reconnection (one is made over ``hub`` if None; :func:`mount_all`
+            shares one with ``/sse``).
         max_subscriptions: topics one connection may subscribe to (1008 above it).
         max_message_size: largest client message (1009 above it), None for no limit.
 
@@ -349,6 +399,7 @@ def mount_websocket(
     if on_publish is None:  # a hook checks each publish itself: no warning then
         warn_open_publish(app, path, topic_rules)
     known = keys if keys is not None else PublishKeys()
+    log = drops if drops is not None else DropLog(hub)
     connections: set[WebSocket] = set()
     if presence is not None:
         app.on_startup(presence.start)
@@ -369,7 +420,7 @@ def mount_websocket(
     )
     async def pubsub(ws: WebSocket) -> None:
         session = _Session(
-            ws, hub, fanout, topic_rules, max_subscriptions, on_publish, known, presence
+            ws, hub, fanout, topic_rules, max_subscriptions, on_publish, known, presence, log
         )
         connections.add(ws)
         try:
