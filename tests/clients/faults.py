@@ -245,10 +245,15 @@ class Publisher:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> int:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # Cancel until done: redis-py's commands (asyncio.wait_for on Python < 3.12) can
+            # swallow a cancellation that lands as a reply arrives, and the loop goes on.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
             self._task = None
             # A publish cancelled midway may have happened: ask the hub.
             self.last_seq = int(await self.hub.last_seq(self.topic))
