@@ -23,6 +23,15 @@ routes take and give:
   pauses the WebSocket's writing above ``write_limit``. The round trip through frames costs a
   frame parse per message each way, small beside an ASGI server's own per-message work.
 
+Authentication (``HubApp(hub, auth=...)``) is the native server's (:mod:`fullduplex.auth`):
+the authenticator runs on every request before any transport does; a refusal is a 401 or 403
+with ``{"error": ...}`` (and ``WWW-Authenticate`` with a 401), on a WebSocket before it is
+accepted (through the ``websocket.http.response`` extension where the ASGI server has it, else
+a close before accepting, which the server answers 403). The identity is what
+:class:`~fullduplex.transports.TopicRules` and presence see. When its ``exp`` passes, a
+``/pubsub`` connection is closed with 1008 ("token expired"), an event stream ends, and a held
+long poll is answered 401.
+
 Served on its own (``fullduplex.serve(HubApp(hub))``, ``uvicorn module:app``), it answers
 the lifespan protocol by starting and closing the hub.
 """
@@ -37,7 +46,15 @@ import urllib.parse
 from typing import Any
 
 from ..asyncio.connection import DEFAULT_MAX_QUEUE, DEFAULT_WRITE_LIMIT, WebSocket
-from ..asyncio.router import SERVER_DEFAULT, App, StreamingResponse, call_handler, text_response
+from ..asyncio.router import (
+    SERVER_DEFAULT,
+    App,
+    StreamingResponse,
+    call_handler,
+    refusal_response,
+    text_response,
+)
+from ..auth.identity import Authenticator, AuthError, Identity, authenticate, expires_in
 from ..config import DEFAULT_CLOSE_TIMEOUT
 from ..hub import Hub
 from ..protocol import CloseCode, CloseReceived, Connection, ConnectionClosed, Side
@@ -65,6 +82,11 @@ class HubApp:
         hub: the hub.
         rules: which topics clients may subscribe and publish to; if None, the default
             :class:`~fullduplex.transports.TopicRules` (subscribe to any, publish to none).
+            Patterns may name the identity (``user.{id}``).
+        auth: the authenticator of every route (:mod:`fullduplex.auth`: a
+            :class:`~fullduplex.auth.JWTAuth`, or a function of the request returning an
+            :class:`~fullduplex.auth.Identity` or raising
+            :class:`~fullduplex.auth.AuthError`); None for none (everyone is anonymous).
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
         max_body_size: largest HTTP request body read (413 above it).
@@ -79,6 +101,7 @@ class HubApp:
         hub: Hub,
         *,
         rules: TopicRules | None = None,
+        auth: Authenticator | None = None,
         # Timeouts
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
@@ -90,8 +113,9 @@ class HubApp:
     ) -> None:
         #: The hub.
         self.hub = hub
-        #: The routes the transports are mounted on (a private fullduplex App).
-        self.routes = App()
+        #: The routes the transports are mounted on (a private fullduplex App, whose ``auth``
+        #: is this one's authenticator).
+        self.routes = App(auth=auth)
         #: What :func:`~fullduplex.transports.mount_all` mounted (caches, open requests).
         self.transports: Transports = mount_all(
             self.routes,
@@ -135,16 +159,35 @@ class HubApp:
             await _send_response(send, method, text_response("HTTP body too large\n", 413))
             return
         request = _request(scope, path, body)
-        answer = asyncio.ensure_future(_answer(handler, request, send))
+        auth = self.routes.auth_for(route)
+        if auth is not None:
+            refusal = await _authenticate(auth, request)
+            if refusal is not None:
+                await _send_response(send, method, refusal)
+                return
+        progress = _Progress(send)
+        answer = asyncio.ensure_future(_answer(handler, request, progress.send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            answer.cancel()
+
+        expiry = _arm_expiry(request.identity, expire) if auth is not None else None
         try:
             await asyncio.wait({answer, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if expiry is not None:
+                expiry.cancel()
             # The client left (long poll, event stream): cancel the handler, as a closed socket
             # does on the native server; or the answer is complete: stop watching.
             for task in (answer, watcher):
                 task.cancel()
             await asyncio.gather(answer, watcher, return_exceptions=True)
+        if expired:
+            await progress.expire(method)
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -157,6 +200,13 @@ class HubApp:
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
         request = _request(scope, path, b"")
+        auth = self.routes.auth_for(route)
+        if auth is not None:
+            # Before accepting, as the native server answers before any 101.
+            refusal = await _authenticate(auth, request)
+            if refusal is not None:
+                await _deny(scope, send, refusal)
+                return
         try:
             # The route's Origin rule, as the native server applies it (RFC 6455 10.2).
             handshake = ServerHandshake(origins=route.origins)
@@ -189,11 +239,21 @@ class HubApp:
         loopback.attach(ws)
         handler = asyncio.ensure_future(_run_handler(route.handler, ws, path))
         reader = asyncio.ensure_future(loopback.read(receive))
+        expiry = None
+        if auth is not None:
+            # RFC 6455 7.4.1: 1008 "indicates that an endpoint is terminating the connection
+            # because it has received a message that violates its policy" (as natively).
+            expiry = _arm_expiry(
+                request.identity,
+                lambda: ws.close_nowait(CloseCode.POLICY_VIOLATION, "token expired"),
+            )
         try:
             await asyncio.wait({handler, reader}, return_when=asyncio.FIRST_COMPLETED)
             if not handler.done():
                 await handler  # the client left: the handler sees the connection closed
         finally:
+            if expiry is not None:
+                expiry.cancel()
             for task in (handler, reader):
                 task.cancel()
             await asyncio.gather(handler, reader, return_exceptions=True)
@@ -256,6 +316,71 @@ async def _read_body(receive: Receive, limit: int | None) -> bytes | None:
             return None
         if not message.get("more_body", False):
             return bytes(body)
+
+
+async def _authenticate(auth: Authenticator, request: Request) -> Response | None:
+    """Run the route's authenticator: None (``request.identity`` set) or the refusal to send.
+
+    The native server's answers (:func:`~fullduplex.asyncio.router.refusal_response`): 401 or
+    403 with ``{"error": message}``, the challenge with a 401; 500 if the authenticator fails.
+    """
+    try:
+        request.identity = await authenticate(auth, request)
+    except AuthError as exc:
+        return refusal_response(exc)
+    except Exception:
+        logger.exception("authenticator for %s raised", request.path)
+        return refusal_response(None)
+    return None
+
+
+def _arm_expiry(identity: Identity | None, end: Any) -> asyncio.TimerHandle | None:
+    """A timer calling ``end`` when the identity's ``exp`` claim passes (None without one)."""
+    delay = expires_in(identity)
+    if delay is None:
+        return None
+    return asyncio.get_running_loop().call_later(delay, end)
+
+
+async def _deny(scope: Scope, send: Send, response: Response) -> None:
+    """Refuse a WebSocket before accepting it, with ``response`` if the server can send it."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        headers = _raw_headers(response.headers)
+        headers.append((b"content-length", b"%d" % len(response.body)))
+        start = {"type": "websocket.http.response.start", "status": response.status}
+        await send({**start, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": response.body})
+    else:
+        # No way to send a status: closing before accepting is answered 403 by the server.
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+
+
+class _Progress:
+    """What an HTTP answer has sent, to end it properly when its token expires."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.complete = False
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+        await self._send(message)
+
+    async def expire(self, method: str) -> None:
+        """The identity expired mid-answer: a held request gets 401, a stream its end."""
+        with contextlib.suppress(OSError):  # the ASGI server's ClientDisconnected
+            if not self.started:
+                await _send_response(self._send, method, refusal_response(_EXPIRED))
+            elif not self.complete:
+                await self._send({"type": "http.response.body", "body": b""})
+
+
+_EXPIRED = AuthError("token expired")
 
 
 async def _wait_disconnect(receive: Receive) -> None:

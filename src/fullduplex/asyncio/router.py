@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..auth.identity import AuthError
 from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.http11 import Headers, Request, Response
 from .connection import WebSocket, WebSocketListener
@@ -57,6 +58,7 @@ __all__ = [
     "compile_path",
     "html_response",
     "json_response",
+    "refusal_response",
     "text_response",
     "to_response",
 ]
@@ -193,6 +195,19 @@ def json_response(
     """Build a JSON response (``application/json``, UTF-8)."""
     body = json.dumps(data, separators=(",", ":")).encode()
     return _response(status, "application/json", body, headers)
+
+
+def refusal_response(exc: AuthError | None) -> Response:
+    """The answer to a refused request: ``exc``'s status (401, 403) and ``{"error": message}``.
+
+    A 401 carries the ``WWW-Authenticate`` challenge (RFC 7235 3.1: "The server generating a
+    401 response MUST send a WWW-Authenticate header field"). None, for an authenticator that
+    failed, is a 500 that says nothing more.
+    """
+    if exc is None:
+        return json_response({"error": "internal server error"}, 500)
+    extra = [("WWW-Authenticate", exc.www_authenticate)] if exc.status == 401 else []
+    return json_response({"error": str(exc)}, exc.status, extra)
 
 
 def text_response(

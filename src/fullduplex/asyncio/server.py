@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..auth.identity import AuthError, Identity, check_result
+from ..auth.identity import AuthError, Identity, check_result, expires_in
 from ..auth.redact import redact_target
 from ..config import (
     DEFAULT_BACKLOG,
@@ -63,7 +63,7 @@ from .router import (
     StreamingResponse,
     WebSocketRoute,
     call_handler,
-    json_response,
+    refusal_response,
     text_response,
 )
 
@@ -834,18 +834,14 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _arm_expiry(self, identity: Identity, end: Any) -> asyncio.TimerHandle | None:
         """A timer ending the connection when the identity's ``exp`` claim passes."""
-        if not _expires(identity):
+        delay = expires_in(identity)
+        if delay is None:
             return None
-        delay = max(0.0, identity.claims["exp"] - time.time())
         return asyncio.get_running_loop().call_later(delay, end)
 
     def _refuse(self, request: Request, exc: AuthError | None, websocket: bool) -> None:
         """Answer 401 or 403 (500 if the authenticator failed), before any 101."""
-        if exc is None:
-            response = json_response({"error": "internal server error"}, 500)
-        else:
-            extra = [("WWW-Authenticate", exc.www_authenticate)] if exc.status == 401 else []
-            response = json_response({"error": str(exc)}, exc.status, extra)
+        response = refusal_response(exc)
         if not websocket:
             cors = self.server.app.cors
             if cors is not None:

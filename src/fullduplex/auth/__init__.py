@@ -36,6 +36,7 @@ from .identity import (
     Unauthorized,
     authenticate,
     check_result,
+    expires_in,
 )
 from .permissions import PatternSet
 from .redact import SENSITIVE_QUERY_PARAMS, redact_target
@@ -59,5 +60,6 @@ __all__ = [
     "bearer_token",
     "check_result",
     "cookie",
+    "expires_in",
     "redact_target",
 ]

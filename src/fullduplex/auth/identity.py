@@ -23,6 +23,7 @@ Exceptions::
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -39,6 +40,7 @@ __all__ = [
     "Unauthorized",
     "authenticate",
     "check_result",
+    "expires_in",
 ]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -141,3 +143,16 @@ def check_result(result: object) -> Identity:
     if not isinstance(result, Identity):
         raise TypeError(f"authenticator returned {type(result).__name__}, not an Identity")
     return result
+
+
+def expires_in(identity: Identity | None) -> float | None:
+    """Seconds until the identity's ``exp`` claim passes (0 if it has); None without one.
+
+    ``exp`` is a number of seconds since the epoch (RFC 7519 4.1.4); anything else, or no
+    claim, never expires. The servers close a WebSocket (1008, "token expired") and end an
+    HTTP answer when it passes.
+    """
+    exp = identity.claims.get("exp") if identity is not None else None
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        return None
+    return max(0.0, exp - time.time())
