@@ -294,3 +294,38 @@ async def test_a_closed_connection_leaves_no_cyclic_garbage(api: str) -> None:
         assert ours == []
     finally:
         await server.shutdown()
+
+
+async def test_the_server_side_response_is_the_101_sent() -> None:
+    # Without a subprotocol, an extension or a hook, the server keeps no 101 per connection:
+    # ws.response is built again from the request when read. It must be the 101 the client got.
+    responses: list[Any] = []
+
+    async def keep(ws: fullduplex.WebSocket) -> None:
+        responses.append(ws.response)
+        await ws.send("ready")
+        async for _ in ws:
+            pass
+
+    app = fullduplex.App()
+    app.websocket("/plain")(keep)
+    app.websocket("/chat", subprotocols=["chat"])(keep)
+    app.websocket("/deflate", compression=True)(keep)
+    server = await start(app)
+    try:
+        for path, subprotocols, compression in [
+            ("/plain", None, None),
+            ("/chat", ["chat"], None),
+            ("/deflate", None, "deflate"),
+            ("/plain", None, None),
+        ]:
+            async with wsclient.connect(
+                url(server, path), subprotocols=subprotocols, compression=compression
+            ) as client:
+                assert await client.recv() == "ready"
+                assert client.response is not None
+                response = responses[-1]
+                assert response.status == 101
+                assert response.headers.items() == list(client.response.headers.raw_items())
+    finally:
+        await server.shutdown()

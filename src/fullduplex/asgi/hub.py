@@ -441,7 +441,7 @@ async def _stream(send: Send, response: StreamingResponse) -> None:
 
 
 async def _run_handler(handler: Any, ws: WebSocket, path: str) -> None:
-    # What the native server does when a handler ends (HTTPProtocol._ws_handler_done): a
+    # What the native server does when a handler ends (HTTPProtocol.__call__): a
     # handler that raises closes with 1011.
     code, reason = CloseCode.NORMAL_CLOSURE, ""
     try:

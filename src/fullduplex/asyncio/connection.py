@@ -133,6 +133,10 @@ class WebSocket(asyncio.Protocol):
             closes and its ``pong_received(latency)`` when a keepalive pong arrives.
         remote_address: the peer's address, when the caller has read it already; else
             ``transport.get_extra_info("peername")``.
+        handshake: with ``response`` None, the server's
+            :class:`~fullduplex.protocol.handshake.ServerHandshake` that accepted ``request``
+            without a hook, an extension or a subprotocol: :attr:`response` is built again
+            from the request when first read (the same 101), not kept by every connection.
     """
 
     # Slots, not a __dict__: an idle server holds one of these per connection (1.6 KiB -> 0.3
@@ -160,6 +164,7 @@ class WebSocket(asyncio.Protocol):
         "_rate_window",
         "_read_paused",
         "_recv_waiter",
+        "_response",
         "_write_paused",
         "bytes_received",
         "bytes_sent",
@@ -173,7 +178,6 @@ class WebSocket(asyncio.Protocol):
         "ping_timeout",
         "remote_address",
         "request",
-        "response",
         "subprotocol",
         "transport",
     )
@@ -184,7 +188,7 @@ class WebSocket(asyncio.Protocol):
         transport: asyncio.Transport,
         *,
         request: Request,
-        response: Response,
+        response: Response | None,
         subprotocol: str | None,
         # Timeouts
         ping_interval: float | None = DEFAULT_PING_INTERVAL,
@@ -197,6 +201,7 @@ class WebSocket(asyncio.Protocol):
         max_bytes_per_second: int | None = None,
         owner: Any = None,
         remote_address: Any = _UNSET,
+        handshake: Any = None,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
@@ -206,8 +211,9 @@ class WebSocket(asyncio.Protocol):
         self.transport = transport
         #: The opening handshake request (path, query, headers).
         self.request = request
-        #: The opening handshake response.
-        self.response = response
+        # The opening handshake response, or the handshake that builds it again on the first
+        # read of `response` (then a server keeps no 101 per connection: ~370 bytes).
+        self._response: Any = handshake if response is None else response
         #: The negotiated subprotocol, or None.
         self.subprotocol = subprotocol
         #: The peer's address, as given by the socket.
@@ -269,6 +275,15 @@ class WebSocket(asyncio.Protocol):
         self._schedule_keepalive()
 
     # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def response(self) -> Response:
+        """The opening handshake response."""
+        response = self._response
+        if not isinstance(response, Response):  # the server's handshake (see __init__)
+            response = self._response = response.process_request(self.request).response
+        assert isinstance(response, Response)
+        return response
 
     @property
     def identity(self) -> Any:

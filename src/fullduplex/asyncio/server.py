@@ -130,6 +130,7 @@ class Server:
         self._tasks: set[asyncio.Task[None]] = set()
         self._callback_context = contextvars.copy_context()
         self._fields: dict[tuple[str, str], tuple[str, str]] = {}
+        self._targets: dict[str, str] = {}  # see share_fields
         # The handshake processors built with this server's settings (see handshake()), by
         # id of what they serve, which is kept too (no id reuse while it is cached).
         self._handshakes: dict[int, tuple[object, ServerHandshake]] = {}
@@ -410,9 +411,18 @@ class Server:
         ``ws.request`` stays whole for the life of the connection (handlers read its path,
         query and headers); its field tuples and strings cost ~1.1 KiB per connection
         (tracemalloc), mostly repeating what every other connection sent: 6.32 -> 5.44 KiB per
-        idle connection (``bench/run.py``'s memory test).
+        idle connection (``bench/run.py``'s memory test). A target without a query (a route's
+        path, alike for its connections; never a token in a query string) is shared too.
         """
         request.headers.share(self._fields, _SHARED_FIELDS, _MAX_SHARED_FIELDS)
+        target = request.target
+        if "?" not in target:
+            targets = self._targets
+            shared = targets.get(target)
+            if shared is not None:
+                request.target = shared
+            elif len(targets) < _MAX_SHARED_FIELDS:
+                targets[target] = target
 
     def run_task(self, coro: Any, on_done: Any = None) -> asyncio.Task[None]:
         """Run a coroutine as a task the server tracks and cancels on shutdown.
@@ -534,7 +544,7 @@ class HTTPProtocol(asyncio.Protocol):
         self._pending: bytes | None = None
         # Ends a connection when its identity's token expires (set only with an authenticator).
         self._expiry: asyncio.TimerHandle | None = None
-        # The route whose handler runs as a task, for _ws_handler_done (UPGRADED).
+        # The route whose handler runs as a task, for __call__ (UPGRADED).
         self._ws_route: WebSocketRoute | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -1048,12 +1058,19 @@ class HTTPProtocol(asyncio.Protocol):
         if server.metrics is not None:
             server.metrics.handshake(request.path, 101)
         server.share_fields(request)
+        # A 101 without a hook, an extension or a subprotocol is the same when built again from
+        # the request: the WebSocket rebuilds it if ever read (~370 bytes per idle connection).
+        subprotocol = accepted.subprotocol
+        rebuild = (
+            not accepted.extensions and subprotocol is None and handshake.select_subprotocol is None
+        )
         ws = WebSocket(
             core,
             self.transport,
             request=request,
-            response=accepted.response,
-            subprotocol=accepted.subprotocol,
+            response=None if rebuild else accepted.response,
+            handshake=handshake if rebuild else None,
+            subprotocol=subprotocol,
             ping_interval=config.ping_interval,
             ping_timeout=config.ping_timeout,
             close_timeout=config.close_timeout,
@@ -1102,7 +1119,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _start_ws_handler(self, route: WebSocketRoute, ws: WebSocket) -> None:
         # The handler's own coroutine is the task, and its end is handled in the task's done
-        # callback (_ws_handler_done): no wrapper coroutine, so no frame of its own per idle
+        # callback (__call__): no wrapper coroutine, so no frame of its own per idle
         # connection (~250 bytes) and one level less each time the task resumes (per message).
         try:
             coro = route.handler(ws)  # type: ignore[call-arg]  # a coroutine function here
@@ -1112,10 +1129,15 @@ class HTTPProtocol(asyncio.Protocol):
             self._ws_handler_failed(route, ws, exc)
             return
         self._ws_route = route
-        self.server.run_task(coro, on_done=self._ws_handler_done)
+        # The protocol itself is the done callback: no bound method kept per connection.
+        self.server.run_task(coro, on_done=self)
 
-    def _ws_handler_done(self, task: asyncio.Task[None]) -> None:
-        """The handler returned or raised: close the WebSocket (1000, or 1011 for an error)."""
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        """The WebSocket handler's task ended: close the WebSocket (1000, or 1011 for an error).
+
+        The task's done callback (the protocol itself, rather than a bound method kept by
+        every idle connection: ~64 bytes each).
+        """
         self.server.task_done(task)
         ws = self.websocket
         assert ws is not None and self._ws_route is not None

@@ -113,6 +113,9 @@ LARGE_PAYLOAD_SIZE = 64 * 1024
 _FIN_TEXT = FIN | _TEXT
 _FIN_BINARY = FIN | int(Opcode.BINARY)
 _FIN_CLOSE = FIN | int(Opcode.CLOSE)
+# What a connection without extensions, or without pending events, holds: one for all.
+_NO_EXTENSIONS: tuple[Extension, ...] = ()
+_NO_EVENTS: tuple[Event, ...] = ()
 
 
 def _smaller(a: int | None, b: int | None) -> int | None:
@@ -184,7 +187,6 @@ class Connection:
         "_plain_frames",
         "_receiving",
         "_require_mask",
-        "_rsv_mask",
         "_send_compress",
         "_send_opcode",
         "close_received",
@@ -222,8 +224,8 @@ class Connection:
             raise ValueError("fragment_size must be at least 1")
         #: Which end this is.
         self.side = side
-        #: The negotiated extensions.
-        self.extensions = list(extensions)
+        #: The negotiated extensions (a shared empty tuple when none: no list per connection).
+        self.extensions: Sequence[Extension] = list(extensions) if extensions else _NO_EXTENSIONS
         #: Largest frame payload accepted, or None.
         self.max_frame_size = max_frame_size
         #: Largest message accepted after decompression, or None.
@@ -249,9 +251,6 @@ class Connection:
         # False once nothing more may be parsed: failed, lost, or the peer's close received.
         self._receiving = True
 
-        rsv_mask = 0
-        for ext in self.extensions:
-            rsv_mask |= ext.rsv_mask
         self._is_client = side is _CLIENT
         # One frame limit for the parser and both receive fast paths: a frame's payload is
         # part of a message, so the message limit bounds it too, checked from its header
@@ -260,14 +259,14 @@ class Connection:
         limit = _smaller(max_frame_size, max_message_size)
         self._one_limit = -1 if limit is None else limit
         self._require_mask = side is _SERVER
-        self._rsv_mask = rsv_mask
         # The frame parser, made by the first read that is not one whole message (see
         # _frame_parser): a connection whose reads all are (the commonest) never needs one,
         # and an idle connection holds none (~100 bytes each).
         self._parser: FrameParser | None = None
         #: Events received and not taken yet by :meth:`events_received` (read-only: an I/O
-        #: layer may test it to skip the call when it is empty).
-        self.pending_events: list[Event] = []
+        #: layer may test it to skip the call when it is empty). A shared empty tuple while
+        #: there are none (no list per idle connection), else a list.
+        self.pending_events: Sequence[Event] = _NO_EVENTS
         #: Bytes queued for the transport, in order, not taken yet by :meth:`data_to_send`.
         #: An I/O layer may take the pieces instead, replacing the list with a new empty one,
         #: to write them with ``writelines`` (a large payload is a piece of its own: see
@@ -398,12 +397,22 @@ class Connection:
             self.fail(exc.code, exc.public_reason, exc)
         return True
 
+    def _add_event(self, event: Event) -> None:
+        events = self.pending_events
+        if events:
+            events.append(event)  # type: ignore[attr-defined]  # a list once not empty
+        else:
+            self.pending_events = [event]
+
     def _frame_parser(self) -> FrameParser:
         limit = self._one_limit
+        rsv_mask = 0
+        for ext in self.extensions:
+            rsv_mask |= ext.rsv_mask
         parser = self._parser = FrameParser(
             require_mask=self._require_mask,
             max_frame_size=None if limit < 0 else limit,
-            rsv_mask=self._rsv_mask,
+            rsv_mask=rsv_mask,
         )
         return parser
 
@@ -423,7 +432,10 @@ class Connection:
     def events_received(self) -> list[Event]:
         """Return the events received since the last call, oldest first."""
         events = self.pending_events
-        self.pending_events = []
+        if not events:
+            return []
+        self.pending_events = _NO_EVENTS
+        assert isinstance(events, list)
         return events
 
     def data_to_send(self) -> bytes:
@@ -469,7 +481,7 @@ class Connection:
             # receive_data stops after the peer's close frame or a failure: every ping that
             # gets here is answered.
             self._write(_PONG, frame.payload)
-            self.pending_events.append(Ping(frame.payload))
+            self._add_event(Ping(frame.payload))
         elif opcode == _PONG:
             self._handle_pong(frame.payload)
         else:
@@ -485,7 +497,7 @@ class Connection:
         acknowledged = tuple(outstanding[: outstanding.index(payload) + 1])
         for key in acknowledged:
             del pings[key]
-        self.pending_events.append(Pong(payload, acknowledged))
+        self._add_event(Pong(payload, acknowledged))
 
     def _handle_close(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
@@ -500,7 +512,7 @@ class Connection:
         self.state = _CLOSED
         self.takes_prepared = False
         self._msg_parts = None
-        self.pending_events.append(CloseReceived(code, reason))
+        self._add_event(CloseReceived(code, reason))
         # RFC 6455 7.1.1: the server closes the TCP connection first; the client waits for it,
         # but not forever.
         if self._is_client:
@@ -568,14 +580,18 @@ class Connection:
                 text = payload.decode()
             except UnicodeDecodeError:
                 raise InvalidUTF8() from None
-            if handler is None:
-                self.pending_events.append(TextMessage(text))
-            else:
+            if handler is not None:
                 handler(text)
-        elif handler is None:
-            self.pending_events.append(BinaryMessage(payload))
-        else:
+            elif events := self.pending_events:  # _add_event inlined: once per message
+                events.append(TextMessage(text))  # type: ignore[attr-defined]  # a list
+            else:
+                self.pending_events = [TextMessage(text)]
+        elif handler is not None:
             handler(payload)
+        elif events := self.pending_events:
+            events.append(BinaryMessage(payload))  # type: ignore[attr-defined]
+        else:
+            self.pending_events = [BinaryMessage(payload)]
 
     def _budget(self) -> int | None:
         limit = self.max_message_size
@@ -601,7 +617,7 @@ class Connection:
     def _receive_fragment(self, opcode: int, payload: bytes, fin: bool) -> None:
         # stream_messages: each data frame is an event, text decoded as it arrives.
         if opcode != _TEXT:
-            self.pending_events.append(BinaryFragment(payload, fin))
+            self._add_event(BinaryFragment(payload, fin))
             return
         decoder = self._utf8_decoder()
         try:
@@ -612,7 +628,7 @@ class Connection:
             decoder.reset()
         else:
             _check_utf8_prefix(decoder)
-        self.pending_events.append(TextFragment(text, fin))
+        self._add_event(TextFragment(text, fin))
 
     # -- sending ------------------------------------------------------------------------------
 
