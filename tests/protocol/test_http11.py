@@ -158,6 +158,16 @@ class TestRequest:
         headers = Headers() if connection is None else Headers([("Connection", connection)])
         assert Request("GET", "/", headers, version=version).keep_alive is keep_alive
 
+    def test_path_params_default_empty_and_read_only(self) -> None:
+        request = Request("GET", "/items/42", Headers())
+        assert dict(request.path_params) == {}
+        with pytest.raises(TypeError):
+            request.path_params["id"] = 1  # type: ignore[index]
+        request.path_params = {"id": 42}
+        assert request.path_params == {"id": 42}
+        # Set by the router, not part of equality: two requests for one target stay equal.
+        assert request == Request("GET", "/items/42", Headers())
+
     def test_serialize_get(self) -> None:
         request = Request("GET", "/chat?x=1", Headers([("Host", "example.com")]))
         assert request.serialize() == b"GET /chat?x=1 HTTP/1.1\r\nHost: example.com\r\n\r\n"
