@@ -8,6 +8,7 @@ connection gets which message, when, is then exact.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -182,6 +183,33 @@ async def test_unsubscribe_and_last_leave_release_the_hub_subscription(hub: Hub)
     b.subscribe("t")  # a new loop, from now
     await publish(hub, "t", 1)
     assert b.seqs() == [1, 2, 3]
+
+
+async def test_a_topic_left_by_its_last_subscriber_is_freed_without_the_cycle_collector(
+    hub: Hub,
+) -> None:
+    fanout = fanout_of(hub)
+    live, late = Client(fanout), Client(fanout)
+    live.subscribe("t")
+    await publish(hub, "t", 3)
+    late.subscribe("t", since=0)  # a replay subscription of its own, joining later
+    await asyncio.sleep(0.05)
+    await publish(hub, "t", 1)
+    gc.collect()
+    gc.disable()  # from here only reference counts free anything
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage
+    try:
+        late.unsubscribe("t")
+        live.unsubscribe("t")
+        assert hub_subscriptions(hub, "t") == 0
+        gc.collect()
+        left = {type(o).__name__ for o in gc.garbage}
+        assert not left & {"_TopicFanout", "Subscription", "Backlog"}, left
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert late.seqs() == [1, 2, 3, 4] and live.seqs() == [1, 2, 3, 4]
 
 
 async def test_since_replays_then_joins_the_loop_without_loss_or_duplicates(hub: Hub) -> None:

@@ -598,9 +598,13 @@ class Subscription:
         self._hub._release(self)
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
-        if self._on_close is not None:
+        on_close, self._on_close = self._on_close, None
+        # The callbacks are usually bound methods of whoever holds this subscription: dropping
+        # them breaks that cycle, so a topic's last subscriber leaving frees it at once.
+        self._on_message = None
+        if on_close is not None:
             try:
-                self._on_close(reason)
+                on_close(reason)
             except Exception:
                 logger.exception("on_close callback of %r failed", self.topic)
 
@@ -735,9 +739,11 @@ class Subscription:
             self._drop_oldest(queue, item)
 
     def _call(self, item: Item) -> None:
-        assert self._on_message is not None
+        on_message = self._on_message
+        if on_message is None:
+            return  # closed meanwhile (by a callback, during a replay): nothing more passes
         self.cursor = item.seq if isinstance(item, Message) else item.first_available - 1
-        self._on_message(item)
+        on_message(item)
 
     def _enqueue(self, queue: _Queue, item: Item) -> None:
         if not self.closed:
