@@ -22,9 +22,10 @@ realtime = HubApp(hub)
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    async with hub:  # Starlette does not run a mounted app's lifespan: start the hub here
+    # Starlette does not run a mounted app's lifespan: start the hub (and what the transports
+    # run beside it) here; at shutdown, held event streams and long polls end first.
+    async with realtime:
         yield
-        realtime.transports.close()  # end event streams and long polls before shutdown
 
 
 app = FastAPI(lifespan=lifespan)

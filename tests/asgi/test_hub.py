@@ -23,6 +23,7 @@ from fastapi import FastAPI
 import fullduplex
 from fullduplex.asgi import HubApp
 from fullduplex.hub import Hub
+from fullduplex.hub.presence import MemoryPresence
 from fullduplex.protocol.http11 import Request
 from fullduplex.transports import TopicRules
 
@@ -212,3 +213,66 @@ async def test_hub_app_served_alone_runs_the_hub_lifespan() -> None:
         await server.shutdown()
     with pytest.raises(RuntimeError, match="not running"):
         await hub.publish("x", 2)
+
+
+class RecordingPresence(MemoryPresence):
+    """A memory presence that records when its heartbeat would start and stop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lifecycle: list[str] = []
+
+    async def start(self) -> None:
+        self.lifecycle.append("start")
+
+    async def close(self) -> None:
+        self.lifecycle.append("close")
+
+
+@pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
+async def test_mounted_hub_app_runs_its_hooks_from_the_applications_lifespan(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Starlette's Mount does not pass the lifespan on: `async with realtime:` in the
+    # application's lifespan starts the hub and what the transports run beside it (presence,
+    # the open-publish warning), and stops them at shutdown.
+    hub = Hub()
+    presence = RecordingPresence()
+    realtime = HubApp(hub, rules=TopicRules(publish=["*"]), presence=presence)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with realtime:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.mount("/rt", realtime)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # bounded: 5 s for uvicorn's startup
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert server.started
+        assert presence.lifecycle == ["start"]
+        warned = [r.getMessage() for r in caplog.records if "lets anyone publish" in r.getMessage()]
+        assert warned and "/pubsub" in warned[0]
+        async with wsclient.connect(f"ws://127.0.0.1:{port}/rt/pubsub?user=ann") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "topic": "room"}))
+            await ws.send(json.dumps({"op": "presence", "topic": "room"}))
+            for _ in range(10):  # bounded: the subscribed ack, then the answer
+                item = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                if "presence" in item:
+                    break
+            assert item["presence"]["connections"] == 1
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+    assert presence.lifecycle == ["start", "close"]
+    with pytest.raises(RuntimeError, match="not running"):
+        await hub.publish("room", 1)

@@ -3,8 +3,15 @@
 ::
 
     hub = Hub()
-    app = FastAPI(lifespan=...)          # start the hub there: ``async with hub: yield``
-    app.mount("/rt", HubApp(hub))        # /rt/pubsub /rt/sse /rt/longpoll /rt/poll /rt/publish
+    realtime = HubApp(hub)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):             # Mount does not pass the lifespan on: start it here
+        async with realtime:             # the hub, presence heartbeats, the DropLog
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+    app.mount("/rt", realtime)           # /rt/pubsub /rt/sse /rt/longpoll /rt/poll /rt/publish
 
 :class:`HubApp` does not rewrite a transport: it mounts them (:func:`~fullduplex.transports.
 mount_all`) on a private :class:`~fullduplex.App` and adapts the ASGI events to what those
@@ -33,7 +40,7 @@ a close before accepting, which the server answers 403). The identity is what
 long poll is answered 401.
 
 Served on its own (``fullduplex.serve(HubApp(hub))``, ``uvicorn module:app``), it answers
-the lifespan protocol by starting and closing the hub.
+the lifespan protocol with :meth:`HubApp.startup` and :meth:`HubApp.shutdown`.
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ from ..asyncio.router import (
 )
 from ..auth.identity import Authenticator, AuthError, Identity, authenticate, expires_in
 from ..config import DEFAULT_CLOSE_TIMEOUT
-from ..hub import Hub
+from ..hub import Hub, Presence
 from ..protocol import CloseCode, CloseReceived, Connection, ConnectionClosed, Side
 from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 from ..protocol.exceptions import FullduplexError, InvalidHandshake
@@ -87,6 +94,10 @@ class HubApp:
             :class:`~fullduplex.auth.JWTAuth`, or a function of the request returning an
             :class:`~fullduplex.auth.Identity` or raising
             :class:`~fullduplex.auth.AuthError`); None for none (everyone is anonymous).
+        presence: who is subscribed (:class:`~fullduplex.hub.presence.Presence`): the
+            ``/pubsub`` presence op, ``"presence": true`` subscriptions and ``GET
+            /presence?topic=T``; None for none. Its heartbeat runs between
+            :meth:`startup` and :meth:`shutdown`.
         heartbeat_interval: seconds of SSE silence before a heartbeat comment.
         longpoll_timeout: seconds a long poll is held.
         max_body_size: largest HTTP request body read (413 above it).
@@ -102,6 +113,7 @@ class HubApp:
         *,
         rules: TopicRules | None = None,
         auth: Authenticator | None = None,
+        presence: Presence | None = None,
         # Timeouts
         heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
         longpoll_timeout: float = DEFAULT_LONGPOLL_TIMEOUT,
@@ -121,6 +133,7 @@ class HubApp:
             self.routes,
             hub,
             rules=rules,
+            presence=presence,
             heartbeat_interval=heartbeat_interval,
             longpoll_timeout=longpoll_timeout,
         )
@@ -261,19 +274,42 @@ class HubApp:
 
     # -- lifespan -----------------------------------------------------------------------------
 
+    async def startup(self) -> None:
+        """Start the hub, then what the transports run beside it.
+
+        That is the private App's startup hooks: the presence heartbeat (``presence=``) and the
+        warning when publishing is open to everyone. Served on its own, the lifespan protocol
+        calls this; mounted in FastAPI or Starlette (whose ``Mount`` does not pass the lifespan
+        on), call it from the application's lifespan, or use ``async with hub_app:``.
+        """
+        await self.hub.start()
+        await self.routes.startup()
+
+    async def shutdown(self) -> None:
+        """End held requests, run the transports' shutdown hooks, then close the hub."""
+        self.transports.close()
+        await self.routes.shutdown()
+        await self.hub.close()
+
+    async def __aenter__(self) -> HubApp:
+        await self.startup()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.hub.start()
+                    await self.startup()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                self.transports.close()
-                await self.hub.close()
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -67,6 +67,9 @@ __all__ = [
 ExtraHeaders = Sequence[tuple[str, str]]
 
 
+logger = logging.getLogger("fullduplex")
+
+
 @dataclass
 class StreamingResponse:
     """A response whose body is produced over time (Server-Sent Events, long downloads).
@@ -455,6 +458,31 @@ class App:
         """Register a function run once the server has closed (a decorator; may be async)."""
         self.shutdown_hooks.append(hook)
         return hook
+
+    async def startup(self) -> None:
+        """Run the startup hooks, in the order they were registered.
+
+        The server calls this before it listens; an application served by another server (a
+        :class:`~fullduplex.asgi.HubApp` under uvicorn) calls it from its lifespan. A hook
+        that raises stops the startup: the exception propagates.
+        """
+        for hook in self.startup_hooks:
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+
+    async def shutdown(self) -> None:
+        """Run the shutdown hooks, the last registered first.
+
+        A hook that raises is logged and the others still run.
+        """
+        for hook in reversed(self.shutdown_hooks):
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("shutdown hook %r raised", hook)
 
     def enable_metrics(self, path: str = "/metrics", **options: Any) -> Any:
         """Serve Prometheus metrics at ``path``, and ``/healthz`` and ``/readyz``.

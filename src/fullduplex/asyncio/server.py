@@ -206,10 +206,7 @@ class Server:
         Listens on ``host`` and ``port``, or on ``sock`` (a bound socket, for example one
         inherited from a supervisor), or on the Unix socket ``uds``.
         """
-        for hook in self.app.startup_hooks:
-            result = hook()
-            if inspect.isawaitable(result):
-                await result
+        await self.app.startup()
         if self.metrics is not None:
             self.metrics.attach(self)
         loop = asyncio.get_running_loop()
@@ -352,13 +349,7 @@ class Server:
                 conn.transport.abort()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wait_closed(), 1.0)
-        for hook in reversed(self.app.shutdown_hooks):
-            try:
-                result = hook()
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                logger.exception("shutdown hook %r raised", hook)
+        await self.app.shutdown()
 
     async def serve_forever(self) -> None:
         """Serve until :meth:`close` is called and every connection and handler has ended."""
