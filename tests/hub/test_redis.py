@@ -237,6 +237,33 @@ async def test_history_is_shared(redis_server: RedisServer) -> None:
         assert (await two.publish("t", 5)).seq == 6
 
 
+async def test_numbers_never_reused_after_the_newest_entries_are_deleted_or_trimmed(
+    redis_server: RedisServer,
+) -> None:
+    # The publish script reads the last number from the newest entry; an operator's XDEL of
+    # that entry, or a history of size 0 (the stream emptied by every trim), must not make it
+    # give a number twice: Redis' own last id decides then.
+    import redis.asyncio as aioredis
+
+    keys = prefix()
+    backend = redis_backend(redis_server.url, keys)
+    async with Hub(backend) as hub:
+        for n in range(3):
+            await hub.publish("t", n)
+        client = aioredis.Redis.from_url(redis_server.url)
+        try:
+            assert await client.xdel(backend.key("t"), "3-0", "2-0") == 2
+            assert (await hub.publish("t", 3)).seq == 4
+            hub.configure("none", TopicConfig(history_size=0))
+            assert [(await hub.publish("none", n)).seq for n in range(3)] == [1, 2, 3]
+            assert await client.xlen(backend.key("none")) == 0
+        finally:
+            await client.aclose()
+        gap, messages = await hub.history("t", 0)
+        assert gap is None
+        assert [m.seq for m in messages] == [1, 4]
+
+
 async def test_more_concurrent_commands_than_connections_wait_instead_of_failing(
     redis_server: RedisServer,
 ) -> None:

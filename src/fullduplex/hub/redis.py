@@ -143,7 +143,12 @@ _PUBLISH_BODY = (
     _LUA_COMMON
     + """
 local key = KEYS[1]
-local last = stream_info(key)
+-- The newest entry's id is the last sequence number given (a trim keeps the newest entry):
+-- XREVRANGE, a quarter cheaper than XINFO. XINFO, which also knows the last id of an emptied
+-- stream or of a deleted newest entry, when the stream is empty or the XADD is refused.
+local tail = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+local last
+if #tail > 0 then last = seq_of(tail[1][1]) else last = stream_info(key) end
 local seq = last + 1
 local now = now_us()
 local epoch = redis.call('GET', KEYS[2])
@@ -151,7 +156,11 @@ if not epoch then
   epoch = now
   redis.call('SET', KEYS[2], epoch)
 end
-redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1], 'e', epoch)
+local added = redis.pcall('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1], 'e', epoch)
+if type(added) == 'table' and added.err then
+  seq = stream_info(key) + 1
+  redis.call('XADD', key, seq .. '-0', 't', now, 'd', ARGV[1], 'e', epoch)
+end
 if ARGV[2] ~= '' then redis.call('XTRIM', key, 'MAXLEN', ARGV[2]) end
 if ARGV[3] ~= '' then trim_age(key, tonumber(now) - tonumber(ARGV[3])) end
 """
