@@ -154,6 +154,23 @@ async def test_message_flood_closed_1008_others_unaffected() -> None:
         await server.shutdown()
 
 
+async def test_burst_flood_closed_at_once() -> None:
+    # The whole flood in one read: the receive queue fills (reading paused) before the budget
+    # runs out, and the echo handler stops at its first send after the close, leaving it full;
+    # the client's close frame must still be read, not wait for close_timeout (10 s).
+    server = await start(echo_app(), max_messages_per_second=100, rate_per_ip=None)
+    try:
+        flooder = await wsclient.connect(url(server, "/echo"))
+        for _ in range(1000):  # bounded; written at once, far under a second
+            await flooder.send("f")
+        with pytest.raises(WSClosed):
+            for _ in range(1000):  # the echoes sent before the close, then the end
+                await asyncio.wait_for(flooder.recv(), 5)
+        assert (flooder.close_code, flooder.close_reason) == (1008, "too many messages per second")
+    finally:
+        await server.shutdown()
+
+
 async def test_slow_sender_under_budget_not_closed() -> None:
     server = await start(echo_app(), max_messages_per_second=20, rate_per_ip=None)
     try:

@@ -707,6 +707,11 @@ class WebSocket(asyncio.Protocol):
         # RFC 6455 7.4.1: 1008, a message that violates the endpoint's policy.
         what = "messages" if self.messages_received > self._rate_messages_at else "bytes"
         self.close_nowait(CloseCode.POLICY_VIOLATION, f"too many {what} per second")
+        # Read on whatever is queued: the peer's close frame must get through, or a flood that
+        # filled the queue (reading paused) holds the connection until close_timeout. What
+        # comes before it is dropped above (at most a budget a second once windows reopen).
+        self._high = sys.maxsize
+        self._update_reading()
         return True
 
     def _deliver(self, message: Data) -> None:
