@@ -14,7 +14,9 @@ Limits come from the server's :class:`~fullduplex.config.Config`, as for native 
 body is read and as a chunked body grows), ``open_timeout`` for a request head,
 ``keepalive_timeout`` between requests. ``scope["client"]`` and ``scope["scheme"]`` follow the
 server's trusted proxy settings (``proxy_headers``, ``forwarded_allow_ips``), as
-``request.client`` does on native routes.
+``request.client`` does on native routes, and that client IP is what the per-IP limits count
+(``max_connections_per_ip``, ``rate_per_ip``: every request is an application request, so
+every one is counted; over a limit, 429 with ``Retry-After`` without calling the application).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from ..asyncio.limits import too_many_requests
 from ..asyncio.proxies import apply_proxy_headers
 from ..auth.redact import redact_target
 from ..protocol.exceptions import InvalidMessage, MessageTooBig
-from ..protocol.http11 import DEFAULT_MAX_HEADER_COUNT, Headers, Request
+from ..protocol.http11 import DEFAULT_MAX_HEADER_COUNT, Headers, Request, Response
 
 if TYPE_CHECKING:
     from ..asyncio.connection import WebSocket
@@ -254,6 +257,23 @@ class _Cycle:
         lines.append(b"\r\n")
         self.conn.log_access(self.scope, status)
         return b"".join(lines)
+
+
+class _Answer:
+    """An ASGI application that sends one fixed response (the server's own refusals)."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        response = self.response
+        headers = [
+            (n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in response.headers.items()
+        ]
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
 
 
 class ASGIHTTPProtocol(asyncio.Protocol):
@@ -524,7 +544,22 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def _start(self, cycle: _Cycle) -> None:
         self.cycle = cycle
-        self.server.run_task(cycle.run(self.adapter.app))
+        server = self.server
+        limits = server.limits
+        client = cycle.scope["client"]  # the proxy's client when proxy headers are trusted
+        if limits is None or client is None:
+            server.run_task(cycle.run(self.adapter.app))
+            return
+        # Per-IP limits, as on native HTTP routes: over them, 429 with Retry-After; a request
+        # counts as one of its IP's open connections while the application handles it.
+        ip = client[0]
+        wait = limits.admit(ip)
+        if wait is not None:
+            server.run_task(cycle.run(_Answer(too_many_requests(wait))))
+            return
+        limits.acquire(ip)
+        task = server.run_task(cycle.run(self.adapter.app))
+        task.add_done_callback(lambda _: limits.release(ip))
 
     def response_done(self, cycle: _Cycle) -> None:
         """The application sent the last body part of ``cycle``'s response."""

@@ -1,13 +1,16 @@
 """WebSocket for ASGI applications: the ASGI events over fullduplex's own connection.
 
-A session starts with an upgrade request that passed the opening handshake checks (RFC 6455
-4.2.1: method, version, key, Upgrade and Connection; an invalid one is answered 400/426 without
-calling the application). The application then receives ``websocket.connect`` and answers with:
+A session starts with an upgrade request that passed the server's per-IP limits
+(``max_connections_per_ip``, ``rate_per_ip``: 429 with ``Retry-After`` otherwise, see
+:mod:`fullduplex.asyncio.limits`) and the opening handshake checks (RFC 6455 4.2.1: method,
+version, key, Upgrade and Connection; an invalid one is answered 400/426 without calling the
+application). The application then receives ``websocket.connect`` and answers with:
 
 * ``websocket.accept`` (``subprotocol``, ``headers``): the 101 is written and the socket is
   handed to a :class:`~fullduplex.asyncio.WebSocket`, exactly as for a native route: the same
-  frame and message limits, permessage-deflate, keepalive pings, close timeout, bounded receive
-  queue and write backpressure. ``receive`` is one ``await`` on it, ``send`` one ``ws.send``;
+  frame and message limits, per-connection message and byte rates (close 1008),
+  permessage-deflate, keepalive pings, close timeout, bounded receive queue and write
+  backpressure. ``receive`` is one ``await`` on it, ``send`` one ``ws.send``;
 * ``websocket.close`` before accepting: 403 (ASGI spec);
 * ``websocket.http.response.start`` and ``.body`` (the ``websocket.http.response`` extension,
   advertised in ``scope["extensions"]``): a real HTTP response, then the connection closes.
@@ -26,10 +29,11 @@ from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from ..asyncio.connection import WebSocket
+from ..asyncio.limits import too_many_requests
 from ..protocol import CloseCode, Connection, ConnectionClosed, Side, State
 from ..protocol.exceptions import InvalidHandshake
 from ..protocol.handshake import Accepted, parse_subprotocol_header
-from ..protocol.http11 import Request
+from ..protocol.http11 import Request, Response
 from .http import _FORBIDDEN, _REASONS, _TOKEN, ClientDisconnected, Message, Scope
 
 if TYPE_CHECKING:
@@ -73,6 +77,7 @@ class ASGIWebSocketSession:
         "connect_sent",
         "done",
         "early",
+        "ip",
         "lost",
         "request",
         "scope",
@@ -94,6 +99,8 @@ class ASGIWebSocketSession:
         self.accepted: Accepted | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.connect_sent = False
+        #: The client IP counted in ``server.limits`` while this session lasts, else None.
+        self.ip: str | None = None
         #: Returned by :meth:`send` when nothing is left to wait for: a completed future.
         self.done: asyncio.Future[None] = conn.loop.create_future()
         self.done.set_result(None)
@@ -101,9 +108,23 @@ class ASGIWebSocketSession:
     # -- called by the HTTP connection -----------------------------------------------------
 
     def start(self) -> None:
-        """Check the handshake and limits, then run the application (or refuse at once)."""
+        """Check the handshake and limits, then run the application (or refuse at once).
+
+        The per-IP limits come first, as on native routes (429 with ``Retry-After``); an
+        admitted upgrade counts as one of its IP's open connections from here until the
+        connection closes (while the application decides, too).
+        """
         conn = self.conn
         server = conn.server
+        limits = server.limits
+        client = self.request.client  # the proxy's client when proxy headers are trusted
+        if limits is not None and client is not None:
+            wait = limits.admit(client[0])
+            if wait is not None:
+                response = too_many_requests(wait)
+                response.headers["Connection"] = "close"
+                self._reject(response)
+                return
         handshake = conn.adapter.handshake(server)
         try:
             if server.closing:
@@ -113,12 +134,11 @@ class ASGIWebSocketSession:
                 raise InvalidHandshake("too many connections", 503)
             self.accepted = handshake.process_request(self.request)
         except InvalidHandshake as exc:
-            response = handshake.reject(exc)
-            conn.transport.write(response.serialize())
-            conn.log_access(self.scope, response.status)
-            conn.session = None
-            conn.transport.close()
+            self._reject(handshake.reject(exc))
             return
+        if limits is not None and client is not None:
+            self.ip = client[0]
+            limits.acquire(self.ip)
         offered: list[str] = []
         for value in self.request.headers.get_all("Sec-WebSocket-Protocol"):
             offered += parse_subprotocol_header(value)
@@ -127,6 +147,17 @@ class ASGIWebSocketSession:
         scope["extensions"] = EXTENSIONS
         scope["asgi"] = ASGI_WEBSOCKET
         server.run_task(self.run())
+
+    def _reject(self, response: Response) -> None:
+        """Answer the upgrade request with ``response`` (before any 101) and close."""
+        conn = self.conn
+        conn.transport.write(response.serialize())
+        conn.log_access(self.scope, response.status)
+        metrics = conn.server.metrics
+        if metrics is not None:
+            metrics.handshake(self.request.path, response.status)
+        conn.session = None
+        conn.transport.close()
 
     def early_data(self, data: bytes) -> None:
         """Bytes arrived before the application answered (frames sent right after the head)."""
@@ -169,18 +200,20 @@ class ASGIWebSocketSession:
     async def _finish(self, code: int, reason: str) -> None:
         ws = self.ws
         conn = self.conn
-        if ws is None:
-            conn.session = None
-            if not conn.transport.is_closing():
-                conn.transport.close()
-            conn.websocket_closed()
-            return
         try:
-            if ws.state is State.OPEN:
-                ws.close_nowait(code, reason)
-            await ws.wait_closed()
+            if ws is None:
+                conn.session = None
+                if not conn.transport.is_closing():
+                    conn.transport.close()
+            else:
+                if ws.state is State.OPEN:
+                    ws.close_nowait(code, reason)
+                await ws.wait_closed()
         finally:
             conn.websocket_closed()
+            limits = conn.server.limits
+            if self.ip is not None and limits is not None:
+                limits.release(self.ip)
 
     @types.coroutine
     def receive(self) -> Generator[Any, None, Message]:
@@ -325,6 +358,8 @@ class ASGIWebSocketSession:
             close_timeout=config.close_timeout,
             max_queue=config.max_queue,
             write_limit=config.write_limit,
+            max_messages_per_second=config.max_messages_per_second,
+            max_bytes_per_second=config.max_bytes_per_second,
         )
         self.ws = ws
         self.state = _OPEN

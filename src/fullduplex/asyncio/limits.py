@@ -17,6 +17,9 @@ first out; an entry idle long enough to have refilled is the same as no entry an
 
 Per-message limits (``max_messages_per_second``, ``max_bytes_per_second``) live on the
 WebSocket itself (:meth:`fullduplex.asyncio.connection.WebSocket.limit_rate`).
+
+The native server and the ASGI server (:mod:`fullduplex.asgi`) both hold one
+:class:`ClientLimits` (``Server.limits``) and answer a refusal with :func:`too_many_requests`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-__all__ = ["DEFAULT_MAX_TRACKED_IPS", "ClientLimits"]
+from ..protocol.http11 import Response
+from .router import text_response
+
+__all__ = ["DEFAULT_MAX_TRACKED_IPS", "ClientLimits", "too_many_requests"]
 
 #: Entries of the per-IP rate table before the least recently seen IP is forgotten.
 DEFAULT_MAX_TRACKED_IPS = 10_000
@@ -126,3 +132,14 @@ class ClientLimits:
             self._open[ip] = count
         else:
             self._open.pop(ip, None)
+
+
+def too_many_requests(wait: float) -> Response:
+    """The answer to a client IP over its limits: 429 with ``Retry-After`` (whole seconds).
+
+    Args:
+        wait: what :meth:`ClientLimits.admit` returned.
+    """
+    # RFC 6585 4: 429 Too Many Requests, MAY include Retry-After (RFC 7231 7.1.3).
+    retry = [("Retry-After", str(math.ceil(wait)))]
+    return text_response("too many requests from this address\n", 429, retry)

@@ -16,7 +16,6 @@ import contextvars
 import enum
 import inspect
 import logging
-import math
 import signal
 import socket
 import ssl as ssl_module
@@ -55,7 +54,7 @@ from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationE
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http11 import Request, RequestParser, Response
 from .connection import WebSocket, WebSocketListener
-from .limits import ClientLimits
+from .limits import ClientLimits, too_many_requests
 from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
     SERVER_DEFAULT,
@@ -750,9 +749,7 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _too_many(self, request: Request, wait: float, websocket: bool) -> None:
         """Answer 429 with Retry-After: the client IP is over its limits (checked before auth)."""
-        retry = [("Retry-After", str(math.ceil(wait)))]
-        # RFC 6585 4: 429 Too Many Requests, MAY include Retry-After (RFC 7231 7.1.3).
-        response = text_response("too many requests from this address\n", 429, retry)
+        response = too_many_requests(wait)
         if websocket:
             self._count_handshake(request, 429)
             response.headers["Connection"] = "close"
