@@ -173,6 +173,28 @@ async def test_hubs_share_topics_on_every_shard(redis_cluster: RedisCluster) -> 
         assert subscriber.backend.available
 
 
+async def test_a_publish_key_is_answered_by_any_hub_on_every_shard(
+    redis_cluster: RedisCluster,
+) -> None:
+    keys = prefix()
+    async with (
+        Hub(cluster_backend(redis_cluster.url, keys)) as one,
+        Hub(cluster_backend(redis_cluster.url, keys)) as two,
+    ):
+        assert isinstance(one.backend, RedisClusterBackend)
+        for name in spread(one.backend, redis_cluster):
+            sub = two.subscribe(name)
+            await sub.wait_started()
+            first = await one.publish(name, "a", key="k1")
+            again = await two.publish(name, "a", key="k1")  # a retry on another process
+            assert (again.seq, again.time, again.epoch) == (first.seq, first.time, first.epoch)
+            other = await two.publish(name, "b", key="k2")
+            assert other.seq == first.seq + 1
+            got = await collect(sub, lambda items: len(items) >= 2)
+            assert [(m.seq, m.data) for m in got] == [(first.seq, "a"), (other.seq, "b")]
+            sub.close()
+
+
 async def test_many_topics_of_one_shard_at_once(redis_cluster: RedisCluster) -> None:
     """One hub subscribes to 20 topics of one master at once, and again after Redis drops
     its pub/sub connection: each SSUBSCRIBE names one slot's channel (CROSSSLOT else)."""

@@ -264,6 +264,31 @@ async def test_numbers_never_reused_after_the_newest_entries_are_deleted_or_trim
         assert [m.seq for m in messages] == [1, 4]
 
 
+async def test_a_publish_key_is_answered_by_any_hub_until_it_expires(
+    redis_server: RedisServer,
+) -> None:
+    # Two hubs on one Redis stand for two worker processes: a client's retry that lands on
+    # the other one is answered with the first publish's message, not published again.
+    keys = prefix()
+    async with (
+        Hub(redis_backend(redis_server.url, keys, publish_key_ttl=0.5)) as one,
+        Hub(redis_backend(redis_server.url, keys)) as two,
+        Hub(redis_backend(redis_server.url, keys, publish_key_ttl=None)) as keyless,
+    ):
+        first = await one.publish("t", "a", key="k1")
+        again = await two.publish("t", "a", key="k1")
+        assert (again.seq, again.time, again.epoch) == (first.seq, first.time, first.epoch)
+        assert (await two.publish("u", "a", key="k1")).seq == 1  # keys are per topic
+        assert (await keyless.publish("t", "c", key="k1")).seq == 2  # keeps no key
+        assert (await one.publish("t", "d")).seq == 3  # no key: always published
+        _, messages = await two.history("t", 0)
+        assert [m.data for m in messages] == ["a", "c", "d"]
+        await asyncio.sleep(0.6)  # one's key TTL passed: the same key publishes again
+        assert (await one.publish("t", "e", key="k1")).seq == 4
+    with pytest.raises(ValueError, match="publish_key_ttl"):
+        redis_backend(redis_server.url, keys, publish_key_ttl=-1)
+
+
 async def test_more_concurrent_commands_than_connections_wait_instead_of_failing(
     redis_server: RedisServer,
 ) -> None:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from fullduplex.hub import Hub, RedisBackend
 from fullduplex.transports import BROWSER_DIR
 
+from ..hub.conftest import RedisServer
 from .client import request
 from .conftest import Setup, make_setup, teardown
 from .test_websocket import recv_json, send_json
@@ -57,6 +60,32 @@ async def test_concurrent_retries_share_one_publish(rt: Setup) -> None:
     assert len({json.dumps(r) for r in replies}) == 1
     _, messages = await rt.hub.history("chat")
     assert [m.data for m in messages] == ["same"]
+
+
+async def test_a_retry_on_another_process_is_not_published_twice(
+    redis_server: RedisServer,
+) -> None:
+    # Two servers on one Redis, as `--workers 2` runs them: the first attempt reaches one,
+    # its answer is lost, the retry reaches the other (by /publish, then by /pubsub).
+    prefix = f"test-{uuid.uuid4().hex[:8]}:"
+    a = await make_setup(Hub(RedisBackend(redis_server.url, prefix=prefix)))
+    b = await make_setup(Hub(RedisBackend(redis_server.url, prefix=prefix)))
+    try:
+        headers = [*JSON, ("Idempotency-Key", "r1")]
+        first = await _post(a, {"topic": "chat", "data": "hello"}, headers)
+        retry = await _post(b, {"topic": "chat", "data": "hello"}, headers)
+        assert first == retry and first[0] == 200  # type: ignore[index]
+        async with websockets.connect(b.ws_url()) as ws:
+            await send_json(
+                ws, {"op": "publish", "topic": "chat", "data": "hello", "id": 1, "key": "r1"}
+            )
+            ack = await recv_json(ws)
+        assert ack["seq"] == first[1]["seq"]  # type: ignore[index]
+        _, messages = await b.hub.history("chat")
+        assert [m.data for m in messages] == ["hello"]
+    finally:
+        await teardown(a)
+        await teardown(b)
 
 
 async def test_websocket_publish_ack_and_key(rt: Setup) -> None:

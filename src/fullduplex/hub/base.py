@@ -28,6 +28,7 @@ __all__ = [
     "CLOSED",
     "DEFAULT_HISTORY_AGE",
     "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_PUBLISH_KEY_TTL",
     "DEFAULT_QUEUE_SIZE",
     "ERROR",
     "HUB_CLOSED",
@@ -55,6 +56,10 @@ DEFAULT_HISTORY_AGE = 3600.0
 #: Messages queued per subscriber before the topic's policy applies (websockets queues 16
 #: received messages; a hub subscriber is one write away from a socket, so more slack).
 DEFAULT_QUEUE_SIZE = 256
+
+#: Seconds a backend shared between processes remembers a publish's idempotency key (a
+#: client retries within seconds to a minute of a lost answer).
+DEFAULT_PUBLISH_KEY_TTL = 300.0
 
 #: Largest sequence number (a signed 64-bit integer, as Redis counts stream IDs).
 MAX_SEQ = 2**63 - 1
@@ -277,8 +282,17 @@ class Backend(abc.ABC):
         """Stop delivering and release connections."""
 
     @abc.abstractmethod
-    async def publish(self, topic: str, data: Any, config: TopicConfig) -> Message:
+    async def publish(
+        self, topic: str, data: Any, config: TopicConfig, key: str | None = None
+    ) -> Message:
         """Append ``data`` to ``topic``, trim its history per ``config``, and return it.
+
+        ``key`` is the publish's idempotency key, or None. A backend shared between processes
+        answers a publish whose key it saw for the topic within its key TTL with that first
+        publish's message (its sequence number, time and epoch) instead of publishing again,
+        so a retry that lands on another process is not published twice. A backend of one
+        process may ignore it: :class:`~fullduplex.transports.PublishKeys` covers one process.
+        The :class:`Hub` passes ``key`` only when there is one.
 
         Raises:
             TypeError: ``data`` is not JSON-serializable.

@@ -63,7 +63,16 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Backend, Deliver, Gap, GapReason, HubUnavailable, Message, TopicConfig
+from .base import (
+    DEFAULT_PUBLISH_KEY_TTL,
+    Backend,
+    Deliver,
+    Gap,
+    GapReason,
+    HubUnavailable,
+    Message,
+    TopicConfig,
+)
 from .redis import (
     _HISTORY,
     _INFO,
@@ -77,6 +86,7 @@ from .redis import (
     DEFAULT_TIMEOUT,
     READ_COUNT,
     _message,
+    key_ttl_ms,
 )
 from .slots import (
     CLUSTER_SCHEME,
@@ -103,13 +113,14 @@ __all__ = [
 logger = logging.getLogger("fullduplex.hub")
 
 
-# KEYS stream, epoch; ARGV as the single-node publish, then the topic's shard channel (not a
-# key: a resharding would find it missing and answer TRYAGAIN). The notification is
-# "seq,time,epoch,data" on that channel, in sequence order (scripts are atomic).
+# KEYS stream, epoch (and the idempotency key); ARGV as the single-node publish, then the
+# topic's shard channel (not a key: a resharding would find it missing and answer TRYAGAIN).
+# The notification is "seq,time,epoch,data" on that channel, in sequence order (scripts are
+# atomic); a publish answered from its idempotency key sends none.
 _PUBLISH = (
     _PUBLISH_BODY
     + """
-redis.call('SPUBLISH', ARGV[4], seq .. ',' .. now .. ',' .. epoch .. ',' .. ARGV[1])
+redis.call('SPUBLISH', ARGV[5], seq .. ',' .. now .. ',' .. epoch .. ',' .. ARGV[1])
 return {seq, now, epoch}
 """
 )
@@ -381,6 +392,9 @@ class RedisClusterBackend(Backend):
         wait_timeout: seconds to wait for them; past it the publish raises
             :class:`HubUnavailable` (the message is on the master and may be lost by a
             failover, or kept). Overrides the URL's.
+        publish_key_ttl: seconds a publish's idempotency key is kept on its topic's shard (a
+            retry with it, from any process, is answered and not published again); None or
+            0 keeps none.
     """
 
     def __init__(
@@ -397,6 +411,7 @@ class RedisClusterBackend(Backend):
         # Limits
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         wait_replicas: int | None = None,
+        publish_key_ttl: float | None = DEFAULT_PUBLISH_KEY_TTL,
     ) -> None:
         parsed = parse_cluster_url(url)
         if block <= 0:
@@ -413,6 +428,9 @@ class RedisClusterBackend(Backend):
             raise ValueError("wait_timeout must be a positive number of seconds")
         #: The cluster URL.
         self.url = url
+        #: Seconds an idempotency key is kept (None or 0: none is).
+        self.publish_key_ttl = publish_key_ttl
+        self._key_ttl_ms = key_ttl_ms(publish_key_ttl)
         #: Prefix of every key.
         self.prefix = prefix
         self.block = block
@@ -454,6 +472,10 @@ class RedisClusterBackend(Backend):
     def key(self, topic: str) -> str:
         """The Redis key of a topic's stream."""
         return self._key(topic, "stream")
+
+    def publish_key(self, topic: str, key: str) -> str:
+        """The Redis key remembering a publish's idempotency ``key`` (on the topic's slot)."""
+        return self._key(topic, f"k:{key}")
 
     def epoch_key(self, topic: str) -> str:
         """The Redis key of a topic's epoch (see :class:`~fullduplex.hub.base.Gap`)."""
@@ -497,8 +519,13 @@ class RedisClusterBackend(Backend):
                 await asyncio.wait({task}, timeout=0.1)
         await self.router.close()
 
-    async def publish(self, topic: str, data: Any, config: TopicConfig) -> Message:
+    async def publish(
+        self, topic: str, data: Any, config: TopicConfig, key: str | None = None
+    ) -> Message:
         """See :meth:`Backend.publish`; never retried once sent (see the module's docstring).
+
+        A ``key`` is kept on the topic's shard (same hash tag) for ``publish_key_ttl``
+        seconds: a publish with the same key, from any process, returns the first one's message.
 
         Raises:
             HubUnavailable: as :meth:`Backend.publish`; also when ``wait_replicas`` replicas
@@ -508,7 +535,9 @@ class RedisClusterBackend(Backend):
         size = "" if config.history_size is None else str(config.history_size)
         age = "" if config.history_age is None else str(int(config.history_age * 1e6))
         keys = [self.key(topic), self.epoch_key(topic)]
-        args = [payload, size, age, self.channel(topic)]
+        if key is not None and self.publish_key_ttl:
+            keys.append(self.publish_key(topic, key))
+        args = [payload, size, age, self._key_ttl_ms, self.channel(topic)]
         wait = (self.wait_replicas, int(self.wait_timeout * 1000)) if self.wait_replicas else None
         try:
             (seq, now, epoch), confirmed = await self.router.call(

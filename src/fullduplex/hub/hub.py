@@ -147,7 +147,7 @@ class Hub:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def publish(self, topic: str, data: Any) -> Message:
+    async def publish(self, topic: str, data: Any, *, key: str | None = None) -> Message:
         """Publish ``data`` on ``topic``.
 
         Returns once the backend has stored it, before any subscriber has read it.
@@ -155,6 +155,10 @@ class Hub:
         Args:
             topic: the topic.
             data: a JSON-serializable value.
+            key: an idempotency key, or None: on a backend shared between processes (Redis),
+                a publish with a key the backend saw for this topic within its
+                ``publish_key_ttl`` returns the first publish's message and publishes nothing
+                (see :meth:`Backend.publish`).
 
         Returns:
             The message, with its sequence number and time.
@@ -165,7 +169,10 @@ class Hub:
                 twice; see :class:`~fullduplex.hub.base.HubUnavailable`.
         """
         self._check_open(topic)
-        message = await self.backend.publish(topic, data, self.config(topic))
+        if key is None:
+            message = await self.backend.publish(topic, data, self.config(topic))
+        else:
+            message = await self.backend.publish(topic, data, self.config(topic), key)
         STATS.published += 1
         return message
 

@@ -61,8 +61,13 @@ class MemoryBackend(Backend):
         """Stop delivering. History stays, so a hub may start again with this backend."""
         self._deliver = None
 
-    async def publish(self, topic: str, data: Any, config: TopicConfig) -> Message:
-        """Append, trim and deliver synchronously (see :meth:`Backend.publish`)."""
+    async def publish(
+        self, topic: str, data: Any, config: TopicConfig, key: str | None = None
+    ) -> Message:
+        """Append, trim and deliver synchronously (see :meth:`Backend.publish`).
+
+        ``key`` is ignored: one process, whose transports remember keys themselves.
+        """
         json.dumps(data)  # raises TypeError like the Redis backend would
         state = self._topics.get(topic)
         if state is None:

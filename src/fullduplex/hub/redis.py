@@ -56,7 +56,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Backend, Deliver, Gap, GapReason, HubUnavailable, Message, TopicConfig
+from .base import (
+    DEFAULT_PUBLISH_KEY_TTL,
+    Backend,
+    Deliver,
+    Gap,
+    GapReason,
+    HubUnavailable,
+    Message,
+    TopicConfig,
+)
 
 __all__ = [
     "DEFAULT_BLOCK",
@@ -135,7 +144,9 @@ local function trim_age(key, cutoff)
 end
 """
 
-# KEYS[1] stream, KEYS[2] epoch; ARGV data, max length or '', max age in microseconds or ''.
+# KEYS[1] stream, KEYS[2] epoch, KEYS[3] (optional) the publish's idempotency key; ARGV data,
+# max length or '', max age in microseconds or '', milliseconds the idempotency key is kept.
+# A key already there answers as its first publish did ("seq,time,epoch"), publishing nothing.
 # A topic's epoch is made by its first publish (the time, microseconds), kept beside the
 # stream, and copied into every entry (field e), so that a reader knows each entry's.
 # Ends with seq, now and epoch set (the cluster backend adds its notification after it).
@@ -143,6 +154,13 @@ _PUBLISH_BODY = (
     _LUA_COMMON
     + """
 local key = KEYS[1]
+if KEYS[3] then
+  local known = redis.call('GET', KEYS[3])
+  if known then
+    local s, n, e = string.match(known, '^(%d+),(%d+),(.*)$')
+    return {tonumber(s), n, e}
+  end
+end
 -- The newest entry's id is the last sequence number given (a trim keeps the newest entry):
 -- XREVRANGE, a quarter cheaper than XINFO. XINFO, which also knows the last id of an emptied
 -- stream or of a deleted newest entry, when the stream is empty or the XADD is refused.
@@ -163,6 +181,7 @@ if type(added) == 'table' and added.err then
 end
 if ARGV[2] ~= '' then redis.call('XTRIM', key, 'MAXLEN', ARGV[2]) end
 if ARGV[3] ~= '' then trim_age(key, tonumber(now) - tonumber(ARGV[3])) end
+if KEYS[3] then redis.call('SET', KEYS[3], seq .. ',' .. now .. ',' .. epoch, 'PX', ARGV[4]) end
 """
 )
 _PUBLISH = _PUBLISH_BODY + "return {seq, now, epoch}\n"
@@ -203,6 +222,13 @@ return {last, first, redis.call('GET', KEYS[2]) or ''}
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+def key_ttl_ms(ttl: float | None) -> str:
+    """``publish_key_ttl`` checked, in milliseconds for the publish script ("0" for none)."""
+    if ttl is not None and not ttl >= 0:
+        raise ValueError("publish_key_ttl must be None or a number of seconds >= 0")
+    return str(max(1, int(ttl * 1000))) if ttl else "0"
+
+
 class RedisBackend(Backend):
     """Topics in Redis streams, shared by every hub on the same Redis.
 
@@ -217,6 +243,8 @@ class RedisBackend(Backend):
             most.
         max_connections: connections used for commands; more concurrent commands wait for
             a free one (up to ``timeout``, then :class:`HubUnavailable`).
+        publish_key_ttl: seconds a publish's idempotency key is kept in Redis (a retry with
+            it, from any process, is answered and not published again); None or 0 keeps none.
     """
 
     def __init__(
@@ -231,6 +259,7 @@ class RedisBackend(Backend):
         reconnect_delay: tuple[float, float] = DEFAULT_RECONNECT_DELAY,
         # Limits
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        publish_key_ttl: float | None = DEFAULT_PUBLISH_KEY_TTL,
     ) -> None:
         if block <= 0:
             raise ValueError("block must be positive")
@@ -240,6 +269,9 @@ class RedisBackend(Backend):
         self.url = url
         #: Prefix of every key.
         self.prefix = prefix
+        #: Seconds an idempotency key is kept (None or 0: none is).
+        self.publish_key_ttl = publish_key_ttl
+        self._key_ttl_ms = key_ttl_ms(publish_key_ttl)
         self.block = block
         self.reconnect_delay = reconnect_delay
         options: dict[str, Any] = {
@@ -283,6 +315,10 @@ class RedisBackend(Backend):
         """The Redis key of a topic's stream."""
         return f"{self.prefix}t:{topic}"
 
+    def publish_key(self, topic: str, key: str) -> str:
+        """The Redis key remembering a publish's idempotency ``key`` on ``topic``."""
+        return f"{self.prefix}k:{len(topic)}:{topic}:{key}"
+
     def epoch_key(self, topic: str) -> str:
         """The Redis key of a topic's epoch (see :class:`~fullduplex.hub.base.Gap`)."""
         return f"{self.prefix}e:{topic}"
@@ -316,14 +352,23 @@ class RedisBackend(Backend):
         await self._reader.aclose()
         await self._redis.aclose()
 
-    async def publish(self, topic: str, data: Any, config: TopicConfig) -> Message:
-        """See :meth:`Backend.publish`; never retried (see the module's docstring)."""
+    async def publish(
+        self, topic: str, data: Any, config: TopicConfig, key: str | None = None
+    ) -> Message:
+        """See :meth:`Backend.publish`; never retried (see the module's docstring).
+
+        A ``key`` is kept in Redis beside the topic for ``publish_key_ttl`` seconds: a publish
+        with the same key, from any process, returns the first one's message.
+        """
         payload = json.dumps(data, separators=(",", ":"))
         size = "" if config.history_size is None else str(config.history_size)
         age = "" if config.history_age is None else str(int(config.history_age * 1e6))
+        keys = [self.key(topic), self.epoch_key(topic)]
+        if key is not None and self.publish_key_ttl:
+            keys.append(self.publish_key(topic, key))
         try:
             seq, now, epoch = await self._publish(
-                keys=[self.key(topic), self.epoch_key(topic)], args=[payload, size, age]
+                keys=keys, args=[payload, size, age, self._key_ttl_ms]
             )
         except _UNAVAILABLE as exc:
             raise HubUnavailable(f"redis unavailable, {topic!r} not published: {exc}") from exc

@@ -17,10 +17,10 @@ Idempotency: a body with ``"key": K`` (or an ``Idempotency-Key: K`` header), K a
 128 characters, is published at most once while K is remembered (the latest
 ``DEFAULT_MAX_PUBLISH_KEYS`` keys of the process, :class:`PublishKeys`): a retry with the same key
 (after a timeout, a lost answer, a reconnection) gets the first publish's answer again. The
-WebSocket route's ``publish`` op shares the same keys. The keys live in each server process: with
-several processes behind one port, a retry that lands on another process than the first attempt
-is published again (the clients retry on the connection they reconnect with, usually the same
-process; a shared store would close the gap).
+WebSocket route's ``publish`` op shares the same keys. With several processes on one Redis (or
+Redis Cluster), the key also goes to Redis, which keeps it beside the topic for
+``publish_key_ttl`` (5 minutes by default) and answers a retry that lands on another process
+with the first publish's sequence number, in the same atomic step as the publish.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ class PublishKeys:
         while len(keys) > self.max_keys:
             keys.popitem(last=False)
         try:
-            message = await hub.publish(topic, data)
+            message = await hub.publish(topic, data, key=key)
         except BaseException as exc:
             if keys.get(key) is future:
                 del keys[key]
