@@ -63,8 +63,8 @@ async def test_cancelled_async_for_keeps_a_message_handed_over(
 
 async def test_an_abandoned_anext_frees_the_reader_slot(demo_server: fullduplex.Server) -> None:
     async with fullduplex.connect(url(demo_server, "/echo")) as ws:
-        waiting: Any = ws.__anext__()  # a generator-based coroutine
-        assert isinstance(next(waiting), asyncio.Future)  # waiting for a message
+        waiting: Any = ws.__anext__()
+        assert asyncio.isfuture(next(waiting))  # waiting for a message, as on a future
         with pytest.raises(RuntimeError, match="already being awaited"):
             await ws.recv()
         waiting.close()  # as when a suspended task is garbage-collected

@@ -52,6 +52,7 @@ from ..protocol import (
     prepare_frame,
 )
 from ..protocol.http11 import Request, Response
+from .waiter import DONE, MessageWaiter, Waitable
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
@@ -76,8 +77,6 @@ access_logger = logging.getLogger("fullduplex.access")
 _OPEN, _CLOSED = State.OPEN, State.CLOSED
 _NORMAL_CLOSURE, _GOING_AWAY = CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY
 _SERVER = Side.SERVER
-# What a recv() waiter gets when the connection is lost (see WebSocket.__anext__).
-_LOST: Any = object()
 _UNSET: Any = object()
 
 
@@ -163,8 +162,8 @@ class WebSocket(asyncio.Protocol):
         "_rate_messages_at",
         "_rate_window",
         "_read_paused",
-        "_recv_waiter",
         "_response",
+        "_waiter",
         "_write_paused",
         "bytes_received",
         "bytes_sent",
@@ -248,7 +247,8 @@ class WebSocket(asyncio.Protocol):
         self._queue: collections.deque[Data] | None = None
         self._high = max_queue
         self._low = max_queue // 4 or 1  # not max(): ~1.4k instructions on Python 3.11
-        self._recv_waiter: asyncio.Future[Data] | None = None
+        # What async for / recv() await, made by the first of them (see waiter.py).
+        self._waiter: Any = None
         # One future per coroutine waiting for the write buffer to drain (None: no waiter).
         self._drain_waiters: list[asyncio.Future[None]] | None = None
         self._write_paused = False
@@ -335,52 +335,44 @@ class WebSocket(asyncio.Protocol):
         """Iterate over received messages until the connection closes normally."""
         return self
 
-    @types.coroutine
-    def __anext__(self) -> Generator[asyncio.Future[Data], None, Data]:
+    def __anext__(self) -> Waitable[Data]:
         """The next message, for ``async for``; StopAsyncIteration after a normal close.
 
         Cancelling it loses no message: one handed over at that moment is put back.
 
-        A generator-based coroutine, not ``async def`` and not an awaitable object: ``async
-        for`` calls it and runs the generator directly, the loop resumes it without a
-        StopIteration, and a cancellation is thrown in at the ``yield``: 27.9k -> 23.7k
-        instructions per 32 B async echo (``bench/run.py --callgrind``; docs/performance.md).
+        What it returns is the connection's one :class:`~fullduplex.asyncio.waiter.MessageWaiter`,
+        awaited again for each message: no future resolved, no handle scheduled and no coroutine
+        object per message, and the handler's task is resumed inside the read that brought its
+        message (waiter.py): 21.4k -> 16.9k user-space instructions per 32 B async echo
+        (``bench/run.py --callgrind``; docs/performance.md). Nothing happens until it is
+        awaited (the first wait makes the waiter).
         """
-        queue = self._queue
-        if queue:
-            message = queue.popleft()
-            if self._read_paused and len(queue) <= self._low:
-                self._update_reading()
+        waiter = self._waiter
+        if waiter is None:
+            return self._first_anext()
+        return waiter  # type: ignore[no-any-return]
+
+    @types.coroutine
+    def _first_anext(self) -> Generator[Any, None, Data]:
+        # The first wait makes the waiter; once the connection is lost there is none (it held
+        # this WebSocket): what is queued, then the end of messages.
+        if not self._lost:
+            waiter = self._waiter
+            if waiter is None:  # (another coroutine may have made it since __anext__)
+                waiter = self._waiter = MessageWaiter(self, self._loop, DONE)
+            message: Data = yield from waiter
             return message
-        waiter = self._recv_waiter
-        if waiter is not None and not waiter.done():
-            raise RuntimeError("recv() is already being awaited by another coroutine")
-        if self._lost:
-            # StopAsyncIteration after a normal close, else ConnectionClosedError: once TCP is
-            # closed, so that the close code is final.
-            raise self._end_of_messages()
-        # _deliver hands the next message straight to this future (no queue round trip).
-        fut: asyncio.Future[Data] = self._loop.create_future()
-        self._recv_waiter = fut
-        fut._asyncio_future_blocking = True  # what Future.__await__ sets before yielding
-        try:
-            yield fut
-        except BaseException:
-            # Cancelled (or closed) while waiting. A message handed over in between goes back
-            # to the front of the queue; otherwise the future is dropped for the next reader.
-            if not fut.done():
-                fut.cancel()
-            elif not fut.cancelled() and fut.exception() is None:
-                message = fut.result()
-                if message is not _LOST:
-                    self._requeue(message)
-            raise
-        message = fut.result()
-        if message is _LOST:
-            # Raised here rather than set on the future: an exception stored in the future
-            # would hold this frame in its traceback and the frame the future, a cycle that
-            # only the garbage collector frees (with the connection's objects behind it).
-            raise self._end_of_messages()
+        if self._queue:
+            return self._take_queued()
+        raise self._end_of_messages()
+
+    def _take_queued(self) -> Data:
+        # A message queued before anyone waited (the waiter calls this).
+        queue = self._queue
+        assert queue is not None
+        message = queue.popleft()
+        if self._read_paused and len(queue) <= self._low:
+            self._update_reading()
         return message
 
     def _requeue(self, message: Data) -> None:
@@ -621,11 +613,12 @@ class WebSocket(asyncio.Protocol):
         waiting = self._closed
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
-        waiter = self._recv_waiter
+        waiter = self._waiter
         if waiter is not None:
-            self._recv_waiter = None
-            if not waiter.done():
-                waiter.set_result(_LOST)  # __anext__ raises the end of messages
+            # A waiting recv() raises the end of messages; the waiter lets go of this WebSocket
+            # once idle (no cycle left for the garbage collector).
+            self._waiter = None
+            waiter.lose()
         self._wake_drain_waiters()
         if self._pings:
             closed = self._closed_exception()
@@ -720,13 +713,11 @@ class WebSocket(asyncio.Protocol):
         size = self.bytes_received = self.bytes_received + len(message)
         if (count > self._rate_messages_at or size > self._rate_bytes_at) and self._rate_check():
             return
-        waiter = self._recv_waiter
-        if waiter is not None:
-            # Handed straight to the waiting recv() / async for: no queue round trip.
-            self._recv_waiter = None
-            if not waiter.done():
-                waiter.set_result(message)
-                return
+        waiter = self._waiter
+        if waiter is not None and waiter.wake(message):
+            # Handed straight to the waiting recv() / async for (its task resumed at once when
+            # no other task runs): no queue round trip.
+            return
         queue = self._queue
         if queue is None:
             queue = self._queue = collections.deque()

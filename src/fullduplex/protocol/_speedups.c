@@ -1,6 +1,7 @@
 /* Optional C accelerator for fullduplex.protocol: apply_mask(data, key) -> bytes for
  * fullduplex.protocol.mask, the frame fast paths read_simple_frame / build_frame for
- * fullduplex.protocol.frames, and split_head for fullduplex.protocol.http11.
+ * fullduplex.protocol.frames, split_head for fullduplex.protocol.http11, and MessageWaiter for
+ * fullduplex.asyncio (what `async for message in ws` awaits).
  *
  * RFC 6455 5.3: "Octet i of the transformed data ("transformed-octet-i") is the XOR of octet i
  * of the original data ("original-octet-i") with octet at index i modulo 4 of the masking key".
@@ -448,6 +449,28 @@ build_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+
+/* -- Module state ------------------------------------------------------------------------- */
+
+/* Names MessageWaiter looks up and asyncio's objects it uses (imported by the first waiter). */
+typedef struct {
+    PyObject *str_queue;
+    PyObject *str_lost;
+    PyObject *str_take_queued;
+    PyObject *str_requeue;
+    PyObject *str_end_of_messages;
+    PyObject *str_create_future;
+    PyObject *str_blocking;
+    PyObject *str_callbacks;
+    PyObject *str_remove_done_callback;
+    PyObject *str_add_done_callback;
+    PyObject *str_done;
+    PyObject *str_set_result;
+    PyObject *kw_context;
+    PyObject *current_task;
+    PyObject *current_tasks; /* asyncio's {loop: task} on Python 3.11, else NULL */
+} speedups_state;
+
 /* -- PayloadBuffer ------------------------------------------------------------------------ */
 
 PyDoc_STRVAR(payload_buffer_doc,
@@ -634,6 +657,535 @@ static PyType_Spec payload_buffer_spec = {
     .slots = payload_buffer_slots,
 };
 
+/* -- MessageWaiter -------------------------------------------------------------------- */
+
+PyDoc_STRVAR(message_waiter_doc,
+"MessageWaiter(owner, loop, done, /)\n"
+"--\n"
+"\n"
+"What ``WebSocket.__anext__`` returns: one per connection, awaited again for every message.\n"
+"\n"
+"Awaiting it returns the next message: a queued one at once (``owner._take_queued()``), else\n"
+"the awaiting task is suspended on a pending asyncio future kept for the next waits, and\n"
+"``wake(message)`` hands a message over. When no task is running on the loop, wake() takes the\n"
+"task's wake-up off that future and runs it at once, in the task's context, with ``done``\n"
+"(a future whose result is None) as its argument: the task steps inside the caller, without a\n"
+"future resolved or a handle scheduled. Otherwise the future's result is set, as for any\n"
+"future. owner is the WebSocket: its ``_queue``, ``_lost``, ``_take_queued()``,\n"
+"``_requeue(message)`` and ``_end_of_messages()`` are what this reads and calls.\n"
+"fullduplex.asyncio.waiter.PyMessageWaiter is the same contract in Python.");
+
+enum { W_IDLE, W_WAITING, W_DONE, W_LOST };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;  /* the WebSocket; NULL once detached and idle */
+    PyObject *loop;
+    PyObject *done;   /* a completed future: the argument of a wake-up run at once */
+    PyObject *future; /* the pending future the task waits on; kept between waits */
+    PyObject *result; /* the message handed over (W_DONE) */
+    int state;
+    int detached;     /* the connection is lost: drop owner once idle */
+} MessageWaiter;
+
+static speedups_state *
+waiter_state(MessageWaiter *self)
+{
+    return (speedups_state *)PyModule_GetState(PyType_GetModule(Py_TYPE(self)));
+}
+
+static PyObject *
+message_waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner, *loop, *done;
+    MessageWaiter *self;
+
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "MessageWaiter() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOO:MessageWaiter", &owner, &loop, &done)) {
+        return NULL;
+    }
+    self = PyObject_GC_New(MessageWaiter, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->owner = Py_NewRef(owner);
+    self->loop = Py_NewRef(loop);
+    self->done = Py_NewRef(done);
+    self->future = NULL;
+    self->result = NULL;
+    self->state = W_IDLE;
+    self->detached = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+message_waiter_traverse(MessageWaiter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->owner);
+    Py_VISIT(self->loop);
+    Py_VISIT(self->done);
+    Py_VISIT(self->future);
+    Py_VISIT(self->result);
+    return 0;
+}
+
+static int
+message_waiter_clear(MessageWaiter *self)
+{
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->loop);
+    Py_CLEAR(self->done);
+    Py_CLEAR(self->future);
+    Py_CLEAR(self->result);
+    return 0;
+}
+
+static void
+message_waiter_dealloc(MessageWaiter *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    message_waiter_clear(self);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* Back to idle, the wait over. */
+static void
+waiter_reset(MessageWaiter *self)
+{
+    self->state = W_IDLE;
+    if (self->detached) {
+        Py_CLEAR(self->owner);
+        Py_CLEAR(self->future);
+    }
+}
+
+/* Raise owner._end_of_messages() (StopAsyncIteration or a ConnectionClosed). */
+static void
+waiter_raise_end(MessageWaiter *self, speedups_state *st)
+{
+    PyObject *exc;
+    if (self->owner == NULL) {
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+        return;
+    }
+    exc = PyObject_CallMethodNoArgs(self->owner, st->str_end_of_messages);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+}
+
+static PySendResult
+message_waiter_am_send(MessageWaiter *self, PyObject *arg, PyObject **presult)
+{
+    speedups_state *st = waiter_state(self);
+    PyObject *value;
+
+    (void)arg;
+    *presult = NULL;
+    switch (self->state) {
+    case W_DONE:
+        value = self->result;
+        self->result = NULL;
+        waiter_reset(self);
+        *presult = value;
+        return PYGEN_RETURN;
+    case W_WAITING:
+        PyErr_SetString(PyExc_RuntimeError,
+                        "recv() is already being awaited by another coroutine");
+        return PYGEN_ERROR;
+    case W_LOST:
+        waiter_raise_end(self, st); /* (before the reset lets go of the owner) */
+        waiter_reset(self);
+        return PYGEN_ERROR;
+    default:
+        break;
+    }
+    /* Idle: a queued message is returned at once, without suspending. */
+    if (self->owner == NULL) {
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+        return PYGEN_ERROR;
+    }
+    value = PyObject_GetAttr(self->owner, st->str_queue);
+    if (value == NULL) {
+        return PYGEN_ERROR;
+    }
+    if (value != Py_None) {
+        int queued = PyObject_IsTrue(value);
+        Py_DECREF(value);
+        if (queued < 0) {
+            return PYGEN_ERROR;
+        }
+        if (queued) {
+            value = PyObject_CallMethodNoArgs(self->owner, st->str_take_queued);
+            if (value == NULL) {
+                return PYGEN_ERROR;
+            }
+            *presult = value;
+            return PYGEN_RETURN;
+        }
+    }
+    else {
+        Py_DECREF(value);
+    }
+    value = PyObject_GetAttr(self->owner, st->str_lost);
+    if (value == NULL) {
+        return PYGEN_ERROR;
+    }
+    Py_DECREF(value);
+    if (value == Py_True) {
+        waiter_raise_end(self, st);
+        return PYGEN_ERROR;
+    }
+    /* Suspend on the pending future, as `await future` does. */
+    if (self->future == NULL) {
+        self->future = PyObject_CallMethodNoArgs(self->loop, st->str_create_future);
+        if (self->future == NULL) {
+            return PYGEN_ERROR;
+        }
+    }
+    if (PyObject_SetAttr(self->future, st->str_blocking, Py_True) < 0) {
+        return PYGEN_ERROR;
+    }
+    self->state = W_WAITING;
+    *presult = Py_NewRef(self->future);
+    return PYGEN_NEXT;
+}
+
+static PyObject *
+message_waiter_iternext(MessageWaiter *self)
+{
+    PyObject *result;
+    switch (message_waiter_am_send(self, Py_None, &result)) {
+    case PYGEN_NEXT:
+        return result;
+    case PYGEN_RETURN:
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        }
+        else {
+            /* StopIteration(result), built: a tuple would be unpacked by PyErr_SetObject. */
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *
+message_waiter_send(MessageWaiter *self, PyObject *arg)
+{
+    (void)arg;
+    return message_waiter_iternext(self);
+}
+
+static PyObject *
+message_waiter_self(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+/* The awaiting coroutine is thrown an exception (a cancellation) or closed: a message handed
+ * over but not yet returned goes back to the front of the owner's queue, and the future, which
+ * a cancellation cancelled, is not waited on again. */
+static int
+waiter_abandon(MessageWaiter *self)
+{
+    speedups_state *st = waiter_state(self);
+    PyObject *message = NULL;
+    int rc = 0;
+
+    if (self->state == W_DONE) {
+        message = self->result;
+        self->result = NULL;
+    }
+    Py_CLEAR(self->future);
+    waiter_reset(self);
+    if (message != NULL) {
+        if (self->owner != NULL) {
+            PyObject *r = PyObject_CallMethodOneArg(self->owner, st->str_requeue, message);
+            if (r == NULL) {
+                rc = -1;
+            }
+            Py_XDECREF(r);
+        }
+        Py_DECREF(message);
+    }
+    return rc;
+}
+
+static PyObject *
+message_waiter_throw(MessageWaiter *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw() takes 1 to 3 arguments");
+        return NULL;
+    }
+    typ = args[0];
+    if (nargs > 1 && args[1] != Py_None) {
+        val = args[1];
+    }
+    if (nargs > 2 && args[2] != Py_None) {
+        tb = args[2];
+    }
+    if (waiter_abandon(self) < 0) {
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        PyObject *t = (PyObject *)Py_TYPE(typ);
+        Py_INCREF(t);
+        Py_INCREF(typ);
+        if (tb != NULL) {
+            Py_INCREF(tb);
+        }
+        else {
+            tb = PyException_GetTraceback(typ);
+        }
+        PyErr_Restore(t, typ, tb);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        Py_INCREF(typ);
+        Py_XINCREF(val);
+        Py_XINCREF(tb);
+        PyErr_NormalizeException(&typ, &val, &tb);
+        PyErr_Restore(typ, val, tb);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError,
+                        "exceptions must be classes or instances deriving from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+message_waiter_close(MessageWaiter *self, PyObject *Py_UNUSED(ignored))
+{
+    if (waiter_abandon(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Resolve the future: its callbacks are scheduled by the loop, as for any future. Then a new
+ * one for the next wait (a resolved future cannot wait again). */
+static int
+waiter_resolve(MessageWaiter *self, speedups_state *st)
+{
+    PyObject *future = self->future, *r;
+    int done;
+
+    self->future = NULL;
+    if (future == NULL) {
+        return 0;
+    }
+    r = PyObject_CallMethodNoArgs(future, st->str_done);
+    if (r == NULL) {
+        Py_DECREF(future);
+        return -1;
+    }
+    done = r == Py_True;
+    Py_DECREF(r);
+    if (!done) { /* (cancelled with its task: the task's cancellation wakes it) */
+        r = PyObject_CallMethodOneArg(future, st->str_set_result, Py_None);
+        if (r == NULL) {
+            Py_DECREF(future);
+            return -1;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(future);
+    return 0;
+}
+
+/* The awaiting task's wake-up, taken off the future, run at once (see the type's doc).
+ * Returns 1 if it ran, 0 if it cannot run at once (resolve the future instead), -1 on error. */
+static int
+waiter_step_now(MessageWaiter *self, speedups_state *st, PyObject *callbacks)
+{
+    PyObject *entry, *callback, *context, *running, *r;
+
+    if (!PyList_CheckExact(callbacks) || PyList_GET_SIZE(callbacks) != 1) {
+        return 0;
+    }
+    entry = PyList_GET_ITEM(callbacks, 0);
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        return 0;
+    }
+    callback = PyTuple_GET_ITEM(entry, 0);
+    context = PyTuple_GET_ITEM(entry, 1);
+    if (!PyContext_CheckExact(context)) {
+        return 0;
+    }
+    if (st->current_tasks != NULL) {
+        running = PyDict_GetItemWithError(st->current_tasks, self->loop); /* borrowed */
+        if (running == NULL && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    else {
+        running = PyObject_CallOneArg(st->current_task, self->loop);
+        if (running == NULL) {
+            return -1;
+        }
+        Py_DECREF(running);
+        if (running == Py_None) {
+            running = NULL;
+        }
+    }
+    if (running != NULL) {
+        return 0; /* a task runs (this is called from one): the loop wakes the other */
+    }
+    Py_INCREF(callback);
+    Py_INCREF(context);
+    r = PyObject_CallMethodOneArg(self->future, st->str_remove_done_callback, callback);
+    if (r == NULL) {
+        goto fail;
+    }
+    Py_DECREF(r);
+    if (PyContext_Enter(context) < 0) {
+        /* Entered already (we are inside it): put the wake-up back and resolve instead. */
+        PyErr_Clear();
+        PyObject *stack[3] = {self->future, callback, context};
+        r = PyObject_VectorcallMethod(st->str_add_done_callback, stack,
+                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, st->kw_context);
+        Py_DECREF(callback);
+        Py_DECREF(context);
+        if (r == NULL) {
+            return -1;
+        }
+        Py_DECREF(r);
+        return 0;
+    }
+    r = PyObject_CallOneArg(callback, self->done);
+    PyContext_Exit(context);
+    Py_DECREF(callback);
+    Py_DECREF(context);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 1;
+fail:
+    Py_DECREF(callback);
+    Py_DECREF(context);
+    return -1;
+}
+
+static PyObject *
+message_waiter_wake(MessageWaiter *self, PyObject *message)
+{
+    speedups_state *st;
+    PyObject *callbacks;
+    int rc;
+
+    if (self->state != W_WAITING || self->future == NULL) {
+        Py_RETURN_FALSE;
+    }
+    st = waiter_state(self);
+    /* The task's wake-up; None when no task waits (cancelled, or driven by hand). */
+    callbacks = PyObject_GetAttr(self->future, st->str_callbacks);
+    if (callbacks == NULL) {
+        return NULL;
+    }
+    if (callbacks == Py_None) {
+        Py_DECREF(callbacks);
+        Py_RETURN_FALSE;
+    }
+    self->state = W_DONE;
+    Py_XSETREF(self->result, Py_NewRef(message));
+    Py_INCREF(self); /* the task may drop its references while it runs */
+    rc = waiter_step_now(self, st, callbacks);
+    Py_DECREF(callbacks);
+    if (rc == 0) {
+        rc = waiter_resolve(self, st);
+    }
+    Py_DECREF(self);
+    if (rc < 0) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+message_waiter_lose(MessageWaiter *self, PyObject *Py_UNUSED(ignored))
+{
+    self->detached = 1;
+    if (self->state == W_WAITING) {
+        self->state = W_LOST;
+        if (waiter_resolve(self, waiter_state(self)) < 0) {
+            return NULL;
+        }
+    }
+    else if (self->state == W_IDLE) {
+        Py_CLEAR(self->owner);
+        Py_CLEAR(self->future);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+message_waiter_get_busy(MessageWaiter *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->state != W_IDLE);
+}
+
+static PyMethodDef message_waiter_methods[] = {
+    {"wake", (PyCFunction)message_waiter_wake, METH_O,
+     "wake($self, message, /)\n--\n\nHand message to the awaiting task; False if none waits."},
+    {"lose", (PyCFunction)message_waiter_lose, METH_NOARGS,
+     "lose($self, /)\n--\n\nThe connection is lost: a wait ends with the end of messages."},
+    {"send", (PyCFunction)message_waiter_send, METH_O,
+     "send($self, value, /)\n--\n\nResume: the message (StopIteration), or the future."},
+    {"throw", (PyCFunction)(void (*)(void))message_waiter_throw, METH_FASTCALL,
+     "throw($self, typ, val=None, tb=None, /)\n--\n\nAbandon the wait, then raise."},
+    {"close", (PyCFunction)message_waiter_close, METH_NOARGS,
+     "close($self, /)\n--\n\nAbandon the wait (a message handed over is requeued)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef message_waiter_getset[] = {
+    {"busy", (getter)message_waiter_get_busy, NULL,
+     "True while awaited, or holding what the awaiting task has not taken yet.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot message_waiter_slots[] = {
+    {Py_tp_new, message_waiter_new},
+    {Py_tp_dealloc, message_waiter_dealloc},
+    {Py_tp_traverse, message_waiter_traverse},
+    {Py_tp_clear, message_waiter_clear},
+    {Py_tp_methods, message_waiter_methods},
+    {Py_tp_getset, message_waiter_getset},
+    {Py_tp_iter, message_waiter_self},
+    {Py_tp_iternext, message_waiter_iternext},
+    {Py_am_await, message_waiter_self},
+    {Py_am_send, message_waiter_am_send},
+    {Py_tp_doc, (void *)message_waiter_doc},
+    {0, NULL},
+};
+
+static PyType_Spec message_waiter_spec = {
+    .name = "fullduplex.protocol._speedups.MessageWaiter",
+    .basicsize = sizeof(MessageWaiter),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = message_waiter_slots,
+};
+
 static int
 speedups_exec(PyObject *module)
 {
@@ -645,7 +1197,106 @@ speedups_exec(PyObject *module)
     }
     rc = PyModule_AddObjectRef(module, "PayloadBuffer", type);
     Py_DECREF(type);
-    return rc;
+    if (rc < 0) {
+        return rc;
+    }
+    type = PyType_FromModuleAndSpec(module, &message_waiter_spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    rc = PyModule_AddObjectRef(module, "MessageWaiter", type);
+    Py_DECREF(type);
+    if (rc < 0) {
+        return rc;
+    }
+    {
+        speedups_state *st = (speedups_state *)PyModule_GetState(module);
+        st->str_queue = PyUnicode_InternFromString("_queue");
+        st->str_lost = PyUnicode_InternFromString("_lost");
+        st->str_take_queued = PyUnicode_InternFromString("_take_queued");
+        st->str_requeue = PyUnicode_InternFromString("_requeue");
+        st->str_end_of_messages = PyUnicode_InternFromString("_end_of_messages");
+        st->str_create_future = PyUnicode_InternFromString("create_future");
+        st->str_blocking = PyUnicode_InternFromString("_asyncio_future_blocking");
+        st->str_callbacks = PyUnicode_InternFromString("_callbacks");
+        st->str_remove_done_callback = PyUnicode_InternFromString("remove_done_callback");
+        st->str_add_done_callback = PyUnicode_InternFromString("add_done_callback");
+        st->str_done = PyUnicode_InternFromString("done");
+        st->str_set_result = PyUnicode_InternFromString("set_result");
+        st->kw_context = Py_BuildValue("(s)", "context");
+        if (st->str_queue == NULL || st->str_lost == NULL || st->str_take_queued == NULL ||
+            st->str_requeue == NULL || st->str_end_of_messages == NULL ||
+            st->str_create_future == NULL || st->str_blocking == NULL ||
+            st->str_callbacks == NULL || st->str_remove_done_callback == NULL ||
+            st->str_add_done_callback == NULL || st->str_done == NULL ||
+            st->str_set_result == NULL || st->kw_context == NULL) {
+            return -1;
+        }
+        /* asyncio is loaded already: importing fullduplex imports its asyncio layer. */
+        PyObject *asyncio = PyImport_ImportModule("asyncio");
+        if (asyncio == NULL) {
+            return -1;
+        }
+        st->current_task = PyObject_GetAttrString(asyncio, "current_task");
+        Py_DECREF(asyncio);
+        if (st->current_task == NULL) {
+            return -1;
+        }
+        /* Python 3.11's current_task() is a Python function (~1.2k instructions a call):
+         * read the dict it reads instead. From 3.12 on it is C, and the dict may be gone. */
+        if (!PyCFunction_Check(st->current_task)) {
+            PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+            if (tasks == NULL) {
+                return -1;
+            }
+            st->current_tasks = PyObject_GetAttrString(tasks, "_current_tasks");
+            Py_DECREF(tasks);
+            if (st->current_tasks == NULL) {
+                PyErr_Clear();
+            }
+            else if (!PyDict_CheckExact(st->current_tasks)) {
+                Py_CLEAR(st->current_tasks);
+            }
+        }
+    }
+    return 0;
+}
+
+static int
+speedups_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    speedups_state *st = (speedups_state *)PyModule_GetState(module);
+    Py_VISIT(st->current_task);
+    Py_VISIT(st->current_tasks);
+    return 0;
+}
+
+static int
+speedups_clear(PyObject *module)
+{
+    speedups_state *st = (speedups_state *)PyModule_GetState(module);
+    Py_CLEAR(st->str_queue);
+    Py_CLEAR(st->str_lost);
+    Py_CLEAR(st->str_take_queued);
+    Py_CLEAR(st->str_requeue);
+    Py_CLEAR(st->str_end_of_messages);
+    Py_CLEAR(st->str_create_future);
+    Py_CLEAR(st->str_blocking);
+    Py_CLEAR(st->str_callbacks);
+    Py_CLEAR(st->str_remove_done_callback);
+    Py_CLEAR(st->str_add_done_callback);
+    Py_CLEAR(st->str_done);
+    Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->kw_context);
+    Py_CLEAR(st->current_task);
+    Py_CLEAR(st->current_tasks);
+    return 0;
+}
+
+static void
+speedups_free(void *module)
+{
+    speedups_clear((PyObject *)module);
 }
 
 /* -- HTTP heads ------------------------------------------------------------------------ */
@@ -948,11 +1599,12 @@ static PyMethodDef speedups_methods[] = {
 static struct PyModuleDef_Slot speedups_slots[] = {
     {Py_mod_exec, speedups_exec},
 #if PY_VERSION_HEX >= 0x030C0000
-    /* No module state at all: safe in every sub-interpreter. */
+    /* State per module object (MessageWaiter's names): safe in every sub-interpreter. */
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
 #endif
 #if PY_VERSION_HEX >= 0x030D0000
-    /* No shared mutable state: safe without the GIL on free-threaded builds. */
+    /* No shared mutable state (the module's is written once, by exec): safe without the GIL
+     * on free-threaded builds. A MessageWaiter is used from its event loop's thread. */
     {Py_mod_gil, Py_MOD_GIL_NOT_USED},
 #endif
     {0, NULL},
@@ -961,11 +1613,14 @@ static struct PyModuleDef_Slot speedups_slots[] = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "fullduplex.protocol._speedups",
-    .m_doc = "C accelerator for WebSocket masking and framing and HTTP heads; see "
-             "fullduplex.protocol.mask.",
-    .m_size = 0,
+    .m_doc = "C accelerator for WebSocket masking and framing, HTTP heads and the asyncio "
+             "layer's message waiter; see fullduplex.protocol.mask.",
+    .m_size = sizeof(speedups_state),
     .m_methods = speedups_methods,
     .m_slots = speedups_slots,
+    .m_traverse = speedups_traverse,
+    .m_clear = speedups_clear,
+    .m_free = speedups_free,
 };
 
 PyMODINIT_FUNC
