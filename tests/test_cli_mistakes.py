@@ -74,7 +74,23 @@ pytestmark = pytest.mark.one_loop  # subprocesses: the test's own loop does not 
 
 
 def test_missing_certificate_file() -> None:
-    fails_in_one_line(cli("serve", "--port", "0", "--certfile", "/nope.pem"), "certificate")
+    fails_in_one_line(
+        cli("serve", "--port", "0", "--certfile", "/nope.pem"), "certificate", "/nope.pem"
+    )
+
+
+def test_missing_key_file_is_named(tmp_path: Path) -> None:
+    certfile = tmp_path / "cert.pem"
+    trustme.CA().issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(certfile))
+    args = ("serve", "--port", "0", "--certfile", str(certfile), "--keyfile", "/nope.key")
+    fails_in_one_line(cli(*args), "--ssl-keyfile /nope.key: no such file")
+
+
+def test_a_file_that_is_not_pem_names_the_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    line = fails_in_one_line(cli("serve", "--port", "0", "--certfile", str(junk)), str(junk))
+    assert "not a PEM certificate" in line and "_ssl.c" not in line, line
 
 
 def test_certificate_without_its_key(tmp_path: Path) -> None:

@@ -392,6 +392,15 @@ def test_a_bad_app_is_one_line_and_status_2(
     assert stderr.count("\n") == 1 and message in stderr, stderr
 
 
+@pytest.mark.parametrize("spec", [ATTRS["app"], ATTRS["asgi"], "workers_app:VERSION"])
+def test_factory_naming_the_app_itself_is_one_line_and_status_2(tmp_path: Path, spec: str) -> None:
+    # An App or an ASGI application named with --factory: calling it raised a TypeError (an
+    # ASGI app wants scope, receive, send) that escaped as a traceback.
+    status, stderr = run_cli(tmp_path, spec, "--factory", "--port", "0")
+    assert status == 2
+    assert stderr.count("\n") == 1 and "drop --factory" in stderr, stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -233,8 +234,16 @@ def serve_command(args: argparse.Namespace) -> int:
         return _fail(f"--forwarded-allow-ips: {exc}")
     try:
         ctx = _ssl_context(args)
-    except (OSError, ssl.SSLError) as exc:
-        return _fail(f"cannot load the TLS certificate: {exc}")
+    except ssl.SSLError as exc:
+        # OpenSSL's own text ("[SSL] PEM lib (_ssl.c:3905)") names neither file nor cause.
+        files = args.certfile + (f" and {args.keyfile}" if args.keyfile else "")
+        why = f" ({exc.reason})" if exc.reason else ""
+        return _fail(
+            f"cannot load the TLS certificate from {files}: not a PEM certificate with its"
+            f" private key, or a wrong --ssl-keyfile-password{why}"
+        )
+    except OSError as exc:
+        return _fail(f"cannot load the TLS certificate: {exc.strerror or exc}")
     if args.worker_channel is not None:
         return _serve_one(args, options, ctx, channel=socket.socket(fileno=args.worker_channel))
     if args.workers is not None or args.reload:
@@ -295,6 +304,10 @@ def _check_arguments(args: argparse.Namespace) -> str | None:
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not args.certfile:
         return None
+    for option, path in (("--ssl-certfile", args.certfile), ("--ssl-keyfile", args.keyfile)):
+        if path and not os.path.isfile(path):
+            # load_cert_chain's FileNotFoundError does not say which of the two is missing.
+            raise OSError(errno.ENOENT, f"{option} {path}: no such file")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(args.certfile, args.keyfile, args.ssl_keyfile_password)
     return ctx

@@ -80,8 +80,12 @@ def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
         sys.path.insert(0, app_dir)
     target = import_from_string(spec)
     if factory:
-        if not callable(target):
-            raise ImportFromStringError(f"--factory: {spec} is not callable")
+        if not callable(target) or not _takes_no_arguments(target):
+            # An App, or an ASGI application (scope, receive, send): the app itself.
+            raise ImportFromStringError(
+                f"--factory: {spec} is not a function of no arguments that returns the app"
+                " (it looks like the app itself: drop --factory)"
+            )
         target = target()
     from .asyncio.router import App
 
@@ -107,3 +111,17 @@ def _looks_like_factory(target: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return not signature.parameters
+
+
+def _takes_no_arguments(target: Any) -> bool:
+    # What --factory calls: create_app(), or one whose parameters all have defaults. A
+    # signature Python cannot read (some builtins) is given the benefit of the doubt.
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True
