@@ -86,6 +86,22 @@ def test_close_command(served: int) -> None:
     assert "never sent" not in result.stdout
 
 
+def test_answers_to_lines_before_close_are_printed(served: int) -> None:
+    # The echoes of "one" and "two" arrive after /close is read: they are waited for (as at
+    # the end of the input) instead of being lost behind our close frame.
+    result = connect(served, "/echo", "one\ntwo\n/close\n")
+    assert result.stdout.splitlines() == ["one", "two"], result.stderr
+    assert result.returncode == 0
+
+
+def test_close_with_a_word_for_a_code_is_a_hint(served: int) -> None:
+    result = connect(served, "/echo", "/close soon\nstill open\n")
+    assert result.stdout.splitlines() == ["still open"]
+    assert "/close wants a close code" in result.stderr
+    assert "invalid literal" not in result.stderr
+    assert result.returncode == 0
+
+
 def test_binary_echo_printed_as_hex(served: int) -> None:
     result = connect(served, "/echo", "/binary 00ff10\n")
     assert "00ff10" in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -207,6 +208,44 @@ async def test_connect_help_and_unknown_commands() -> None:
     hints = [line for line in err.splitlines() if "/frobnicate" in line]
     assert len(hints) == 1 and "/help" in hints[0]
     assert status == 0
+
+
+async def test_connect_ctrl_c_closes_with_1000_and_no_traceback() -> None:
+    app = fullduplex.App()
+    codes: asyncio.Queue[int | None] = asyncio.Queue()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+        await codes.put(ws.close_code)
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        # A token in the URL stays off the screen, as it stays out of the server's logs.
+        url = f"ws://127.0.0.1:{server.port}/echo?token=s3cr3t"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "fullduplex",
+            "connect",
+            url,
+            stdin=asyncio.subprocess.PIPE,  # kept open: the user has not ended the input
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": SRC},
+        )
+        assert proc.stderr is not None
+        first = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert b"connected to" in first and b"[redacted]" in first, first
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert await asyncio.wait_for(codes.get(), 10) == 1000
+    finally:
+        await server.shutdown()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
+    assert b"s3cr3t" not in first + err
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ and a direction marker (``>`` sent, ``<`` received); through a pipe, received me
 printed as they are, one per line. Commands: ``/help``, ``/ping``, ``/close [code [reason]]``,
 ``/binary HEX``; ``//text`` sends ``/text``, and any other ``/word`` is refused with a hint.
 The exit status is 0 when the connection closed cleanly (1000 or 1001), 1 when it closed
-otherwise, 2 when it could not be opened.
+otherwise, 2 when it could not be opened, 130 after Ctrl-C (which closes with 1000 first).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ __all__ = ["main"]
 EXIT_CLEAN = 0
 EXIT_UNCLEAN = 1
 EXIT_FAILED = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,7 +105,10 @@ def _connect(args: argparse.Namespace) -> int:
             print(f"fullduplex: --header wants NAME:VALUE, got {item!r}", file=sys.stderr)
             return EXIT_FAILED
         headers.append((name.strip(), value.strip()))
-    return asyncio.run(_connect_main(args, headers))
+    try:
+        return asyncio.run(_connect_main(args, headers))
+    except KeyboardInterrupt:  # a second Ctrl-C while closing
+        return EXIT_INTERRUPTED
 
 
 class _Console:
@@ -112,10 +116,11 @@ class _Console:
 
     def __init__(self) -> None:
         self.tty = sys.stdout.isatty()
-        self.last_received = time.monotonic()
+        #: When a message was last sent or received: --linger waits for this to be old.
+        self.last_activity = time.monotonic()
 
     def received(self, message: str | bytes) -> None:
-        self.last_received = time.monotonic()
+        self.last_activity = time.monotonic()
         text = message if isinstance(message, str) else f"[binary {len(message)} B] {message.hex()}"
         if self.tty:
             print(f"{time.strftime('%H:%M:%S')} < {text}", flush=True)
@@ -137,9 +142,11 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[str | None
 
 async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]) -> int:
     from .asyncio.client import connect
+    from .auth import redact_target
     from .protocol import ConnectionClosed, InvalidHandshake, InvalidStatus
 
     console = _Console()
+    shown = redact_target(args.url)  # a ?token= stays off the screen and out of CI logs
     ctx = None
     if args.insecure:
         ctx = ssl.create_default_context()
@@ -159,9 +166,9 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
         print(f"fullduplex: server answered HTTP {exc.status}: {body}", file=sys.stderr)
         return EXIT_FAILED
     except (OSError, InvalidHandshake, TimeoutError, ValueError) as exc:
-        print(f"fullduplex: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        print(f"fullduplex: cannot connect to {shown}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    console.info(f"connected to {args.url} (subprotocol: {ws.subprotocol or 'none'})")
+    console.info(f"connected to {shown} (subprotocol: {ws.subprotocol or 'none'})")
 
     async def receive() -> None:
         closing: asyncio.Future[None] | None = None
@@ -186,6 +193,7 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
     loop = asyncio.get_running_loop()
     threading.Thread(target=_read_stdin, args=(loop, lines), daemon=True).start()
     closed = asyncio.ensure_future(ws.wait_closed())
+    interrupted = False
     try:
         while True:
             getter = asyncio.ensure_future(lines.get())
@@ -198,14 +206,21 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
                 await _linger(console, args.linger, closed)
                 await ws.close()
                 break
-            if not await _command(ws, line, console):
+            if not await _command(ws, line, console, args.linger, closed):
                 break
     except ConnectionClosed:
         pass
+    except asyncio.CancelledError:
+        # Ctrl-C: asyncio.run cancelled this task. Close properly instead of leaving the
+        # server a 1006 and the user a KeyboardInterrupt traceback.
+        interrupted = True
+        await ws.close()
     await ws.wait_closed()
     await receiver
     code, reason = ws.close_code, ws.close_reason
     console.info(f"closed: {code} {reason or ''}".rstrip())
+    if interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_CLEAN if code in (1000, 1001) else EXIT_UNCLEAN
 
 
@@ -227,13 +242,15 @@ _COMMANDS = {
 
 async def _linger(console: _Console, linger: float, closed: asyncio.Future[None]) -> None:
     while not closed.done():
-        idle = time.monotonic() - console.last_received
+        idle = time.monotonic() - console.last_activity
         if idle >= linger:
             return
         await asyncio.sleep(linger - idle)
 
 
-async def _command(ws: object, line: str, console: _Console) -> bool:
+async def _command(
+    ws: object, line: str, console: _Console, linger: float, closed: asyncio.Future[None]
+) -> bool:
     """Handle one input line; return False once the connection is being closed."""
     from .asyncio.connection import WebSocket
 
@@ -251,6 +268,13 @@ async def _command(ws: object, line: str, console: _Console) -> bool:
         console.info(f"pong in {rtt * 1000:.2f} ms")
     elif line.startswith("/close"):
         parts = line.split(maxsplit=2)
+        if len(parts) > 1 and not parts[1].isdigit():
+            console.info(f"/close wants a close code, e.g. /close 1000 bye, not {parts[1]!r}")
+            return True
+        # The answers to what was sent just before (a pipe: 'hello' then '/close') are
+        # printed first, as at the end of the input: messages received after our close frame
+        # are not delivered.
+        await _linger(console, linger, closed)
         try:
             code = int(parts[1]) if len(parts) > 1 else 1000
             await ws.close(code, parts[2] if len(parts) > 2 else "")
@@ -270,4 +294,5 @@ async def _command(ws: object, line: str, console: _Console) -> bool:
         await ws.send(data)
     else:
         await ws.send(line)
+    console.last_activity = time.monotonic()  # its answer is worth lingering for
     return True
