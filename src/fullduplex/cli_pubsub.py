@@ -18,24 +18,34 @@ of a topic have every seq once, in order, or a gap line where history no longer 
 ``publish`` publishes DATA (JSON if it parses, else the text; ``--raw`` always sends text), or
 each line of standard input without DATA, and prints each message's sequence number once the
 server acknowledged it.
+
+Both say on standard error why they are not getting anywhere (a refused connection, a server
+restarting: ``fullduplex: subscriber: connection failed: ...; reconnecting in 1.2 s``) and stop
+with one line and status 2 when retrying cannot help (a malformed URL, an unknown topic, a
+refused token). Their output may go into a pipe that closes (``| head -3``): they end quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import logging
+import os
 import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from .asyncio.subscriber import SubscriptionError, subscribe
 from .hub.base import Gap
+from .protocol.handshake import ClientHandshake
 
 __all__ = ["add_pubsub_commands"]
 
 EXIT_OK = 0
 EXIT_FAILED = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
 
 
 def add_pubsub_commands(sub: Any) -> None:
@@ -82,10 +92,41 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"token": args.token, "token_param": args.token_param, "max_delay": args.max_delay}
 
 
+def _show_retries() -> None:
+    # The subscriber logs why it reconnects at INFO on fullduplex.client: the user of a
+    # command line wants to see that rather than a silent wait.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("fullduplex: %(message)s"))
+    client_log = logging.getLogger("fullduplex.client")
+    client_log.addHandler(handler)
+    client_log.setLevel(logging.INFO)
+    client_log.propagate = False
+
+
+def _run(url: str, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's coroutine: a bad URL is one line, Ctrl-C and a closed stdout quiet."""
+    try:
+        ClientHandshake(url)  # what subscribe() checks too, before any coroutine exists
+    except ValueError as exc:
+        print(f"fullduplex: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    _show_retries()
+    try:
+        result: int = asyncio.run(main())
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Whoever read our output left (``| head -3``). The interpreter's last flush of
+        # stdout would fail again: point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_OK
+    return result
+
+
 def _subscribe(args: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_subscribe_main(args))
-    return EXIT_OK
+    return _run(args.url, lambda: _subscribe_main(args))
 
 
 async def _subscribe_main(args: argparse.Namespace) -> int:
@@ -109,9 +150,7 @@ async def _subscribe_main(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(_publish_main(args))
-    return EXIT_FAILED
+    return _run(args.url, lambda: _publish_main(args))
 
 
 def _parse(text: str, raw: bool) -> Any:
@@ -123,12 +162,30 @@ def _parse(text: str, raw: bool) -> Any:
         return text
 
 
+async def _lines(args: argparse.Namespace) -> AsyncIterator[str]:
+    if args.data is not None:
+        yield args.data
+        return
+    # Standard input is read by a daemon thread: waiting for a line typed by hand must not
+    # stop the event loop, which answers the server's keepalive pings meanwhile (and a thread
+    # of the default executor, blocked in readline, would hold up the exit after Ctrl-C).
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def read() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(lines.put_nowait, line.rstrip("\r\n"))
+        loop.call_soon_threadsafe(lines.put_nowait, None)
+
+    threading.Thread(target=read, daemon=True).start()
+    while (line := await lines.get()) is not None:
+        yield line
+
+
 async def _publish_main(args: argparse.Namespace) -> int:
-    stdin = (line.rstrip("\r\n") for line in sys.stdin)
-    lines = [args.data] if args.data is not None else stdin
     try:
         async with subscribe(args.url, [], **_options(args)) as pub:
-            for line in lines:
+            async for line in _lines(args):
                 ack = await pub.publish(args.topic, _parse(line, args.raw), timeout=args.timeout)
                 print(ack.seq, flush=True)
     except (SubscriptionError, TimeoutError) as exc:

@@ -57,6 +57,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from ..hub.base import Gap, GapReason, Message
 from ..hub.drops import Drop
 from ..protocol import CloseCode, ConnectionClosed, InvalidHandshake, InvalidStatus
+from ..protocol.handshake import ClientHandshake
 from .client import connect
 from .connection import WebSocket
 
@@ -166,6 +167,9 @@ class Subscriber:
         max_pending: int = DEFAULT_MAX_PENDING,
         **connect_options: Any,
     ) -> None:
+        # A URI connect() refuses (no ws:// or wss://, no host, a bad port) is refused here,
+        # once: retrying it with backoff would wait forever for nothing.
+        ClientHandshake(uri)
         self.uri = uri
         names = list(dict.fromkeys(topics))  # none: a publisher only
         if isinstance(since, Mapping):
@@ -294,12 +298,13 @@ class Subscriber:
                 except InvalidStatus as exc:
                     if exc.status in _FATAL_STATUSES:
                         raise SubscriptionError(str(exc)) from None
-                    logger.info("subscriber: %s", exc)
+                    why = str(exc)
                 except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
-                    logger.info("subscriber: connection failed: %s", exc)
+                    why = f"connection failed: {exc or type(exc).__name__}"
                 else:
                     attempt = 0
                     code = await self._session(ws)
+                    why = f"connection closed ({code})"
                 if self._closed:
                     return
                 attempt += 1
@@ -307,6 +312,7 @@ class Subscriber:
                     delay = random.uniform(0, self.restart_jitter)
                 else:
                     delay = full_jitter(attempt - 1, self.min_delay, self.max_delay)
+                logger.info("subscriber: %s; reconnecting in %.1f s", why, delay)
                 self.state = "reconnecting"
                 await asyncio.sleep(delay)
         except SubscriptionError as exc:
@@ -439,7 +445,7 @@ class Subscriber:
         fields = head_bytes.split(None, 2)
         status = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
         if status in _FATAL_STATUSES:
-            raise SubscriptionError(f"{topic}: HTTP {status}: {body[:200]!r}")
+            raise SubscriptionError(f"{topic}: HTTP {status}: {_error_text(head_bytes, body)}")
         if status != 200:
             raise OSError(f"poll for the cursor of {topic}: HTTP {status}")
         if b"chunked" in head_bytes.lower():
@@ -449,6 +455,18 @@ class Subscriber:
     def _open_timeout(self) -> float | None:
         value = self.connect_options.get("open_timeout", 10.0)
         return None if value is None else float(value)
+
+
+def _error_text(head: bytes, body: bytes) -> str:
+    """The server's ``{"error": ...}`` of a refused poll, else the start of its body as text."""
+    if b"chunked" in head.lower():
+        with contextlib.suppress(ValueError):
+            body = _dechunk(body)
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, TypeError, KeyError):
+        return body[:200].decode(errors="replace").strip()
+    return str(error)
 
 
 def _dechunk(body: bytes) -> bytes:
