@@ -131,6 +131,17 @@ async def test_subscribe_twice_is_an_error(rt: Setup) -> None:
     [
         ("not json", "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
+        # RecursionError in the parser: closed 1011 with a traceback in the log, before.
+        ("[" * 5000 + "]" * 5000, "invalid JSON: nested deeper than 128 levels"),
+        (
+            '{"op": "publish", "topic": "chat", "data": ' + "[" * 990 + "]" * 990 + "}",
+            "invalid JSON: nested deeper than 128 levels",
+        ),
+        # Python reads NaN, and would send it to every subscriber, whose parsers refuse it.
+        (
+            '{"op": "publish", "topic": "chat", "data": NaN}',
+            "invalid JSON: NaN is not a JSON number",
+        ),
         (b"\x00\x01", "binary messages not supported"),
     ],
 )
@@ -138,6 +149,7 @@ async def test_abuse_closes_1008(rt: Setup, message: str | bytes, reason: str) -
     async with websockets.connect(rt.ws_url()) as ws:
         await ws.send(message)
         assert await expect_close(ws, 1008) == reason
+    assert await rt.hub.last_seq("chat") == 0
 
 
 async def test_too_many_subscriptions_closes_1008(rt: Setup) -> None:

@@ -34,6 +34,7 @@ from ..protocol.http11 import Response
 
 __all__ = [
     "EPOCH_RE",
+    "MAX_JSON_DEPTH",
     "MAX_SEQ",
     "MAX_TOPIC_LENGTH",
     "TOPIC_RE",
@@ -50,6 +51,7 @@ __all__ = [
     "hello",
     "message_envelope",
     "owner_of",
+    "parse_json",
     "parse_since",
     "query_epoch",
     "query_one",
@@ -71,6 +73,11 @@ TOPIC_RE = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_TOPIC_LENGTH}}}")
 EPOCH_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 _JSON_SEPARATORS = (",", ":")
+
+#: Deepest nesting of arrays and objects accepted in a client's JSON (serde_json's default
+#: recursion limit is 128 too). Python's parser fails past ~1,000 levels with RecursionError,
+#: and a value that parses just under that fails again when serialized deeper in the stack.
+MAX_JSON_DEPTH = 128
 
 
 class InvalidInput(ValueError):
@@ -244,6 +251,62 @@ def check_topic(value: object) -> str:
         raise InvalidInput(
             f"invalid topic: 1 to {MAX_TOPIC_LENGTH} characters among A-Z a-z 0-9 _ - ."
         )
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    # RFC 8259 6: "Numeric values that cannot be represented ... (such as Infinity and NaN)
+    # are not permitted". Python writes them back out as is, which no browser parses.
+    raise ValueError(f"invalid JSON: {name} is not a JSON number")
+
+
+# One decoder for every call: json.loads with any keyword builds a new one each time.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, counted no further than ``limit + 1``."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth > limit:
+            break
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON a client sent: strict RFC 8259 and at most ``max_depth`` levels deep.
+
+    Raises:
+        ValueError: not JSON (NaN and Infinity included: browsers cannot read them back),
+            or nested deeper than ``max_depth``; ``str(exc)`` is short and safe to send back.
+    """
+    too_deep = f"invalid JSON: nested deeper than {max_depth} levels"
+    try:
+        # RFC 8259 8.1: "JSON text exchanged between systems ... MUST be encoded using UTF-8".
+        value = _DECODER.decode(text if isinstance(text, str) else text.decode())
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        if str(exc).startswith("invalid JSON:"):
+            raise
+        raise ValueError("invalid JSON") from None
+    # Bracket counts are cheap and bound the depth; walk the value only when they could
+    # exceed the limit.
+    if isinstance(value, (dict, list)):
+        if isinstance(text, str):
+            brackets = text.count("[") + text.count("{")
+        else:
+            brackets = text.count(b"[") + text.count(b"{")
+        if brackets > max_depth and _depth(value, max_depth) > max_depth:
+            raise ValueError(too_deep)
     return value
 
 

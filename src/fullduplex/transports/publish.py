@@ -5,7 +5,8 @@ type that HTML forms cannot send, so a cross-site page cannot publish without a 
 preflight). The answer is ``{"topic": T, "seq": N, "time": t}``, the message's place in the
 topic. Errors answer ``{"error": "..."}``:
 
-* 400: invalid JSON, not an object, an invalid topic name, no ``data`` field;
+* 400: invalid JSON (``NaN`` and ``Infinity`` too, and nesting deeper than
+  :data:`~.common.MAX_JSON_DEPTH`), not an object, an invalid topic name, no ``data`` field;
 * 401: no credentials or invalid ones, when an authenticator guards the route
   (:mod:`fullduplex.auth`; answered before this handler runs);
 * 403: the topic is not publishable by this client (:class:`~.common.TopicRules`: by default
@@ -26,14 +27,20 @@ with the first publish's sequence number, in the same atomic step as the publish
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App, json_response
 from ..hub import Hub, HubUnavailable, Message
 from ..protocol.http11 import Request, Response
-from .common import InvalidInput, TopicRules, check_topic, error_response, warn_open_publish
+from .common import (
+    InvalidInput,
+    TopicRules,
+    check_topic,
+    error_response,
+    parse_json,
+    warn_open_publish,
+)
 
 __all__ = [
     "DEFAULT_MAX_PUBLISH_KEYS",
@@ -135,9 +142,9 @@ def parse_publish(
     if ctype != "application/json":
         raise InvalidInput("Content-Type must be application/json", 415)
     try:
-        payload = json.loads(request.body)
-    except ValueError:
-        raise InvalidInput("invalid JSON") from None
+        payload = parse_json(request.body)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
     if not isinstance(payload, dict):
         raise InvalidInput("expected a JSON object with topic and data")
     topic = check_topic(payload.get("topic"))

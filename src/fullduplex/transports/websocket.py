@@ -49,7 +49,9 @@ the upgrade (``ws.identity``, see :mod:`fullduplex.auth`); an upgrade it refuses
 401 or 403, and a connection whose token expires is closed with 1008 ("token expired").
 
 Protocol abuse closes the connection with 1008 (policy violation) and a reason: a message that
-is not JSON or not a JSON object, a binary message, more than ``max_subscriptions`` topics.
+is not JSON (``NaN`` and ``Infinity`` are not; nor is nesting deeper than
+:data:`~.common.MAX_JSON_DEPTH`, 128) or not a JSON object, a binary message, more than
+``max_subscriptions`` topics.
 A message over ``max_message_size`` is closed by the core with 1009 (message too big, RFC 6455
 7.4.1), before it is buffered whole.
 
@@ -70,7 +72,6 @@ come back, spread over a random delay, and resume from their cursors.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -90,6 +91,7 @@ from .common import (
     dumps,
     hello,
     owner_of,
+    parse_json,
     parse_since,
     warn_open_publish,
 )
@@ -156,9 +158,9 @@ class _Session:
 
     async def handle(self, text: str) -> None:
         try:
-            request = json.loads(text)
-        except ValueError:
-            raise _ProtocolAbuse("invalid JSON") from None
+            request = parse_json(text)
+        except ValueError as exc:
+            raise _ProtocolAbuse(str(exc)) from None
         if not isinstance(request, dict):
             raise _ProtocolAbuse("expected a JSON object")
         op = request.get("op")
