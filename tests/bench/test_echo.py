@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import math
+import os
+import signal
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,6 +91,39 @@ async def test_rate_limited_server_is_named_in_the_summary() -> None:
     assert summary.errors == 2
     assert "1008" in summary.first_error
     assert "--max-messages-per-second" in summary.report()
+
+
+async def test_byte_rate_limited_server_names_the_byte_limit() -> None:
+    server = await fullduplex.serve(
+        create_app(), "127.0.0.1", 0, max_messages_per_second=None, max_bytes_per_second=10_000
+    )
+    try:
+        url = f"ws://127.0.0.1:{server.port}/echo"
+        summary = await run(BenchConfig(url, connections=1, size=1000, duration=1.0))
+    finally:
+        await server.shutdown()
+    assert "too many bytes per second" in summary.first_error
+    assert "--max-bytes-per-second" in summary.report()
+    assert "--max-messages-per-second" not in summary.report()
+
+
+@pytest.mark.one_loop
+async def test_ctrl_c_prints_interrupted_and_no_traceback(echo_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "fullduplex", "bench", echo_url, "--rate", "20"),
+        *("--duration", "20", "--interval", "0.2"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(fullduplex.__file__).resolve().parents[1])},
+    )
+    assert proc.stderr is not None
+    while b"sent" not in await asyncio.wait_for(proc.stderr.readline(), 30):
+        pass  # "opening connections" lines, then the first progress line: the load runs
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"fullduplex bench: interrupted" in err
+    assert b"Traceback" not in err and b"never retrieved" not in err, err
+    assert proc.returncode == 1
 
 
 async def test_ping_pong(echo_url: str) -> None:

@@ -264,14 +264,20 @@ async def _open_all(
             opening(done, config.connections)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc) or type(exc).__name__
     if isinstance(exc, ConnectionClosed) and exc.code == 1008:
-        # A fullduplex server's per-WebSocket message rate (1,000/s by default) closes a
-        # ping-pong benchmark; say how to lift it rather than leave a bare 1008.
-        text += " (a server limit such as fullduplex's --max-messages-per-second)"
+        # A fullduplex server's per-WebSocket rates (1,000 messages/s, 16 MiB/s by default)
+        # close a ping-pong benchmark; say how to lift them rather than leave a bare 1008.
+        option = "bytes" if "bytes" in text else "messages"
+        text += f" (a server limit such as fullduplex's --max-{option}-per-second)"
     return text
 
 
@@ -374,6 +380,11 @@ async def run(
         with contextlib.suppress(asyncio.CancelledError):
             await load
     finally:
+        # Interrupted (Ctrl-C cancels this task): the shielded jobs are cancelled too, and
+        # their gather's CancelledError is taken here, not reported at exit as "exception was
+        # never retrieved" with a traceback.
+        load.add_done_callback(_retrieve)
+        load.cancel()
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
