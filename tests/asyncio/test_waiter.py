@@ -169,3 +169,50 @@ async def test_no_cyclic_garbage_with_either_waiter(waiter_kind: str) -> None:
     from .test_fast_paths import test_a_closed_connection_leaves_no_cyclic_garbage as check
 
     await check("async")
+
+
+@pytest.mark.parametrize("kind", sorted(WAITERS))
+async def test_a_waiter_driven_by_hand(kind: str) -> None:
+    """Any owner with the attributes (no slots here: the C waiter looks them up by name)."""
+
+    class Owner:
+        def __init__(self) -> None:
+            self._queue: list[str] | None = None
+            self._lost = False
+            self.requeued: list[str] = []
+
+        def _take_queued(self) -> str:
+            assert self._queue
+            return self._queue.pop(0)
+
+        def _requeue(self, message: str) -> None:
+            self.requeued.append(message)
+
+        def _end_of_messages(self) -> BaseException:
+            return StopAsyncIteration()
+
+    owner = Owner()
+    w = WAITERS[kind](owner, asyncio.get_running_loop(), waiter.DONE)
+    assert not w.busy
+    suspended_on = next(w)
+    assert asyncio.isfuture(suspended_on) and w.busy
+    with pytest.raises(RuntimeError, match="already being awaited"):
+        next(w)
+    # No task waits. The C waiter finds no wake-up on its future and hands nothing over (the
+    # caller queues the message); the Python one keeps it for the next send(), and closing
+    # the wait gives it back.
+    handed = w.wake("held")
+    w.close()
+    assert not w.busy
+    if kind == "c":
+        assert handed is False and owner.requeued == []
+    else:
+        assert handed is True and owner.requeued == ["held"]
+    owner._queue = ["queued"]
+    assert await w == "queued"
+    owner._lost = True
+    with pytest.raises(StopAsyncIteration):
+        await w
+    w.lose()
+    with pytest.raises(StopAsyncIteration):
+        await w

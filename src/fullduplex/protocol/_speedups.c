@@ -12,6 +12,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <stdint.h>
 #include <string.h>
@@ -466,6 +467,7 @@ typedef struct {
     PyObject *str_add_done_callback;
     PyObject *str_done;
     PyObject *str_set_result;
+    PyObject *str_await;
     PyObject *kw_context;
     PyObject *current_task;
     PyObject *current_tasks; /* asyncio's {loop: task} on Python 3.11, else NULL */
@@ -683,10 +685,48 @@ typedef struct {
     PyObject *loop;
     PyObject *done;   /* a completed future: the argument of a wake-up run at once */
     PyObject *future; /* the pending future the task waits on; kept between waits */
+    PyObject *waiting; /* future.__await__() when C's (it yields the future again and again) */
     PyObject *result; /* the message handed over (W_DONE) */
+    PyTypeObject *owner_type; /* the owner's type when its slots below were found */
+    Py_ssize_t queue_offset;  /* where the owner's `_queue` and `_lost` slots are, or 0 */
+    Py_ssize_t lost_offset;
     int state;
     int detached;     /* the connection is lost: drop owner once idle */
 } MessageWaiter;
+
+/* The offset of a `__slots__` entry of type, or 0 if name is not a plain slot there. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    Py_ssize_t offset = 0;
+
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+            offset = member->offset;
+        }
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+/* owner.<slot at offset>, a new reference; NULL with an error if unset or not found. */
+static PyObject *
+owner_slot(MessageWaiter *self, Py_ssize_t offset, PyObject *name)
+{
+    if (offset != 0 && Py_TYPE(self->owner) == self->owner_type) {
+        PyObject *value = *(PyObject **)((char *)self->owner + offset);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(self->owner, name);
+}
 
 static speedups_state *
 waiter_state(MessageWaiter *self)
@@ -715,7 +755,15 @@ message_waiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->loop = Py_NewRef(loop);
     self->done = Py_NewRef(done);
     self->future = NULL;
+    self->waiting = NULL;
     self->result = NULL;
+    /* Read as slots, not looked up by name each time: ~300 instructions a message. */
+    self->owner_type = (PyTypeObject *)Py_NewRef((PyObject *)Py_TYPE(owner));
+    {
+        speedups_state *st = (speedups_state *)PyModule_GetState(PyType_GetModule(type));
+        self->queue_offset = slot_offset(self->owner_type, st->str_queue);
+        self->lost_offset = slot_offset(self->owner_type, st->str_lost);
+    }
     self->state = W_IDLE;
     self->detached = 0;
     PyObject_GC_Track(self);
@@ -730,7 +778,9 @@ message_waiter_traverse(MessageWaiter *self, visitproc visit, void *arg)
     Py_VISIT(self->loop);
     Py_VISIT(self->done);
     Py_VISIT(self->future);
+    Py_VISIT(self->waiting);
     Py_VISIT(self->result);
+    Py_VISIT(self->owner_type);
     return 0;
 }
 
@@ -741,7 +791,9 @@ message_waiter_clear(MessageWaiter *self)
     Py_CLEAR(self->loop);
     Py_CLEAR(self->done);
     Py_CLEAR(self->future);
+    Py_CLEAR(self->waiting);
     Py_CLEAR(self->result);
+    Py_CLEAR(self->owner_type);
     return 0;
 }
 
@@ -755,6 +807,14 @@ message_waiter_dealloc(MessageWaiter *self)
     Py_DECREF(type);
 }
 
+/* Not waited on again (cancelled with its task, resolved, or the connection lost). */
+static void
+waiter_drop_future(MessageWaiter *self)
+{
+    Py_CLEAR(self->waiting);
+    Py_CLEAR(self->future);
+}
+
 /* Back to idle, the wait over. */
 static void
 waiter_reset(MessageWaiter *self)
@@ -762,7 +822,7 @@ waiter_reset(MessageWaiter *self)
     self->state = W_IDLE;
     if (self->detached) {
         Py_CLEAR(self->owner);
-        Py_CLEAR(self->future);
+        waiter_drop_future(self);
     }
 }
 
@@ -813,7 +873,7 @@ message_waiter_am_send(MessageWaiter *self, PyObject *arg, PyObject **presult)
         PyErr_SetNone(PyExc_StopAsyncIteration);
         return PYGEN_ERROR;
     }
-    value = PyObject_GetAttr(self->owner, st->str_queue);
+    value = owner_slot(self, self->queue_offset, st->str_queue);
     if (value == NULL) {
         return PYGEN_ERROR;
     }
@@ -835,7 +895,7 @@ message_waiter_am_send(MessageWaiter *self, PyObject *arg, PyObject **presult)
     else {
         Py_DECREF(value);
     }
-    value = PyObject_GetAttr(self->owner, st->str_lost);
+    value = owner_slot(self, self->lost_offset, st->str_lost);
     if (value == NULL) {
         return PYGEN_ERROR;
     }
@@ -850,6 +910,33 @@ message_waiter_am_send(MessageWaiter *self, PyObject *arg, PyObject **presult)
         if (self->future == NULL) {
             return PYGEN_ERROR;
         }
+        /* C's future iterator yields its pending future on every send (a Python future's
+         * __await__ is a generator, which would not): kept, it sets the future's
+         * _asyncio_future_blocking without an attribute lookup (~150 instructions). */
+        value = PyObject_CallMethodNoArgs(self->future, st->str_await);
+        if (value == NULL) {
+            return PYGEN_ERROR;
+        }
+        if (PyGen_Check(value) || Py_TYPE(value)->tp_as_async == NULL ||
+            Py_TYPE(value)->tp_as_async->am_send == NULL) {
+            Py_DECREF(value);
+        }
+        else {
+            self->waiting = value;
+        }
+    }
+    if (self->waiting != NULL) {
+        PyObject *yielded;
+        if (PyIter_Send(self->waiting, Py_None, &yielded) != PYGEN_NEXT) {
+            Py_XDECREF(yielded);
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_RuntimeError, "the message future completed");
+            }
+            return PYGEN_ERROR;
+        }
+        self->state = W_WAITING;
+        *presult = yielded; /* the future */
+        return PYGEN_NEXT;
     }
     if (PyObject_SetAttr(self->future, st->str_blocking, Py_True) < 0) {
         return PYGEN_ERROR;
@@ -912,7 +999,7 @@ waiter_abandon(MessageWaiter *self)
         message = self->result;
         self->result = NULL;
     }
-    Py_CLEAR(self->future);
+    waiter_drop_future(self);
     waiter_reset(self);
     if (message != NULL) {
         if (self->owner != NULL) {
@@ -990,6 +1077,7 @@ waiter_resolve(MessageWaiter *self, speedups_state *st)
     int done;
 
     self->future = NULL;
+    Py_CLEAR(self->waiting);
     if (future == NULL) {
         return 0;
     }
@@ -1133,7 +1221,7 @@ message_waiter_lose(MessageWaiter *self, PyObject *Py_UNUSED(ignored))
     }
     else if (self->state == W_IDLE) {
         Py_CLEAR(self->owner);
-        Py_CLEAR(self->future);
+        waiter_drop_future(self);
     }
     Py_RETURN_NONE;
 }
@@ -1223,13 +1311,14 @@ speedups_exec(PyObject *module)
         st->str_add_done_callback = PyUnicode_InternFromString("add_done_callback");
         st->str_done = PyUnicode_InternFromString("done");
         st->str_set_result = PyUnicode_InternFromString("set_result");
+        st->str_await = PyUnicode_InternFromString("__await__");
         st->kw_context = Py_BuildValue("(s)", "context");
         if (st->str_queue == NULL || st->str_lost == NULL || st->str_take_queued == NULL ||
             st->str_requeue == NULL || st->str_end_of_messages == NULL ||
             st->str_create_future == NULL || st->str_blocking == NULL ||
             st->str_callbacks == NULL || st->str_remove_done_callback == NULL ||
             st->str_add_done_callback == NULL || st->str_done == NULL ||
-            st->str_set_result == NULL || st->kw_context == NULL) {
+            st->str_set_result == NULL || st->str_await == NULL || st->kw_context == NULL) {
             return -1;
         }
         /* asyncio is loaded already: importing fullduplex imports its asyncio layer. */
@@ -1287,6 +1376,7 @@ speedups_clear(PyObject *module)
     Py_CLEAR(st->str_add_done_callback);
     Py_CLEAR(st->str_done);
     Py_CLEAR(st->str_set_result);
+    Py_CLEAR(st->str_await);
     Py_CLEAR(st->kw_context);
     Py_CLEAR(st->current_task);
     Py_CLEAR(st->current_tasks);
