@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import ConsoleMessage, Page, Response, async_playwright
 
 import fullduplex
 from fullduplex.demo import create_app
@@ -80,6 +80,52 @@ async def test_live_page_four_transports_same_sequence(
             assert stats["poll"]["requestsPerMinute"] >= 2, stats
         finally:
             await browser.close()
+
+
+@pytest.mark.one_loop
+async def test_demo_pages_leave_nothing_in_the_console(
+    demo: tuple[DemoApp, fullduplex.Server],
+) -> None:
+    # What a visitor's developer tools show: no error, no warning, no failed request, once
+    # each page works (the echo answered, four cards with data, the chat open).
+    _, server = demo
+    base = f"http://127.0.0.1:{server.port}"
+    ready = {
+        "/": "document.querySelector('#state').textContent === 'open'",
+        "/live.html": "['ws','sse','longpoll','poll'].every(id => fdLive.seqs(id).length >= 3)",
+        "/chat.html": "document.querySelector('#chat-state').textContent === 'open'",
+    }
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            for path, condition in ready.items():
+                page = await browser.new_page()
+                noise = _watch(page)
+                await page.goto(base + path)
+                await page.wait_for_function(condition, timeout=15000)
+                assert noise == [], (path, noise)
+                await page.close()
+        finally:
+            await browser.close()
+
+
+def _watch(page: Page) -> list[str]:
+    """What the page's console and network report as wrong, as it happens."""
+    noise: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            noise.append(f"{message.type}: {message.text}")
+
+    def response(answer: Response) -> None:
+        if answer.status >= 400:
+            noise.append(f"{answer.status}: {answer.url}")
+
+    page.on("console", console)
+    page.on("pageerror", lambda error: noise.append(f"page error: {error}"))
+    page.on("requestfailed", lambda request: noise.append(f"failed: {request.url}"))
+    page.on("response", response)
+    return noise
 
 
 async def _join(page: Page, name: str) -> None:
