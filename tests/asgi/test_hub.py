@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -31,7 +32,9 @@ from ..transports import test_consistency
 from ..transports.client import EventStream
 
 
-def fastapi_with_hub(hub: Hub, prefix: str) -> tuple[FastAPI, HubApp]:
+def fastapi_with_hub(hub: Hub, prefix: str, **options: Any) -> tuple[FastAPI, HubApp]:
+    """A FastAPI app with a route of its own and a HubApp (``options``: HubApp's) at ``prefix``."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with hub:
@@ -44,7 +47,8 @@ def fastapi_with_hub(hub: Hub, prefix: str) -> tuple[FastAPI, HubApp]:
         return {"hello": "world"}
 
     rules = TopicRules(subscribe=["*"], publish=["chat", "open.*", "t"])
-    hub_app = HubApp(hub, rules=rules, heartbeat_interval=0.2, longpoll_timeout=1.0)
+    settings: dict[str, Any] = {"heartbeat_interval": 0.2, "longpoll_timeout": 1.0, **options}
+    hub_app = HubApp(hub, rules=rules, **settings)
 
     @hub_app.routes.get("/boom")
     async def boom(request: Request) -> str:
@@ -61,18 +65,28 @@ class Mounted:
     hub: Hub
     port: int
     prefix: str
+    app: HubApp | None = None
 
     def ws_url(self, path: str = "/pubsub") -> str:
         return f"ws://127.0.0.1:{self.port}{self.prefix}{path}"
 
 
 @asynccontextmanager
-async def under_uvicorn(prefix: str) -> AsyncIterator[Mounted]:
+async def under_uvicorn(
+    prefix: str,
+    uvicorn_options: dict[str, Any] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+    **options: Any,
+) -> AsyncIterator[Mounted]:
+    """:func:`fastapi_with_hub` served by uvicorn (``uvicorn_options``: its Config's; ``wrap``:
+    a middleware around the whole application)."""
     hub = Hub()
-    app, hub_app = fastapi_with_hub(hub, prefix)
+    app, hub_app = fastapi_with_hub(hub, prefix, **options)
+    served = app if wrap is None else wrap(app)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    settings: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **(uvicorn_options or {})}
+    config = uvicorn.Config(served, **settings)
     server = uvicorn.Server(config)
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
@@ -81,12 +95,45 @@ async def under_uvicorn(prefix: str) -> AsyncIterator[Mounted]:
                 break
             await asyncio.sleep(0.01)
         assert server.started
-        yield Mounted(hub, sock.getsockname()[1], prefix)
+        yield Mounted(hub, sock.getsockname()[1], prefix, hub_app)
     finally:
         hub_app.transports.close()
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+@asynccontextmanager
+async def under_hypercorn(prefix: str, **options: Any) -> AsyncIterator[Mounted]:
+    """:func:`fastapi_with_hub` served by hypercorn."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    hub = Hub()
+    app, hub_app = fastapi_with_hub(hub, prefix, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # hypercorn binds it again (a port picked free, not held)
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.loglevel = "WARNING"
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        for _ in range(500):  # bounded: 5 s for hypercorn to listen
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            writer.close()
+            break
+        yield Mounted(hub, port, prefix, hub_app)
+    finally:
+        hub_app.transports.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
 
 
 @pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
@@ -167,34 +214,8 @@ async def test_mounted_under_a_prefix_on_fullduplex() -> None:
 
 @pytest.mark.one_loop
 async def test_mounted_under_a_prefix_under_hypercorn() -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
-    hub = Hub()
-    app, hub_app = fastapi_with_hub(hub, "/rt")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # hypercorn binds it again (a port picked free, not held)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.loglevel = "WARNING"
-    stop = asyncio.Event()
-    task = asyncio.ensure_future(serve(app, config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
-    try:
-        for _ in range(500):  # bounded: 5 s for hypercorn to listen
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.01)
-                continue
-            writer.close()
-            break
-        await exercise(port, "/rt")
-    finally:
-        hub_app.transports.close()
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    async with under_hypercorn("/rt") as rt:
+        await exercise(rt.port, "/rt")
 
 
 async def test_hub_app_served_alone_runs_the_hub_lifespan() -> None:

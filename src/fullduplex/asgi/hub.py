@@ -39,6 +39,14 @@ a close before accepting, which the server answers 403). The identity is what
 ``/pubsub`` connection is closed with 1008 ("token expired"), an event stream ends, and a held
 long poll is answered 401.
 
+Abuse limits are the native server's (:mod:`fullduplex.asyncio.limits`), with the same settings
+and defaults, whatever server runs it: per client IP (``scope["client"]``, which the ASGI server
+takes from ``X-Forwarded-For`` when it trusts the proxy: uvicorn's ``--forwarded-allow-ips``),
+``max_connections_per_ip`` open WebSockets and requests being handled and ``rate_per_ip``
+handshakes and requests a second, refused with 429 and ``Retry-After`` (a WebSocket before it is
+accepted, as for a refused authentication); per ``/pubsub`` WebSocket,
+``max_messages_per_second`` and ``max_bytes_per_second``, over which it closes with 1008.
+
 Served on its own (``fullduplex.serve(HubApp(hub))``, ``uvicorn module:app``), it answers
 the lifespan protocol with :meth:`HubApp.startup` and :meth:`HubApp.shutdown`.
 """
@@ -53,16 +61,26 @@ import urllib.parse
 from typing import Any
 
 from ..asyncio.connection import DEFAULT_MAX_QUEUE, DEFAULT_WRITE_LIMIT, WebSocket
+from ..asyncio.limits import ClientLimits, client_limits, too_many_requests
 from ..asyncio.router import (
     SERVER_DEFAULT,
     App,
+    HTTPRoute,
     StreamingResponse,
+    WebSocketRoute,
     call_handler,
     refusal_response,
     text_response,
 )
 from ..auth.identity import Authenticator, AuthError, Identity, authenticate, expires_in
-from ..config import DEFAULT_CLOSE_TIMEOUT
+from ..config import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_BYTES_PER_SECOND,
+    DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_MESSAGES_PER_SECOND,
+    DEFAULT_RATE_PER_IP,
+    Config,
+)
 from ..hub import Hub, Presence
 from ..protocol import CloseCode, CloseReceived, Connection, ConnectionClosed, Side
 from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
@@ -105,6 +123,15 @@ class HubApp:
             WebSocket counts as not writable (its topic backlogs fill, then the policy acts).
         max_queue: received WebSocket messages buffered before reading pauses.
         close_timeout: seconds to wait for a closing handshake.
+        max_connections_per_ip: open ``/pubsub`` WebSockets and HTTP requests being handled
+            per client IP (``scope["client"]``); over it, 429 with ``Retry-After``. None: no
+            limit.
+        rate_per_ip: WebSocket handshakes and HTTP requests per client IP per second (a token
+            bucket of one second's worth); over it, 429 with ``Retry-After``. None: no limit.
+        max_messages_per_second: messages received per ``/pubsub`` WebSocket per second; over
+            it, close 1008 ``too many messages per second``. None: no limit.
+        max_bytes_per_second: payload bytes received per ``/pubsub`` WebSocket per second;
+            over it, close 1008 ``too many bytes per second``. None: no limit.
     """
 
     def __init__(
@@ -122,7 +149,19 @@ class HubApp:
         max_body_size: int | None = DEFAULT_MAX_BODY_SIZE,
         write_limit: int = DEFAULT_WRITE_LIMIT,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        # Abuse limits (the native server's settings and defaults)
+        max_connections_per_ip: int | None = DEFAULT_MAX_CONNECTIONS_PER_IP,
+        rate_per_ip: float | None = DEFAULT_RATE_PER_IP,
+        max_messages_per_second: int | None = DEFAULT_MAX_MESSAGES_PER_SECOND,
+        max_bytes_per_second: int | None = DEFAULT_MAX_BYTES_PER_SECOND,
     ) -> None:
+        # Checked as the server checks them (a TypeError or ValueError naming the setting).
+        Config(
+            max_connections_per_ip=max_connections_per_ip,
+            rate_per_ip=rate_per_ip,
+            max_messages_per_second=max_messages_per_second,
+            max_bytes_per_second=max_bytes_per_second,
+        )
         #: The hub.
         self.hub = hub
         #: The routes the transports are mounted on (a private fullduplex App, whose ``auth``
@@ -141,6 +180,11 @@ class HubApp:
         self.write_limit = write_limit
         self.max_queue = max_queue
         self.close_timeout = close_timeout
+        #: Per-IP connection counts and rates (:mod:`fullduplex.asyncio.limits`), as the
+        #: native server's ``Server.limits``; None when both per-IP settings are None.
+        self.limits: ClientLimits | None = client_limits(max_connections_per_ip, rate_per_ip)
+        self.max_messages_per_second = max_messages_per_second
+        self.max_bytes_per_second = max_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI 3 entry point."""
@@ -154,6 +198,30 @@ class HubApp:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
+    def _admit(self, scope: Scope) -> tuple[str | None, Response | None]:
+        """Count a request or handshake against its client IP's limits, as the native server.
+
+        Returns:
+            ``(ip, None)``: admitted, ``ip`` counted as open until :meth:`_release` (None when
+            nothing is counted: no per-IP limit, or no client address); ``(None, answer)``:
+            refused, ``answer`` is the 429 to send.
+        """
+        limits = self.limits
+        client = scope.get("client")
+        if limits is None or not client:
+            return None, None
+        ip = str(client[0])  # the ASGI server's client: X-Forwarded-For from trusted proxies
+        wait = limits.admit(ip)
+        if wait is not None:
+            return None, too_many_requests(wait)
+        limits.acquire(ip)
+        return ip, None
+
+    def _release(self, ip: str | None) -> None:
+        """The request or WebSocket counted by :meth:`_admit` for ``ip`` is over."""
+        if ip is not None and self.limits is not None:
+            self.limits.release(ip)
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = _route_path(scope)
         method = scope["method"]
@@ -161,6 +229,20 @@ class HubApp:
         if route is None:
             await _send_response(send, method, text_response("not found\n", 404))
             return
+        # Counted before anything else, as native routes are (a flood costs no auth check).
+        ip, refusal = self._admit(scope)
+        if refusal is not None:
+            await _send_response(send, method, refusal)
+            return
+        try:
+            await self._http_route(scope, receive, send, path, route)
+        finally:
+            self._release(ip)
+
+    async def _http_route(
+        self, scope: Scope, receive: Receive, send: Send, path: str, route: HTTPRoute
+    ) -> None:
+        method = scope["method"]
         handler = route.handlers.get(method)
         if handler is None:
             allow = ", ".join(sorted(route.methods))
@@ -212,6 +294,24 @@ class HubApp:
         if route is None:
             await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
             return
+        # Before anything else, as natively: counted from here until the WebSocket closes.
+        ip, refusal = self._admit(scope)
+        if refusal is not None:
+            await _deny(scope, send, refusal)
+            return
+        try:
+            await self._websocket_route(scope, receive, send, path, route)
+        finally:
+            self._release(ip)
+
+    async def _websocket_route(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path: str,
+        route: WebSocketRoute,
+    ) -> None:
         request = _request(scope, path, b"")
         auth = self.routes.auth_for(route)
         if auth is not None:
@@ -248,6 +348,9 @@ class HubApp:
             close_timeout=self.close_timeout,
             max_queue=self.max_queue,
             write_limit=self.write_limit,
+            # Enforced by the WebSocket itself (close 1008), as on native routes.
+            max_messages_per_second=self.max_messages_per_second,
+            max_bytes_per_second=self.max_bytes_per_second,
         )
         loopback.attach(ws)
         handler = asyncio.ensure_future(_run_handler(route.handler, ws, path))
@@ -271,6 +374,7 @@ class HubApp:
                 task.cancel()
             await asyncio.gather(handler, reader, return_exceptions=True)
             await loopback.finish()
+            await loopback.read_to_end(receive)
 
     # -- lifespan -----------------------------------------------------------------------------
 
@@ -419,8 +523,8 @@ class _Progress:
 _EXPIRED = AuthError("token expired")
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
+async def _wait_disconnect(receive: Receive, kind: str = "http.disconnect") -> None:
+    while (await receive())["type"] != kind:
         pass
 
 
@@ -513,6 +617,7 @@ class _Loopback(asyncio.Transport):
         self._closing = False
         self._lost = False
         self._close_sent = False
+        self._gone = False
         self._reading = asyncio.Event()
         self._reading.set()
         self._wakeup = asyncio.Event()
@@ -620,7 +725,22 @@ class _Loopback(asyncio.Transport):
                 self._disconnected(message.get("code", CloseCode.NORMAL_CLOSURE))
                 return
 
+    async def read_to_end(self, receive: Receive) -> None:
+        """After the close went out, take what the client still sends until it disconnects.
+
+        Bounded by ``close_timeout``. A server whose reading waits for the application to take
+        each message (hypercorn's queue of 10) would otherwise never read the client's answer
+        to the close, after a flood closed with 1008, and hold the connection open; the native
+        server reads on the same way.
+        """
+        if self._gone:
+            return
+        timeout = self.ws.close_timeout if self.ws is not None else None
+        with contextlib.suppress(asyncio.TimeoutError, OSError):
+            await asyncio.wait_for(_wait_disconnect(receive, "websocket.disconnect"), timeout)
+
     def _disconnected(self, code: int) -> None:
+        self._gone = True  # the ASGI server said so: receive has nothing more to give
         self._close_sent = True  # nothing more goes to the ASGI server
         self._queue.clear()
         if not self._closing and self.ws is not None:
@@ -671,6 +791,7 @@ class _Loopback(asyncio.Transport):
                 if message["type"] == "websocket.close":
                     return
         except OSError:  # the ASGI server's ClientDisconnected
+            self._gone = True
             self._queue.clear()
             self._close_sent = True
             self._closing = True

@@ -18,8 +18,10 @@ first out; an entry idle long enough to have refilled is the same as no entry an
 Per-message limits (``max_messages_per_second``, ``max_bytes_per_second``) live on the
 WebSocket itself (:meth:`fullduplex.asyncio.connection.WebSocket.limit_rate`).
 
-The native server and the ASGI server (:mod:`fullduplex.asgi`) both hold one
-:class:`ClientLimits` (``Server.limits``) and answer a refusal with :func:`too_many_requests`.
+The native server, the ASGI server (:mod:`fullduplex.asgi`) and
+:class:`~fullduplex.asgi.HubApp` under any ASGI server each hold one :class:`ClientLimits`
+(``Server.limits``, ``HubApp.limits``: :func:`client_limits`) and answer a refusal with
+:func:`too_many_requests`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from ..protocol.http11 import Response
 from .router import text_response
 
-__all__ = ["DEFAULT_MAX_TRACKED_IPS", "ClientLimits", "too_many_requests"]
+__all__ = ["DEFAULT_MAX_TRACKED_IPS", "ClientLimits", "client_limits", "too_many_requests"]
 
 #: Entries of the per-IP rate table before the least recently seen IP is forgotten.
 DEFAULT_MAX_TRACKED_IPS = 10_000
@@ -132,6 +134,15 @@ class ClientLimits:
             self._open[ip] = count
         else:
             self._open.pop(ip, None)
+
+
+def client_limits(
+    max_connections_per_ip: int | None, rate_per_ip: float | None
+) -> ClientLimits | None:
+    """The :class:`ClientLimits` of these settings; None when both are None (nothing counted)."""
+    if max_connections_per_ip is None and rate_per_ip is None:
+        return None
+    return ClientLimits(max_connections_per_ip, rate_per_ip)
 
 
 def too_many_requests(wait: float) -> Response:

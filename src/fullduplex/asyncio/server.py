@@ -54,7 +54,7 @@ from ..protocol.exceptions import InvalidHandshake, InvalidMessage, NegotiationE
 from ..protocol.handshake import ServerHandshake
 from ..protocol.http11 import Request, RequestParser, Response
 from .connection import WebSocket, WebSocketListener
-from .limits import ClientLimits, too_many_requests
+from .limits import ClientLimits, client_limits, too_many_requests
 from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
     SERVER_DEFAULT,
@@ -151,9 +151,9 @@ class Server:
             self.trusted_proxies = TrustedProxies(self.config.forwarded_allow_ips)
         #: Per-IP connection counts and rates (:mod:`fullduplex.asyncio.limits`); None when
         #: both ``max_connections_per_ip`` and ``rate_per_ip`` are None.
-        self.limits: ClientLimits | None = None
-        if self.config.max_connections_per_ip is not None or self.config.rate_per_ip is not None:
-            self.limits = ClientLimits(self.config.max_connections_per_ip, self.config.rate_per_ip)
+        self.limits: ClientLimits | None = client_limits(
+            self.config.max_connections_per_ip, self.config.rate_per_ip
+        )
 
     @property
     def sockets(self) -> Sequence[Any]:
