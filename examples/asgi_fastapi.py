@@ -1,7 +1,7 @@
 """A FastAPI application served by fullduplex instead of uvicorn (docs/asgi.md).
 
-Run it with ``python examples/asgi_fastapi.py`` (or, once the CLI takes an application,
-``fullduplex serve examples.asgi_fastapi:app``). The code is plain FastAPI: only the last line
+Run it with ``python examples/asgi_fastapi.py``, or ``fullduplex serve examples.asgi_fastapi:app``
+from the repository's root. The code is plain FastAPI: only the last line
 names the server.
 """
 
