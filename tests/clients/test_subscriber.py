@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -276,3 +277,25 @@ async def test_cli_subscribe_across_restart_and_publish(setup: Setup) -> None:
     items = [(x["topic"], x["seq"], x["data"]) for x in lines]
     assert check_stream(items, topic, 1, last + 1) == 0
     assert lines[-1]["data"] == {"x": 1}
+
+
+@pytest.mark.parametrize("uri", ["notaurl", "http://127.0.0.1:1/pubsub", "ws://127.0.0.1:99999/x"])
+async def test_a_malformed_uri_is_refused_at_once(uri: str) -> None:
+    # connect() refuses these on every attempt: retrying them with backoff waited forever.
+    with pytest.raises(ValueError, match="invalid WebSocket URI"):
+        fullduplex.subscribe(uri, ["t"])
+    outcome: list[BaseException | None] = []
+
+    def threaded() -> None:
+        try:
+            sync_subscribe(uri, ["t"]).close()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    # The threaded twin raises in the caller's thread (it used to wait for its first item).
+    thread = threading.Thread(target=threaded, daemon=True)
+    thread.start()
+    await asyncio.to_thread(thread.join, 10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ValueError), outcome

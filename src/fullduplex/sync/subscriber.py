@@ -64,9 +64,15 @@ class Subscriber:
         self._async: AsyncSubscriber | None = None
         self._args = (uri, names, max_pending, options)
         self._closed = False
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="fullduplex-subscriber", daemon=True)
         self._thread.start()
         self._ready.wait()
+        if self._error is not None:
+            # Refused by the subscriber itself (a malformed URI, a bad option): raised here,
+            # in the caller's thread, instead of leaving it waiting for items never coming.
+            self._thread.join()
+            raise self._error
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -77,7 +83,12 @@ class Subscriber:
 
     async def _main(self) -> None:
         uri, names, max_pending, options = self._args
-        sub = self._async = AsyncSubscriber(uri, names, max_pending=max_pending, **options)
+        try:
+            sub = self._async = AsyncSubscriber(uri, names, max_pending=max_pending, **options)
+        except Exception as exc:
+            self._error = exc
+            self._ready.set()
+            return
         sub.start()
         self._ready.set()
         try:
