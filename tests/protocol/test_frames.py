@@ -396,6 +396,34 @@ def test_64_bit_length_of_2_to_the_62_is_legal_and_too_big():
     assert parse_error(b"\x82\x7f" + struct.pack("!Q", 2**63), require_mask=False).code == 1002
 
 
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b"\x82\x7e\x00\x00", "16-bit payload length for fewer than 126 bytes"),
+        (b"\x82\x7e\x00\x7d", "16-bit payload length for fewer than 126 bytes"),
+        (b"\x81\x7f" + struct.pack("!Q", 5), "64-bit payload length for fewer than 65536 bytes"),
+        (b"\x82\x7f" + struct.pack("!Q", 0xFFFF), "64-bit payload length for fewer than 65536"),
+    ],
+)
+def test_non_minimal_length_fails_1002(header: bytes, reason: str):
+    # RFC 6455 5.2: "In all cases, the minimal number of bytes MUST be used to encode the
+    # length". Failed on the header, before the payload arrives.
+    exc = parse_error(header, require_mask=False)
+    assert (exc.code, type(exc)) == (1002, ProtocolError)
+    assert str(exc).startswith(reason)
+
+
+def test_minimal_lengths_at_the_boundaries_are_read():
+    for header, size in [
+        (b"\x82\x7e\x00\x7e", 126),
+        (b"\x82\x7f" + struct.pack("!Q", 0x10000), 0x10000),
+    ]:
+        parser = FrameParser(require_mask=False)
+        parser.feed(header + b"x" * size)
+        frame = parser.next_frame()
+        assert frame is not None and len(frame.payload) == size
+
+
 def test_masked_frame_from_the_server_has_its_own_message():
     exc = parse_error(b"\x82\x81abcdx", require_mask=False)
     assert (exc.code, str(exc)) == (1002, "masked frame from the server")

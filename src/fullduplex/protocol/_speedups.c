@@ -161,6 +161,9 @@ simple_header(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos, int requ
             return 0;
         }
         n = ((Py_ssize_t)buf[pos + 2] << 8) | buf[pos + 3];
+        if (n < 126) {
+            return 0; /* not minimal (RFC 6455 5.2): the Python parser reports it */
+        }
         h = 4;
     }
     else if (n == 127) {
@@ -172,8 +175,8 @@ simple_header(const unsigned char *buf, Py_ssize_t len, Py_ssize_t pos, int requ
         for (i = 0; i < 8; i++) {
             m = (m << 8) | buf[pos + 2 + i];
         }
-        if (m > (uint64_t)PY_SSIZE_T_MAX - 14) {
-            return 0; /* the Python parser reports it (MSB set, or over any limit) */
+        if (m > (uint64_t)PY_SSIZE_T_MAX - 14 || m < 65536) {
+            return 0; /* the Python parser reports it (MSB set, over any limit, not minimal) */
         }
         n = (Py_ssize_t)m;
         h = 10;

@@ -74,6 +74,8 @@ LENGTH_MASK = 0x7F
 LENGTH_16 = 126
 #: 7-bit length value announcing a 64-bit length.
 LENGTH_64 = 127
+# The smallest payload length a 64-bit length may carry (RFC 6455 5.2: minimal encoding).
+_MIN_LENGTH_64 = 2**16
 
 
 class Opcode(enum.IntEnum):
@@ -253,11 +255,15 @@ def read_simple_frame_python(
         if len(buf) - pos < 4:
             return None
         (length,) = _unpack_h(buf, pos + 2)
+        if length < LENGTH_16:
+            return None  # not minimal: next_frame reports it
         head = 4
     elif length == LENGTH_64:
         if len(buf) - pos < 10:
             return None
         (length,) = _unpack_q(buf, pos + 2)
+        if length < _MIN_LENGTH_64:
+            return None
         head = 10
     if 0 <= max_size < length:
         return None
@@ -622,6 +628,10 @@ class FrameParser:
                 self._wait(4)
                 return None
             (length,) = _unpack_h(buf, pos + 2)
+            # RFC 6455 5.2: "In all cases, the minimal number of bytes MUST be used to encode
+            # the length". A peer that pads it may be probing for a parser that disagrees.
+            if length < LENGTH_16:
+                raise ProtocolError("16-bit payload length for fewer than 126 bytes")
         elif length == LENGTH_64:
             head = 10
             if avail < 10:
@@ -630,6 +640,8 @@ class FrameParser:
             (length,) = _unpack_q(buf, pos + 2)
             if length >> 63:
                 raise ProtocolError("64-bit payload length with the most significant bit set")
+            if length < _MIN_LENGTH_64:
+                raise ProtocolError("64-bit payload length for fewer than 65536 bytes")
         limit = self.max_frame_size
         # Common case tested inline, the rest in _check_header: a data frame without RSV bits,
         # masked as expected, within the limit. Saves a call per frame (32 B parse: 1.63M ->
