@@ -216,3 +216,21 @@ async def test_a_waiter_driven_by_hand(kind: str) -> None:
     w.lose()
     with pytest.raises(StopAsyncIteration):
         await w
+
+
+@pytest.mark.parametrize("waited", [False, True])
+async def test_queued_messages_outlive_the_connection(
+    waiter_kind: str, waited: bool, demo_server: fullduplex.Server
+) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        if waited:  # a waiter exists when the connection is lost
+            await ws.send("first")
+            assert await asyncio.wait_for(ws.recv(), 5) == "first"
+        ws._deliver("a")  # nobody waits: queued
+        ws._deliver("b")
+        ws.transport.abort()
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert await ws.recv() == "a"
+        assert await anext(ws) == "b"
+        with pytest.raises(fullduplex.ConnectionClosedError):
+            await ws.recv()

@@ -343,28 +343,27 @@ class WebSocket(asyncio.Protocol):
         What it returns is the connection's one :class:`~fullduplex.asyncio.waiter.MessageWaiter`,
         awaited again for each message: no future resolved, no handle scheduled and no coroutine
         object per message, and the handler's task is resumed inside the read that brought its
-        message (waiter.py): 21.4k -> 16.9k user-space instructions per 32 B async echo
+        message (waiter.py): 21.4k -> 16.5k user-space instructions per 32 B async echo
         (``bench/run.py --callgrind``; docs/performance.md). Nothing happens until it is
-        awaited (the first wait makes the waiter).
+        awaited.
         """
         waiter = self._waiter
         if waiter is None:
-            return self._first_anext()
+            if self._lost:
+                return self._anext_lost()
+            # Made here, not by a generator around the first wait: that generator would stay
+            # suspended as long as an idle connection waits (~230 bytes each).
+            waiter = self._waiter = MessageWaiter(self, self._loop, DONE)
         return waiter  # type: ignore[no-any-return]
 
     @types.coroutine
-    def _first_anext(self) -> Generator[Any, None, Data]:
-        # The first wait makes the waiter; once the connection is lost there is none (it held
-        # this WebSocket): what is queued, then the end of messages.
-        if not self._lost:
-            waiter = self._waiter
-            if waiter is None:  # (another coroutine may have made it since __anext__)
-                waiter = self._waiter = MessageWaiter(self, self._loop, DONE)
-            message: Data = yield from waiter
-            return message
+    def _anext_lost(self) -> Generator[Any, None, Data]:
+        # Once the connection is lost there is no waiter (it held this WebSocket): what is
+        # queued, then the end of messages.
         if self._queue:
             return self._take_queued()
         raise self._end_of_messages()
+        yield  # pragma: no cover - a generator-based coroutine, like the waiter
 
     def _take_queued(self) -> Data:
         # A message queued before anyone waited (the waiter calls this).
