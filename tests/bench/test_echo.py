@@ -107,6 +107,19 @@ async def test_byte_rate_limited_server_names_the_byte_limit() -> None:
     assert "--max-messages-per-second" not in summary.report()
 
 
+async def test_a_per_ip_refusal_names_the_limits_to_lift() -> None:
+    # 60 handshakes at once from one IP: past the default rate_per_ip (a burst of 50).
+    server = await fullduplex.serve(create_app(), "127.0.0.1", 0)
+    try:
+        url = f"ws://127.0.0.1:{server.port}/echo"
+        with pytest.raises(BenchError) as refused:
+            await run(BenchConfig(url, connections=60, rate=60, duration=1.0))
+    finally:
+        await server.shutdown()
+    assert "429" in str(refused.value)
+    assert "--rate-per-ip none --max-connections-per-ip none" in str(refused.value)
+
+
 @pytest.mark.one_loop
 async def test_ctrl_c_prints_interrupted_and_no_traceback(echo_url: str) -> None:
     proc = await asyncio.create_subprocess_exec(

@@ -42,7 +42,7 @@ from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from ..asyncio import WebSocket, connect
-from ..protocol import ConnectionClosed, InvalidHandshake
+from ..protocol import ConnectionClosed, InvalidHandshake, InvalidStatus
 from .latency import LatencyHistogram
 from .load import (
     DEFAULT_CONNECT_CONCURRENCY,
@@ -278,6 +278,13 @@ def _describe(exc: BaseException) -> str:
         # close a ping-pong benchmark; say how to lift them rather than leave a bare 1008.
         option = "bytes" if "bytes" in text else "messages"
         text += f" (a server limit such as fullduplex's --max-{option}-per-second)"
+    elif isinstance(exc, InvalidStatus) and exc.status == 429:
+        # Every benchmark connection comes from one IP: past fullduplex's per-IP defaults (50
+        # handshakes a second, 256 open), a server that protects itself refuses the rest.
+        text += (
+            " (a per-IP limit: serve the benchmark with --rate-per-ip none"
+            " --max-connections-per-ip none)"
+        )
     return text
 
 
