@@ -74,6 +74,27 @@ def free_port() -> int:
 pytestmark = pytest.mark.one_loop  # subprocesses: the test's own loop does not matter
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["serve", "--port", "abc"], "fullduplex serve: argument --port: invalid int value"),
+        (["serve", "--max-message-size", "10x"], "invalid int value: '10x'"),
+        (["serve", "--log-level", "trace"], "invalid choice: 'trace'"),
+        (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+        (["connect"], "fullduplex connect: the following arguments are required: url"),
+        (["publish", "ws://127.0.0.1:1/pubsub"], "required: topic"),
+        (["nosuch"], "invalid choice: 'nosuch'"),
+        (["bench", "ws://127.0.0.1:1/echo", "--rate", "abc"], "fullduplex bench: argument --rate"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_without_the_usage_block(args: list[str], needle: str) -> None:
+    # argparse printed the whole usage (24 lines for serve) above the line that says why.
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "--help" in lines[0], proc.stderr
+
+
 def test_missing_certificate_file() -> None:
     fails_in_one_line(
         cli("serve", "--port", "0", "--certfile", "/nope.pem"), "certificate", "/nope.pem"

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__
 from .cli_serve import add_serve_parser
@@ -51,12 +52,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line on standard error and status 2, not the usage block first.
+
+    ``--port abc`` printed the 24 lines of ``serve``'s usage above the one that says what is
+    wrong; ``--help`` still prints all of it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAILED, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="fullduplex", description="Real-time full-duplex messaging: WebSocket tools."
     )
     parser.add_argument("--version", action="version", version=f"fullduplex {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
 
     add_serve_parser(sub)
 

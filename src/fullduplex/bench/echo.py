@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 from urllib.parse import urlsplit
 
 from ..asyncio import WebSocket, connect
@@ -471,9 +471,15 @@ class _Display:
             self.stream.flush()
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    # A usage mistake is one line (and status 2), as for the other fullduplex commands.
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "fullduplex bench") -> argparse.ArgumentParser:
     """The argument parser of ``fullduplex bench``."""
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog=prog, description="Load an echo WebSocket endpoint and report throughput and latency."
     )
     add_arguments(parser)
