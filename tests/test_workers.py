@@ -322,6 +322,40 @@ async def test_reload_restarts_on_a_file_change(tmp_path: Path) -> None:
         assert answer["version"] == "the third"
 
 
+async def test_reload_of_code_that_cannot_start_says_so_and_no_banner(tmp_path: Path) -> None:
+    # Started with --reload on a broken module, the supervisor printed "serving ... on URL"
+    # and "1 workers serving" while nothing served. The banner now waits for a worker.
+    app_file = tmp_path / "workers_app.py"
+    app_file.write_text(APP + "\ndef broken(:\n")
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "fullduplex", "serve", ATTRS["app"], "--port", "0"),
+            *("--reload", "--reload-dir", str(tmp_path), "--app-dir", str(tmp_path)),
+            *("--log-level", "warning"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            cwd=tmp_path,
+        )
+    assert proc.stdout is not None
+    try:
+        deadline = time.monotonic() + 30
+        while "no worker serves yet" not in log.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # polling a log file for a line, bounded
+        assert "SyntaxError" in log.read_text()
+        assert "no worker serves yet: waiting for a file change" in log.read_text()
+        app_file.write_text(APP)
+        banner = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+        match = re.search(r" on (\S+)/ \(pid \d+, 1 worker, reloading on changes\)", banner)
+        assert match, (banner, log.read_text()[-2000:])
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"{match.group(1)}/pid", timeout=10)
+        assert answer.json()["version"] == "one"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 40)
+
+
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
 @pytest.mark.parametrize("kind", ["app", "asgi"])
 async def test_unix_domain_socket(tmp_path: Path, kind: str, workers: list[str]) -> None:

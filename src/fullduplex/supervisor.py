@@ -317,6 +317,7 @@ class Supervisor:
         self.reload_dirs = list(reload_dirs) if reload_dirs is not None else None
         self.stop_timeout = stop_timeout
         self.on_ready = on_ready
+        self._announced = False
         #: The current worker of each slot.
         self.slots: list[_Worker] = []
         #: Every worker process still running (current, starting or retiring).
@@ -350,9 +351,12 @@ class Supervisor:
             self._started = True
             if self._restart_again:  # asked for while the workers started
                 self.restart()
-            logger.info("supervisor %d: %d workers serving", os.getpid(), self.workers)
-            if self.on_ready is not None:
-                self.on_ready()
+            if self.slots[0].ready_at is not None:
+                self._announce()
+            else:  # --reload, and the code cannot start: no banner saying it serves
+                logger.warning(
+                    "supervisor %d: no worker serves yet: waiting for a file change", os.getpid()
+                )
             await self._stopping.wait()
             logger.info("supervisor %d: stopping %d workers", os.getpid(), len(self.live))
             return 0
@@ -379,6 +383,16 @@ class Supervisor:
             self.slots.append(await self._spawn(index))
         await asyncio.gather(*(self._wait_ready(w) for w in self.slots[1:]))
         return None
+
+    def _announce(self) -> None:
+        """Say once that every worker serves (the log line, then ``on_ready``: the banner)."""
+        if self._announced:
+            return
+        self._announced = True
+        workers = "1 worker" if self.workers == 1 else f"{self.workers} workers"
+        logger.info("supervisor %d: %s serving", os.getpid(), workers)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def restart(self) -> None:
         """Replace every worker, one by one, without refusing a connection (SIGHUP)."""
@@ -415,6 +429,7 @@ class Supervisor:
                     return
                 old = self._replace(index, new)
             await self._retire(old)
+        self._announce()  # with --reload, the first time the code could start
 
     def _replace(self, index: int, new: _Worker) -> _Worker:
         old = self.slots[index]
