@@ -269,6 +269,34 @@ async def test_connect_ctrl_c_closes_with_1000_and_no_traceback() -> None:
     assert b"s3cr3t" not in first + err
 
 
+async def test_connect_to_an_untrusted_certificate_suggests_insecure(tmp_path: Path) -> None:
+    import ssl
+
+    ca = trustme.CA()  # a private CA the client does not trust, as a development server's
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    app = fullduplex.App()
+
+    @app.websocket("/echo")
+    async def echo(ws: fullduplex.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0, ssl=context)
+    try:
+        url = f"wss://127.0.0.1:{server.port}/echo"
+        status, _, err = await connect_cli(url, b"")
+        insecure = await connect_cli(f"--insecure {url}", b"hello\n")
+    finally:
+        await server.shutdown()
+    assert status == 2
+    assert err.strip().splitlines() == [
+        f"fullduplex: cannot connect to {url}: unable to get local issuer certificate"
+        " (--insecure skips the certificate check)"
+    ]
+    assert insecure[0] == 0 and insecure[1] == "hello\n", insecure
+
+
 @pytest.mark.parametrize(
     ("url", "needle"),
     [

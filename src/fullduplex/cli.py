@@ -177,6 +177,14 @@ async def _connect_main(args: argparse.Namespace, headers: list[tuple[str, str]]
         body = exc.body.decode(errors="replace").strip()
         print(f"fullduplex: server answered HTTP {exc.status}: {body}", file=sys.stderr)
         return EXIT_FAILED
+    except ssl.SSLCertVerificationError as exc:
+        # A self-signed or private-CA certificate (a development server): say how to go on.
+        print(
+            f"fullduplex: cannot connect to {shown}: {exc.verify_message or exc}"
+            " (--insecure skips the certificate check)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     except (OSError, InvalidHandshake, TimeoutError, ValueError) as exc:
         print(f"fullduplex: cannot connect to {shown}: {exc}", file=sys.stderr)
         return EXIT_FAILED
