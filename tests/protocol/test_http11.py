@@ -395,6 +395,47 @@ class TestRequestParser:
         assert str(exc).startswith("malformed HTTP message: ")
         assert "\n" not in str(exc)
 
+    @pytest.mark.parametrize(
+        ("data", "status", "message"),
+        [
+            # RFC 9110 15.6.6; llhttp takes any digit.digit. The body was read as HTTP/1.1.
+            (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP version not supported"),
+            (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", 505, "HTTP version not supported"),
+            (
+                b"POST / HTTP/2.0\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+                505,
+                "HTTP version not supported",
+            ),
+            # RFC 9112 6.1: an unknown coding gets 501. llhttp checks that chunked is last,
+            # then passed the body on still gzip-encoded.
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+                501,
+                "Transfer-Encoding not supported: only chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                501,
+                "Transfer-Encoding not supported: only chunked",
+            ),
+        ],
+    )
+    def test_version_and_coding_refused(self, data: bytes, status: int, message: str) -> None:
+        for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
+            parser = RequestParser()
+            with pytest.raises(InvalidMessage) as info:
+                for chunk in chunks:
+                    parser.feed(chunk)
+                parser.next_request()
+            assert (info.value.status, str(info.value)) == (status, message)
+
+    def test_chunked_in_any_case_is_read(self) -> None:
+        data = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        )
+        assert [r.body for r in requests(data)] == [b"{}"]
+
     def test_host_required_once(self) -> None:
         # RFC 7230 5.4.
         assert str(request_error(b"GET / HTTP/1.1\r\n\r\n")) == "missing Host header"

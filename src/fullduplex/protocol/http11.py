@@ -824,7 +824,15 @@ class _Parser(abc.ABC):
         elif self.max_body_size is not None and len(self._message.body) > self.max_body_size:
             self._body_too_large()
 
+    @abc.abstractmethod
+    def _check_head(self) -> None:
+        """Refuse a head llhttp accepts, before its body is read.
+
+        A request's version and codings; ``_build`` checks the version of one without a body.
+        """
+
     def _start_body(self) -> None:
+        self._check_head()
         self._state = _BODY
         length = self._content_length()
         if length is not None and not self._declared_too_large(length):
@@ -908,6 +916,23 @@ class _Parser(abc.ABC):
         return None
 
 
+def _check_version(version: str) -> None:
+    # RFC 9110 15.6.6: 505 refuses a major version (a later 1.x minor version would be read
+    # as 1.1, RFC 9112 2.3). llhttp takes 0.9 and 2.0 and reads what follows as HTTP/1.1.
+    if version[:2] != "1.":
+        raise InvalidMessage("HTTP version not supported", 505)
+
+
+def _only_chunked(fields: list[tuple[str, str]]) -> bool:
+    codings = [
+        c.strip(" \t").lower()
+        for n, v in fields
+        if n.lower() == "transfer-encoding"
+        for c in v.split(",")
+    ]
+    return not codings or codings == ["chunked"]
+
+
 class RequestParser(_Parser):
     """Incremental parser of HTTP/1.1 requests, as a server reads them.
 
@@ -938,6 +963,16 @@ class RequestParser(_Parser):
     def _switches_protocols(self) -> bool:
         return bool(self._parser.should_upgrade())
 
+    def _check_head(self) -> None:
+        _check_version(self._parser.get_http_version())
+        # RFC 9112 6.1: "A server that receives a request message with a transfer coding it
+        # does not understand SHOULD respond with 501 (Not Implemented)". llhttp only checks
+        # that chunked comes last, then hands over the body still encoded (gzip, chunked).
+        # Transfer-Encoding always has a body to follow (at least the last chunk): a request
+        # without one (a handshake) never gets here.
+        if not _only_chunked(self._message.fields):
+            raise InvalidMessage("Transfer-Encoding not supported: only chunked", 501)
+
     def _build(self) -> Request:
         m = self._message
         headers = Headers.from_wire(m.fields)
@@ -945,6 +980,8 @@ class RequestParser(_Parser):
         # RFC 7230 5.4: "A server MUST respond with a 400 (Bad Request) status code to any
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field".
+        if version != "1.1" and version != "1.0":  # the usual two: no call
+            _check_version(version)
         hosts = m.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing Host header" if hosts == 0 else "duplicate Host header")
@@ -993,6 +1030,10 @@ class ResponseParser(_Parser):
 
     def _switches_protocols(self) -> bool:
         return bool(self._parser.get_status_code() == 101)
+
+    def _check_head(self) -> None:
+        # A client takes what its server sends: llhttp's checks are enough.
+        return
 
     def _declared_too_large(self, length: int) -> bool:
         return self.max_body_size is not None and length > self.max_body_size
