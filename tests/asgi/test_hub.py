@@ -151,6 +151,18 @@ async def test_a_handler_that_raises_answers_500_and_is_logged(
 
 
 @pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
+async def test_plain_get_on_pubsub_is_426_as_natively() -> None:
+    # fuzz/attack.py: it was 404 ("not found") under HubApp, 426 on the native server.
+    async with under_uvicorn("/rt") as rt, httpx.AsyncClient() as http:
+        response = await http.get(f"http://127.0.0.1:{rt.port}/rt/pubsub")
+        missing = await http.get(f"http://127.0.0.1:{rt.port}/rt/nothing")
+    assert response.status_code == 426
+    assert response.headers["Upgrade"] == "websocket"
+    assert response.headers["Sec-WebSocket-Version"] == "13"
+    assert missing.status_code == 404
+
+
+@pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
 async def test_mounted_hub_same_sequence_numbers_under_uvicorn() -> None:
     async with under_uvicorn("") as rt:
         await test_consistency.test_same_sequence_numbers_everywhere(rt)  # type: ignore[arg-type]

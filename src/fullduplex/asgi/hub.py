@@ -71,6 +71,7 @@ from ..asyncio.router import (
     call_handler,
     refusal_response,
     text_response,
+    upgrade_required,
 )
 from ..auth.identity import Authenticator, AuthError, Identity, authenticate, expires_in
 from ..config import (
@@ -227,7 +228,10 @@ class HubApp:
         method = scope["method"]
         route = self.routes.http_routes.get(path)
         if route is None:
-            await _send_response(send, method, text_response("not found\n", 404))
+            if path in self.routes.websocket_routes:  # /pubsub without an Upgrade: as natively
+                await _send_response(send, method, upgrade_required())
+            else:
+                await _send_response(send, method, text_response("not found\n", 404))
             return
         # Counted before anything else, as native routes are (a flood costs no auth check).
         ip, refusal = self._admit(scope)

@@ -61,6 +61,7 @@ __all__ = [
     "refusal_response",
     "text_response",
     "to_response",
+    "upgrade_required",
 ]
 
 #: Extra response headers, as (name, value) pairs.
@@ -218,6 +219,18 @@ def text_response(
 ) -> Response:
     """Build a plain-text response (``text/plain; charset=utf-8``)."""
     return _response(status, "text/plain; charset=utf-8", text.encode(), headers)
+
+
+def upgrade_required() -> Response:
+    """The answer to a plain HTTP request on a WebSocket route: 426 with ``Upgrade``.
+
+    RFC 7231 6.5.15: "The server MUST send an Upgrade header field in a 426 response".
+    """
+    return text_response(
+        "this endpoint speaks WebSocket: send an Upgrade request\n",
+        426,
+        [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+    )
 
 
 def html_response(

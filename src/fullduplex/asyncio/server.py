@@ -64,6 +64,7 @@ from .router import (
     call_handler,
     refusal_response,
     text_response,
+    upgrade_required,
 )
 
 if TYPE_CHECKING:
@@ -1003,11 +1004,7 @@ class HTTPProtocol(asyncio.Protocol):
         server = self.server
         if "upgrade" not in request.headers.by_name():  # the index the handshake reads too
             # A plain GET to a WebSocket route (RFC 7231 6.5.15: 426 Upgrade Required).
-            response = text_response(
-                "this endpoint speaks WebSocket: send an Upgrade request\n",
-                426,
-                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-            )
+            response = upgrade_required()
             self._count_handshake(request, 426)
             self._respond(request, response)
             return
