@@ -25,7 +25,9 @@ executed in user space (callgrind's ``Ir``, every thread), switched on, zeroed a
 ``vgdb``. Such a server is 20-50x slower, so the echo test then measures a fixed number of
 messages (``--count``) sent after the load has stopped, rather than a time window, and every
 window ends ``--tail`` seconds after its last reply so the server finishes the work it does after
-writing that reply.
+writing that reply. With ``--callgrind-dump`` too, callgrind also writes each window's profile
+(``callgrind.out.<pid>.<n>`` beside the server's, or its ``--callgrind-out-file``), to read by
+function with ``callgrind_annotate`` (bench/README.md, "Profiling a per-message path by function").
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ class Callgrind:
     the tests open and close windows only when nothing is in flight.
     """
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, dump: bool = False) -> None:
         self.pid = pid
+        self.dump = dump  # also write each window's profile (callgrind's own dump)
         self.vgdb = shutil.which("vgdb") or "vgdb"
 
     def _commands(self, *commands: str) -> str:
@@ -189,7 +192,10 @@ class Callgrind:
 
     def stop(self) -> dict[str, int]:
         """Instructions executed since start(), by thread id; instrumentation off again."""
-        status = self._commands("status internal", "instrumentation off")
+        # The count first: a dump zeroes the counters.
+        status = self._commands(
+            "status internal", *(["dump"] if self.dump else []), "instrumentation off"
+        )
         if "instrumentation: on" not in status:
             raise RuntimeError(f"callgrind instrumentation was not on in {self.pid}")
         counts = re.findall(r"^events-(\d+): (\d+)", status, re.MULTILINE)
@@ -293,11 +299,16 @@ class Meter:
     """Takes snapshots of the server (and perf or callgrind counts, if asked) around windows."""
 
     def __init__(
-        self, pid: int | None, perf_events: str | None, callgrind: bool = False, tail: float = 0.0
+        self,
+        pid: int | None,
+        perf_events: str | None,
+        callgrind: bool = False,
+        tail: float = 0.0,
+        dump: bool = False,
     ) -> None:
         self.pid = pid or os.getpid()
         self.perf = Perf(self.pid, perf_events) if perf_events and pid else None
-        self.callgrind = Callgrind(self.pid) if callgrind and pid else None
+        self.callgrind = Callgrind(self.pid, dump) if callgrind and pid else None
         self.tail_seconds = tail if self.callgrind is not None else 0.0
         self.instructions = 0  # callgrind: the sum over every window
         self._start: Snapshot | None = None
@@ -838,6 +849,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the server runs under callgrind (--instr-atstart=no): count its instructions",
     )
     p.add_argument(
+        "--callgrind-dump",
+        action="store_true",
+        help="--callgrind: also dump each window's profile, to read by function",
+    )
+    p.add_argument(
         "--tail",
         type=float,
         default=0.3,
@@ -883,7 +899,7 @@ def result_or_error(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     target = Target(args.host, args.port, args.path, args.raw, args.header)
-    meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail)
+    meter = Meter(args.server_pid, args.perf_events, args.callgrind, args.tail, args.callgrind_dump)
     try:
         result = result_or_error(
             lambda: TESTS[args.test](args, target, meter), args.connections, args.loop
