@@ -426,6 +426,31 @@ def test_a_bad_app_is_one_line_and_status_2(
     assert stderr.count("\n") == 1 and message in stderr, stderr
 
 
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_a_module_that_runs_itself_when_imported_is_one_line(
+    tmp_path: Path, workers: list[str]
+) -> None:
+    # README's first example ended with a bare fullduplex.run(...): imported by the command
+    # line, it served on its own address, and SIGTERM stopped it only for the command line's
+    # server to start, which then served on.
+    (tmp_path / "runs_itself.py").write_text(APP + "\nfullduplex.run(app, '127.0.0.1', 0)\n")
+    status, stderr = run_cli(tmp_path, "runs_itself:app", "--port", "0", *workers)
+    assert status == 2
+    assert stderr.count("\n") == 1 and 'under `if __name__ == "__main__":`' in stderr, stderr
+
+
+def test_fullduplex_run_is_itself_again_after_the_import(tmp_path: Path) -> None:
+    import fullduplex
+    import fullduplex.asyncio.server
+    from fullduplex.importer import ImportFromStringError, load_app
+
+    (tmp_path / "runs_itself_too.py").write_text("import fullduplex\nfullduplex.run(None)\n")
+    originals = (fullduplex.run, fullduplex.asyncio.run, fullduplex.asyncio.server.run)
+    with pytest.raises(ImportFromStringError, match=r"runs_itself_too calls fullduplex\.run"):
+        load_app("runs_itself_too:app", app_dir=str(tmp_path))
+    assert (fullduplex.run, fullduplex.asyncio.run, fullduplex.asyncio.server.run) == originals
+
+
 @pytest.mark.parametrize("spec", [ATTRS["app"], ATTRS["asgi"], "workers_app:VERSION"])
 def test_factory_naming_the_app_itself_is_one_line_and_status_2(tmp_path: Path, spec: str) -> None:
     # An App or an ASGI application named with --factory: calling it raised a TypeError (an

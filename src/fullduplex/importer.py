@@ -6,16 +6,21 @@ attribute is called with no arguments and its result is the application. The app
 :class:`fullduplex.App` or any ASGI 3 application (a callable taking ``scope, receive, send``).
 
 A mistake in the name (no colon, no such module, no such attribute, not an application) raises
-:class:`ImportFromStringError` with a one-line message. An exception raised by the module's own
+:class:`ImportFromStringError` with a one-line message. So does a module that calls
+``fullduplex.run()`` while it is imported (outside ``if __name__ == "__main__":``): that call
+would serve the app on its own address before the command line could, and a SIGTERM would stop
+it only for the command line's server to start. An exception raised by the module's own
 code while it is imported is not a naming mistake: it propagates, traceback and all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 __all__ = ["ImportFromStringError", "import_from_string", "load_app"]
 
@@ -78,7 +83,8 @@ def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
     """
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
-    target = import_from_string(spec)
+    with _run_refused(spec):
+        target = import_from_string(spec)
     if factory:
         if not callable(target) or not _takes_no_arguments(target):
             # An App, or an ASGI application (scope, receive, send): the app itself.
@@ -101,6 +107,36 @@ def load_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
             f"{spec} takes no arguments: if it builds the app, add --factory"
         )
     return target
+
+
+@contextlib.contextmanager
+def _run_refused(spec: str) -> Iterator[None]:
+    """While ``spec``'s module is imported, ``fullduplex.run()`` raises ImportFromStringError.
+
+    ``fullduplex.run`` is swapped on the three modules that expose it (the package,
+    ``fullduplex.asyncio`` and ``fullduplex.asyncio.server``) and put back after the import.
+    """
+    from . import asyncio as fd_asyncio
+    from .asyncio import server
+
+    package = sys.modules[__package__ or "fullduplex"]
+    owners = (package, fd_asyncio, server)
+    originals = [owner.run for owner in owners]
+    module = spec.partition(":")[0]
+
+    def refused(*args: Any, **kwargs: Any) -> NoReturn:
+        raise ImportFromStringError(
+            f"{module} calls fullduplex.run() when imported, and `fullduplex serve` runs the"
+            ' app itself: put that call under `if __name__ == "__main__":`'
+        )
+
+    for owner in owners:
+        vars(owner)["run"] = refused
+    try:
+        yield
+    finally:
+        for owner, original in zip(owners, originals, strict=True):
+            vars(owner)["run"] = original
 
 
 def _looks_like_factory(target: Any) -> bool:
