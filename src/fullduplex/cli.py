@@ -4,9 +4,10 @@
 
 ``fullduplex connect URL`` is an interactive client like wscat: each line of standard input is
 sent as a text message, each message received is printed. On a terminal, lines get a timestamp
-and a direction marker (``>`` sent, ``<`` received); through a pipe, received messages are
-printed as they are, one per line. Commands: ``/help``, ``/ping``, ``/close [code [reason]]``,
-``/binary HEX``; ``//text`` sends ``/text``, and any other ``/word`` is refused with a hint.
+and a marker (``<`` received, ``*`` the tool's own notes; what you type is the terminal's echo);
+through a pipe, received messages are printed as they are, one per line, and notes go to
+stderr. Commands: ``/help``, ``/ping``, ``/close [code [reason]]``, ``/binary HEX``;
+``//text`` sends ``/text``, and any other ``/word`` is refused with a hint.
 The exit status is 0 when the connection closed cleanly (1000 or 1001), 1 when it closed
 otherwise, 2 when it could not be opened, 130 after Ctrl-C (which closes with 1000 first).
 """
