@@ -1375,6 +1375,183 @@ def abrupt_reset_mid_frame(t: Target) -> tuple[str, str, bool]:
     return "server alive", "reset sent", True
 
 
+@check(*SERVERS)
+def ping_flood_no_read(t: Target) -> tuple[str, str, bool]:
+    # Pings for up to 8 s, never reading a pong: the answers must not pile up in the server.
+    # It stops reading (its writes are stuck) or coalesces pongs; RSS is sampled after.
+    rss0, _ = proc_status(t.pid)
+    with websocket(t, ws_path(t)) as ws:
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        burst = frame(9, b"p" * 125) * 1000  # 131 KB
+        sent = 0
+        deadline = time.monotonic() + 8
+        ws.sock.settimeout(2)
+        while sent < 800 and time.monotonic() < deadline:
+            try:
+                ws.sock.sendall(burst)
+            except (TimeoutError, OSError):
+                break
+            sent += 1
+        rss1, _ = proc_status(t.pid)
+    grew = None if rss0 is None or rss1 is None else (rss1 - rss0) // 1024
+    observed = f"{sent * 131 // 1000} MB of pings taken, RSS +{grew} MiB"
+    return "sending stops, RSS < +64 MiB", observed, sent < 800 and (grew is None or grew < 64)
+
+
+@check(*SERVERS)
+def half_close_after_request(t: Target) -> tuple[str, str, bool]:
+    # The client shuts its side after a whole request: the answer still comes (RFC 9112 9.6).
+    answer = exchange(t, req(t, f"GET {http_path(t)} HTTP/1.1"), shut=True, timeout=5)
+    observed, held = status_in(answer, 200)
+    return "200 then close", observed, held and answer.closed
+
+
+@check(*SERVERS)
+def half_close_mid_head(t: Target) -> tuple[str, str, bool]:
+    answer = exchange(t, b"GET / HTTP/1.1\r\nHost: x\r\n", shut=True, timeout=5)
+    observed = f"{answer.status} closed={answer.closed} after {answer.elapsed:.1f}s"
+    return "400 or close at once", observed, answer.closed and answer.elapsed < 3
+
+
+@check(*SERVERS)
+def ws_half_close(t: Target) -> tuple[str, str, bool]:
+    # EOF without a close frame: the server ends the connection (1006 on its side).
+    with websocket(t, ws_path(t)) as ws:
+        ws.sock.shutdown(socket.SHUT_WR)
+        eof = ws.eof(5)
+    return "close", f"eof={eof}", eof
+
+
+@check(*SERVERS)
+def many_subprotocols(t: Target) -> tuple[str, str, bool]:
+    offers = ", ".join(f"p{i}" for i in range(1500))  # ~9 KB: split over lines to fit
+    lines = [f"Sec-WebSocket-Protocol: {offers[i : i + 7000]}" for i in range(0, len(offers), 7000)]
+    start = time.monotonic()
+    status, ws = upgrade(t, ws_path(t), *[ln.rstrip(", ") for ln in lines])
+    ws.close()
+    took = time.monotonic() - start
+    ok = status in (101, 400, 431) and took < 2
+    return "101/400/431 quickly", f"{status} in {took:.2f}s", ok
+
+
+@check(*SERVERS)
+def many_extension_offers(t: Target) -> tuple[str, str, bool]:
+    offers = ", ".join(["permessage-deflate; client_max_window_bits"] * 150)
+    start = time.monotonic()
+    status, ws = upgrade(t, ws_path(t), f"Sec-WebSocket-Extensions: {offers}")
+    ws.close()
+    took = time.monotonic() - start
+    return "101/400 quickly", f"{status} in {took:.2f}s", status in (101, 400) and took < 2
+
+
+@check("native")
+def ws_require_subprotocol(t: Target) -> tuple[str, str, bool]:
+    status, ws = upgrade(t, "/ws")
+    ws.close()
+    return "400", str(status), status == 400
+
+
+@check("native")
+def chat_abuse(t: Target) -> tuple[str, str, bool]:
+    # The chat route's own checks: a line before joining, a huge name, a foreign type.
+    answers = []
+    with websocket(t, "/chat/ws") as ws:
+        for m in [
+            b'{"op":"publish","topic":"chat","data":{"type":"message","text":"x"}}',
+            b'{"op":"publish","topic":"chat","data":{"type":"join","name":"' + b"n" * 5000 + b'"}}',
+            b'{"op":"publish","topic":"chat","data":{"type":"leave","name":"bob"}}',
+            b'{"op":"publish","topic":"chat","data":[1]}',
+        ]:
+            ws.send(frame(1, m))
+            got = ws.recv_message(5)
+            answers.append(b"error" in got[1] if got and got[0] == 1 else got)
+    return "4 errors", repr(answers), answers == [True] * 4
+
+
+@check(*TRANSPORTS)
+def pubsub_deflate_bomb(t: Target) -> tuple[str, str, bool]:
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    data = comp.compress(b" " * (32 * 2**20)) + comp.flush(zlib.Z_SYNC_FLUSH)
+    status, ws = upgrade(t, pubsub(t), deflate=True)
+    try:
+        if status != 101 or b"permessage-deflate" not in ws.response.lower():
+            return "1009", f"no deflate ({status})", status == 101
+        ws.send(frame(1, data[:-4], rsv=4))
+        got = ws.close_code(10)
+    finally:
+        ws.close()
+    return "1009", str(got), got == 1009
+
+
+def _publish_many(t: Target, n: int, size: int) -> int:
+    """Publish ``n`` messages of ``size`` bytes to topic t on one keep-alive connection."""
+    body = _pub(t, b'"' + b"x" * size + b'"')
+    one = req(
+        t,
+        f"POST {t.prefix}/publish HTTP/1.1",
+        f"Content-Length: {len(body)}",
+        "Content-Type: application/json",
+        body=body,
+    )
+    answer = exchange(t, one * n, timeout=20)
+    return answer.statuses.count(200)
+
+
+@check("hubapp")
+def sse_stalled_while_publishing(t: Target) -> tuple[str, str, bool]:
+    # 500 x 60 KB (30 MB) published while an event stream is not read: the slow consumer
+    # is dropped or held within its backlog; the server's RSS stays bounded.
+    rss0, _ = proc_status(t.pid)
+    s = t.connect()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(req(t, f"GET {t.prefix}/sse?topic=t HTTP/1.1"))
+    time.sleep(0.3)
+    published = _publish_many(t, 500, 60_000)
+    rss1, _ = proc_status(t.pid)
+    s.close()
+    grew = None if rss0 is None or rss1 is None else (rss1 - rss0) // 1024
+    observed = f"{published} published, RSS +{grew} MiB"
+    return "RSS < +64 MiB", observed, published == 500 and (grew is None or grew < 64)
+
+
+@check("hubapp")
+def pubsub_stalled_while_publishing(t: Target) -> tuple[str, str, bool]:
+    rss0, _ = proc_status(t.pid)
+    status, ws = upgrade(t, pubsub(t))
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ws.send(frame(1, b'{"op":"subscribe","topic":"t"}'))
+    time.sleep(0.3)
+    published = _publish_many(t, 500, 60_000)
+    rss1, _ = proc_status(t.pid)
+    ws.close()
+    grew = None if rss0 is None or rss1 is None else (rss1 - rss0) // 1024
+    observed = f"{published} published, RSS +{grew} MiB"
+    return (
+        "RSS < +64 MiB",
+        observed,
+        status == 101 and published == 500 and (grew is None or grew < 64),
+    )
+
+
+@check(*TRANSPORTS)
+def sse_last_event_id_many_topics(t: Target) -> tuple[str, str, bool]:
+    leid = ",".join(f"t{i}:{i}" for i in range(500))
+    return _bad_param(t, f"/sse?topic={_topic(t)}", f"Last-Event-ID: {leid}")
+
+
+@check(*TRANSPORTS)
+def sse_head(t: Target) -> tuple[str, str, bool]:
+    answer = exchange(
+        t, req(t, f"HEAD {t.prefix}/sse?topic={_topic(t)} HTTP/1.1", "Connection: close"), timeout=5
+    )
+    observed, held = status_in(answer, 200, 405)
+    return (
+        "200/405 without a body, closed",
+        observed + f" body={len(answer.body)}",
+        held and answer.closed,
+    )
+
+
 # -- /pubsub protocol abuse (native and HubApp) ------------------------------------------------
 
 

@@ -169,6 +169,43 @@ async def test_streaming_response_is_chunked_and_stops_when_client_leaves() -> N
         await server.shutdown()
 
 
+async def test_head_on_a_streaming_route_sends_no_chunk() -> None:
+    # RFC 9110 9.3.2: no content in a response to HEAD. The chunks were written before, and
+    # a keep-alive client read them as the response to its next request.
+    app = fullduplex.App()
+    steps: list[str] = []
+
+    async def ticks() -> AsyncIterator[bytes]:
+        try:
+            steps.append("started")
+            while True:
+                yield b"tick\n"
+                await asyncio.sleep(0.01)
+        finally:
+            steps.append("closed")
+
+    @app.get("/stream")
+    def stream(request: object) -> fullduplex.StreamingResponse:
+        headers = fullduplex.protocol.http11.Headers([("Content-Type", "text/plain")])
+        return fullduplex.StreamingResponse(200, headers, ticks())
+
+    @app.get("/after")
+    def after(request: object) -> str:
+        return "after"
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        raw = b"HEAD /stream HTTP/1.1\r\nHost: x\r\n\r\n" + GET.format("/after").encode()
+        answer = await http(server.port, raw)
+    finally:
+        await server.shutdown()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    status, _, body = split(rest)
+    assert (status, body) == ("HTTP/1.1 200 OK", b"after")
+    assert steps == ["started", "closed"]  # its finally ran: no resource left behind
+
+
 async def test_startup_and_shutdown_hooks_and_streams_end_on_shutdown() -> None:
     app = fullduplex.App()
     calls: list[str] = []

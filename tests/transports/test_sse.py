@@ -134,6 +134,26 @@ async def test_gap_event_when_trimmed() -> None:
         await teardown(setup)
 
 
+async def test_head_gets_the_head_alone_and_subscribes_nothing(rt: Setup) -> None:
+    # fuzz/attack.py: HEAD /sse streamed the events (RFC 9110 9.3.2: no content for HEAD),
+    # which a keep-alive client reads as its next response. Then a GET on the same connection.
+    reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+    try:
+        writer.write(
+            b"HEAD /sse?topic=chat HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /poll?topic=chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+    assert rest.startswith(b"HTTP/1.1 200 ")  # the next response, no event in between
+    assert b'"cursor":0' in rest
+    assert rt.hub.subscriber_counts().get("chat", 0) == 0  # the stream's cleanup ran
+    assert len(rt.transports.requests) == 0
+
+
 async def test_heartbeat_comments(rt: Setup) -> None:
     # The fixture sets heartbeat_interval=0.2.
     stream = await EventStream.open(rt.port, "/sse?topic=quiet")

@@ -877,14 +877,25 @@ class HTTPProtocol(asyncio.Protocol):
         response.aborter = transport.abort  # connection_lost then cancels this task
         size = 0
         body = response.body
+        # RFC 9110 9.3.2: "The server SHOULD NOT send content in a response to HEAD": the
+        # head alone. The chunks were sent (an event stream, held open), which a keep-alive
+        # client then read as the next response.
+        head_only = request.method == "HEAD"
         try:
-            async for chunk in body:
-                if transport.is_closing():
+            if head_only:
+                # Run to its first chunk and closed there, not left unstarted: a generator's
+                # cleanup (an event stream's hub subscriptions) sits in a finally that an
+                # unstarted generator's aclose() never runs.
+                async for _ in body:
                     break
-                if chunk:
-                    size += len(chunk)
-                    transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                    await self._drain(response)
+            else:
+                async for chunk in body:
+                    if transport.is_closing():
+                        break
+                    if chunk:
+                        size += len(chunk)
+                        transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                        await self._drain(response)
         finally:
             response.aborter = None
             aclose = getattr(body, "aclose", None)
@@ -895,7 +906,8 @@ class HTTPProtocol(asyncio.Protocol):
         self._handler_task = None
         if transport.is_closing():
             return
-        transport.write(b"0\r\n\r\n")
+        if not head_only:
+            transport.write(b"0\r\n\r\n")
         if not keep_alive:
             transport.close()
             return
