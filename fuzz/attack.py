@@ -2116,6 +2116,97 @@ def asgi_http_handler_error(t: Target) -> tuple[str, str, bool]:
     return "500, no detail", observed + (" LEAK" if leaked else ""), held and not leaked
 
 
+def _misbehaving_http(
+    name: str, allowed: tuple[int | None, ...]
+) -> Callable[[Target], tuple[str, str, bool]]:
+    def run(t: Target) -> tuple[str, str, bool]:
+        answer = exchange(t, req(t, f"GET /bad/{name} HTTP/1.1"), timeout=5)
+        leaked = b"Traceback" in answer.data or b"secret" in answer.data
+        observed = f"{answer.status} closed={answer.closed}" + (" LEAK" if leaked else "")
+        expected = "/".join(map(str, allowed)) + ", closed, no detail"
+        return expected, observed, answer.status in allowed and answer.closed and not leaked
+
+    return run
+
+
+# An application that breaks ASGI: the server answers 500 if nothing was sent yet, else ends
+# the connection (the response is cut), and never sends what the application got wrong.
+# None: nothing reached the wire before the close (the head waits for the first body part).
+for _name, _allowed in [
+    ("no-response", (500,)),
+    ("raise-after-start", (200, None)),
+    ("start-twice", (200, None)),
+    ("body-before-start", (500,)),
+    ("bad-status", (500, None)),
+    ("bad-header", (500, None)),
+    ("wrong-length", (200, None)),
+]:
+    CHECKS.append(Check(f"asgi_app_{_name}", ("asgi",), _misbehaving_http(_name, _allowed)))
+
+
+@check("asgi")
+def asgi_app_bad_header_not_sent(t: Target) -> tuple[str, str, bool]:
+    answer = exchange(t, req(t, "GET /bad/bad-header HTTP/1.1"), timeout=5)
+    injected = b"\r\nb: c" in answer.data
+    return "no injected header", f"{answer.status} injected={injected}", not injected
+
+
+@check("asgi")
+def asgi_app_wrong_length_no_extra(t: Target) -> tuple[str, str, bool]:
+    # More body than Content-Length: the extra bytes would be the next response.
+    answer = exchange(
+        t, req(t, "GET /bad/wrong-length HTTP/1.1") + req(t, "GET /http HTTP/1.1"), timeout=5
+    )
+    extra = b"1234567890" + b"1234567890" in answer.data
+    observed = f"{answer.statuses} extra={extra} closed={answer.closed}"
+    return "no bytes past Content-Length", observed, not extra
+
+
+@check("asgi")
+def asgi_app_short_length_closes(t: Target) -> tuple[str, str, bool]:
+    # Less body than Content-Length: only closing the connection ends that response; kept
+    # alive, the next response would be read as the rest of its body.
+    answer = exchange(
+        t, req(t, "GET /bad/short-length HTTP/1.1") + req(t, "GET /http HTTP/1.1"), timeout=5
+    )
+    observed = f"{answer.data[-60:]!r} closed={answer.closed} after {answer.elapsed:.1f}s"
+    held = answer.closed and b"ok" not in answer.data.partition(b"12345")[2]
+    return "closed after 12345", observed, held and answer.elapsed < 1.5
+
+
+@check("asgi")
+def asgi_app_ignores_body_then_pipelined(t: Target) -> tuple[str, str, bool]:
+    # The application never reads the body, which holds a request: never parsed as one.
+    body = b"GET /http HTTP/1.1\r\nHost: x\r\n\r\n"
+    p = req(t, "POST /bad/ignores-body HTTP/1.1", f"Content-Length: {len(body)}", body=body)
+    answer = exchange(t, p + req(t, "GET /http HTTP/1.1", "Connection: close"), timeout=5)
+    statuses = answer.statuses
+    return "200,200 (two, not three)", ",".join(map(str, statuses)), statuses == [200, 200]
+
+
+def _misbehaving_ws(
+    name: str, allowed: tuple[int | None, ...]
+) -> Callable[[Target], tuple[str, str, bool]]:
+    def run(t: Target) -> tuple[str, str, bool]:
+        status, ws = upgrade(t, f"/bad/{name}", timeout=t.slow * 3)
+        try:
+            code = ws.close_code(5) if status == 101 else None
+        finally:
+            ws.close()
+        observed = f"{status} close={code}"
+        return "/".join(map(str, allowed)), observed, status in allowed or code in allowed
+
+    return run
+
+
+for _name, _allowed in [
+    ("never-accept", (None, 500, 503, 1011)),  # the open timeout ends it
+    ("send-before-accept", (500, 403, 1011)),
+    ("accept-twice", (1011, 1000)),
+]:
+    CHECKS.append(Check(f"asgi_ws_{_name}", ("asgi",), _misbehaving_ws(_name, _allowed)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Running
 

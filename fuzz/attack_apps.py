@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from fullduplex.asgi import HubApp
@@ -62,12 +63,55 @@ async def echo(ws: WebSocket) -> None:
         return
 
 
+async def misbehaving(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A raw ASGI app breaking the protocol in the way its path names (mounted at /bad)."""
+    path = scope["path"]
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if path.endswith("/never-accept"):
+            await asyncio.sleep(3600)
+        elif path.endswith("/send-before-accept"):
+            await send({"type": "websocket.send", "text": "too early"})
+        elif path.endswith("/accept-twice"):
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.accept"})
+        return
+    if path.endswith("/no-response"):
+        return
+    if path.endswith("/raise-after-start"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("boom: secret detail")
+    if path.endswith("/start-twice"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+    if path.endswith("/body-before-start"):
+        await send({"type": "http.response.body", "body": b"x"})
+    if path.endswith("/bad-status"):
+        await send({"type": "http.response.start", "status": 99, "headers": []})
+    if path.endswith("/bad-header"):
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"a\r\nb: c")]}
+        )
+    if path.endswith("/wrong-length"):
+        headers = [(b"content-length", b"10")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"12345678901234567890"})
+    if path.endswith("/short-length"):
+        headers = [(b"content-length", b"10")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"12345"})
+    if path.endswith("/ignores-body"):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ignored"})
+
+
 starlette_app = Starlette(
     routes=[
         Route("/http", http, methods=["GET", "POST"]),
         Route("/stream", stream),
         Route("/raise", fail),
         WebSocketRoute("/ws", echo),
+        Mount("/bad", app=misbehaving),
     ]
 )
 

@@ -62,6 +62,23 @@ async def test_overlong_static_segments_are_404_and_the_pipeline_goes_on(folder:
         await server.shutdown()
 
 
+async def test_other_methods_on_a_static_file_are_405(folder: Path) -> None:
+    # RFC 9110 15.5.6: the file exists, not for POST (fuzz/attack.py: it was 404).
+    app = fullduplex.App()
+    app.static("/", folder)
+    server = await start(app)
+    try:
+        raw = b"POST /ok.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        raw += b"DELETE /sub/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        raw += b"POST /missing.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        raw += b"PUT /../etc/passwd HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        answer = await exchange(server.port, raw + get("/ok.txt", close=True))
+        assert statuses(answer) == [405, 405, 404, 404, 200]
+        assert answer.count(b"Allow: GET, HEAD\r\n") == 2
+    finally:
+        await server.shutdown()
+
+
 async def test_overlong_path_under_a_prefix_and_head(folder: Path) -> None:
     app = fullduplex.App()
     app.static("/static", folder)

@@ -697,6 +697,14 @@ class App:
                     return response
         return None
 
+    def is_static(self, path: str) -> bool:
+        """Whether ``path`` names a file of the static folders (without reading it)."""
+        return any(
+            route.resolve(path if path.startswith(route.prefix) else route.prefix) is not None
+            for route in self.static_routes
+            if path.startswith(route.prefix) or path + "/" == route.prefix
+        )
+
 
 def _check_path(path: str) -> None:
     if not path.startswith("/"):

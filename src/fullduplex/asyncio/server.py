@@ -735,6 +735,11 @@ class HTTPProtocol(asyncio.Protocol):
             if response is not None:
                 self._respond(request, response)
                 return
+        elif app.static_routes and app.is_static(path):
+            # RFC 9110 15.5.6: the file exists, not for this method (a 404 said it did not).
+            head = [("Allow", "GET, HEAD")]
+            self._respond(request, text_response("method not allowed\n", 405, head))
+            return
         self._respond(request, text_response("not found\n", 404))
 
     def _start_handler(self, handler: Any, request: Request) -> None:
