@@ -2010,7 +2010,7 @@ def pubsub_publish_nested_990(t: Target) -> tuple[str, str, bool]:
         + b"]" * 990
         + b"}"
     )
-    return _pubsub_error(t, m, "error")
+    return _pubsub_error(t, m, "1008")
 
 
 @check(*TRANSPORTS)

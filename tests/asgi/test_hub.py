@@ -163,6 +163,25 @@ async def test_plain_get_on_pubsub_is_426_as_natively() -> None:
 
 
 @pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
+async def test_head_on_sse_ends_at_once_and_subscribes_nothing() -> None:
+    # fuzz/attack.py: HEAD /sse kept its stream (and hub subscription) open, sending nothing.
+    async with under_uvicorn("/rt") as rt:
+        reader, writer = await asyncio.open_connection("127.0.0.1", rt.port)
+        try:
+            writer.write(
+                b"HEAD /rt/sse?topic=chat HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /rt/poll?topic=chat HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert rt.hub.subscriber_counts().get("chat", 0) == 0
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head
+    assert rest.startswith(b"HTTP/1.1 200 ") and b'"cursor":0' in rest
+
+
+@pytest.mark.one_loop  # uvicorn runs its own loop policy checks; the loop is the test's
 async def test_mounted_hub_same_sequence_numbers_under_uvicorn() -> None:
     async with under_uvicorn("") as rt:
         await test_consistency.test_same_sequence_numbers_everywhere(rt)  # type: ignore[arg-type]

@@ -535,7 +535,7 @@ async def _wait_disconnect(receive: Receive, kind: str = "http.disconnect") -> N
 async def _answer(handler: Any, request: Request, send: Send) -> None:
     response = await call_handler(handler, request, logger)
     if isinstance(response, StreamingResponse):
-        await _stream(send, response)
+        await _stream(send, response, request.method == "HEAD")
     else:
         await _send_response(send, request.method, response)
 
@@ -553,7 +553,7 @@ async def _send_response(send: Send, method: str, response: Response) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _stream(send: Send, response: StreamingResponse) -> None:
+async def _stream(send: Send, response: StreamingResponse, head_only: bool = False) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -571,11 +571,17 @@ async def _stream(send: Send, response: StreamingResponse) -> None:
 
     response.aborter = abort
     try:
-        async for chunk in body:
-            if aborted:
+        if head_only:
+            # As the native server: the head alone (RFC 9110 9.3.2), the body run to its
+            # first chunk and closed, so that its cleanup runs. The stream was held open.
+            async for _ in body:
                 break
-            if chunk:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            async for chunk in body:
+                if aborted:
+                    break
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
     finally:
         response.aborter = None
         aclose = getattr(body, "aclose", None)
