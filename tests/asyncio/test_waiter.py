@@ -234,3 +234,25 @@ async def test_queued_messages_outlive_the_connection(
         assert await anext(ws) == "b"
         with pytest.raises(fullduplex.ConnectionClosedError):
             await ws.recv()
+
+
+async def test_async_for_across_a_lost_connection(
+    waiter_kind: str, demo_server: fullduplex.Server
+) -> None:
+    async with fullduplex.connect(url(demo_server, "/echo")) as ws:
+        iterator = aiter(ws)
+        assert iterator.__anext__() is iterator  # its own iterator: no Python call per message
+        await ws.send("first")
+        got: list[Any] = []
+        with pytest.raises(fullduplex.ConnectionClosedError):
+            async for message in ws:
+                got.append(message)
+                if message == "first":  # lost while the loop body runs, a message queued
+                    ws._deliver("queued")
+                    ws.transport.abort()
+                    await asyncio.wait_for(ws.wait_closed(), 5)
+        assert got == ["first", "queued"]
+        # A new loop after the loss: nothing queued, the same end.
+        with pytest.raises(fullduplex.ConnectionClosedError):
+            async for _ in ws:  # pragma: no cover - nothing arrives
+                pass

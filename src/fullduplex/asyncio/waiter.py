@@ -20,8 +20,10 @@ Two implementations of that contract:
 
 ``owner`` is the WebSocket: its ``_queue``, ``_lost``, ``_take_queued()``, ``_requeue(message)``
 and ``_end_of_messages()`` are what a waiter reads and calls. ``lose()`` (the connection is
-lost) ends a wait with the end of messages and lets go of the owner once idle, so that no
-reference cycle is left for the garbage collector.
+lost) ends a wait with the end of messages; the WebSocket then lets go of its waiter, so that
+no reference cycle is left for the garbage collector. A waiter is its own async iterator
+(``__aiter__`` and ``__anext__`` return it): ``async for message in ws`` iterates over it and
+gets each message's awaitable without a Python call.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ class PyMessageWaiter:
         "_callback",
         "_cancel_msg",
         "_context",
-        "_detached",
         "_loop",
         "_owner",
         "_result",
@@ -79,7 +80,6 @@ class PyMessageWaiter:
         self._state = _IDLE
         # None outside a suspension: asyncio.isfuture() is then False (ensure_future wraps it).
         self._asyncio_future_blocking: bool | None = None
-        self._detached = False
 
     @property
     def busy(self) -> bool:
@@ -95,12 +95,16 @@ class PyMessageWaiter:
     def __next__(self) -> Any:
         return self.send(None)
 
+    def __aiter__(self) -> PyMessageWaiter:
+        return self
+
+    def __anext__(self) -> PyMessageWaiter:
+        return self
+
     def _reset(self) -> None:
         self._state = _IDLE
         self._asyncio_future_blocking = None
         self._callback = self._context = self._cancel_msg = None
-        if self._detached:
-            self._owner = None
 
     def _end(self) -> BaseException:
         owner = self._owner
@@ -179,12 +183,9 @@ class PyMessageWaiter:
 
     def lose(self) -> None:
         """The connection is lost: end the wait with the end of messages."""
-        self._detached = True
         if self._state == _WAITING:
             self._state = _LOST
             self._fire(False)
-        elif self._state == _IDLE:
-            self._owner = None
 
     # -- what asyncio's tasks call on a future ------------------------------------------------
 

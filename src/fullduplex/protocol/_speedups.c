@@ -668,7 +668,8 @@ PyDoc_STRVAR(message_waiter_doc,
 "MessageWaiter(owner, loop, done, /)\n"
 "--\n"
 "\n"
-"What ``WebSocket.__anext__`` returns: one per connection, awaited again for every message.\n"
+"What ``WebSocket.__aiter__`` and ``__anext__`` return: one per connection, awaited again for\n"
+"every message, and its own async iterator (``__anext__`` returns itself).\n"
 "\n"
 "Awaiting it returns the next message: a queued one at once (``owner._take_queued()``), else\n"
 "the awaiting task is suspended on a pending asyncio future kept for the next waits, and\n"
@@ -684,7 +685,8 @@ enum { W_IDLE, W_WAITING, W_DONE, W_LOST };
 
 typedef struct {
     PyObject_HEAD
-    PyObject *owner;  /* the WebSocket; NULL once detached and idle */
+    PyObject *owner;  /* the WebSocket (which lets go of its waiter when the connection is lost:
+                       * no cycle is left then) */
     PyObject *loop;
     PyObject *done;   /* a completed future: the argument of a wake-up run at once */
     PyObject *future; /* the pending future the task waits on; kept between waits */
@@ -694,7 +696,7 @@ typedef struct {
     Py_ssize_t queue_offset;  /* where the owner's `_queue` and `_lost` slots are, or 0 */
     Py_ssize_t lost_offset;
     int state;
-    int detached;     /* the connection is lost: drop owner once idle */
+    int detached;     /* the connection is lost: no future kept once idle */
 } MessageWaiter;
 
 /* The offset of a `__slots__` entry of type, or 0 if name is not a plain slot there. */
@@ -824,7 +826,6 @@ waiter_reset(MessageWaiter *self)
 {
     self->state = W_IDLE;
     if (self->detached) {
-        Py_CLEAR(self->owner);
         waiter_drop_future(self);
     }
 }
@@ -1223,7 +1224,6 @@ message_waiter_lose(MessageWaiter *self, PyObject *Py_UNUSED(ignored))
         }
     }
     else if (self->state == W_IDLE) {
-        Py_CLEAR(self->owner);
         waiter_drop_future(self);
     }
     Py_RETURN_NONE;
@@ -1264,6 +1264,10 @@ static PyType_Slot message_waiter_slots[] = {
     {Py_tp_getset, message_waiter_getset},
     {Py_tp_iter, message_waiter_self},
     {Py_tp_iternext, message_waiter_iternext},
+    /* Its own async iterator: `async for` over a WebSocket gets the next awaitable from this
+     * slot, without a Python call per message. */
+    {Py_am_aiter, message_waiter_self},
+    {Py_am_anext, message_waiter_self},
     {Py_am_await, message_waiter_self},
     {Py_am_send, message_waiter_am_send},
     {Py_tp_doc, (void *)message_waiter_doc},
