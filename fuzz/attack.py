@@ -1068,6 +1068,62 @@ def upgrade_bad_subprotocol(t: Target) -> tuple[str, str, bool]:
     return "400 (or 101)", str(status), status in (400, 101)
 
 
+def _raw_upgrade_head(t: Target, path: str, *extra: str, connection: str = "Upgrade") -> bytes:
+    return req(
+        t,
+        f"GET {path} HTTP/1.1",
+        "Upgrade: WebSocket",
+        f"Connection: {connection}",
+        f"Sec-WebSocket-Key: {KEY}",
+        "Sec-WebSocket-Version: 13",
+        *extra,
+    )
+
+
+@check(*SERVERS)
+def upgrade_firefox_connection(t: Target) -> tuple[str, str, bool]:
+    # Firefox sends "Connection: keep-alive, Upgrade"; tokens are case-insensitive.
+    p = _raw_upgrade_head(t, ws_path(t), connection="keep-alive, upgrade")
+    answer = exchange(t, p, timeout=3, until=b"\r\n\r\n")
+    return "101", str(answer.status), answer.status == 101
+
+
+@check(*SERVERS)
+def frames_in_the_upgrade_write(t: Target) -> tuple[str, str, bool]:
+    # A client may send frames right behind its request, before the 101 arrives.
+    p = _raw_upgrade_head(t, ws_path(t)) + frame(1, b"early") + frame(1, b"bird")
+    sock = t.connect()
+    try:
+        sock.sendall(p)
+        data = bytearray()
+        deadline = time.monotonic() + 5
+        while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, rest = bytes(data).partition(b"\r\n\r\n")
+        ws = WS(sock, rest, head)
+        got = [ws.recv_message(5), ws.recv_message(5)]
+    finally:
+        sock.close()
+    return "101, 'early', 'bird'", repr(got), got == [(1, b"early"), (1, b"bird")]
+
+
+@check(*SERVERS)
+def upgrade_pipelined_behind_get(t: Target) -> tuple[str, str, bool]:
+    p = req(t, f"GET {http_path(t)} HTTP/1.1") + _raw_upgrade_head(t, ws_path(t))
+    answer = exchange(t, p, timeout=3)
+    responses = answer.responses
+    statuses = [status for status, _, _ in responses]
+    # The GET answered first, always; then the upgrade, refused, or left with Connection:
+    # close on the GET's answer (RFC 9112 9.6: the client then knows to send it again).
+    closing = bool(responses) and b"connection: close" in responses[0][1].lower()
+    ok = statuses[:1] == [200] and (statuses[1:] in ([101], [400]) or closing)
+    return "200 then 101/400, or 200 closing", ",".join(map(str, statuses)), ok
+
+
 # -- frames -----------------------------------------------------------------------------------
 
 
