@@ -916,6 +916,42 @@ def slowloris_body(t: Target) -> tuple[str, str, bool]:
 
 
 @check(*SERVERS)
+def slowloris_chunked_body(t: Target) -> tuple[str, str, bool]:
+    head = req(t, f"POST {post_path(t)} HTTP/1.1", "Transfer-Encoding: chunked")
+    pieces = [head] + [b"1\r\na\r\n"] * int(t.slow * 4)
+    answer = exchange(t, pieces, pause=0.5, timeout=t.slow * 3)
+    observed = f"{answer.status} closed={answer.closed} after {answer.elapsed:.1f}s"
+    return f"408/400 or close within {t.slow * 3:.0f}s", observed, answer.closed
+
+
+@check(*SERVERS)
+def pipelined_no_read(t: Target) -> tuple[str, str, bool]:
+    # Requests pipelined for up to 8 s without reading one answer: the server stops reading
+    # once its answers back up, instead of queueing them in memory.
+    rss0, _ = proc_status(t.pid)
+    page = {"native": "/index.html", "asgi": "/http", "hubapp": "/"}[t.profile]
+    one = req(t, f"GET {page} HTTP/1.1") * 100
+    sock = t.connect()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(2)
+    sent = 0
+    deadline = time.monotonic() + 8
+    try:
+        while sent < 2000 and time.monotonic() < deadline:
+            try:
+                sock.sendall(one)
+            except (TimeoutError, OSError):
+                break
+            sent += 1
+        rss1, _ = proc_status(t.pid)
+    finally:
+        sock.close()
+    grew = None if rss0 is None or rss1 is None else (rss1 - rss0) // 1024
+    observed = f"{sent * 100} requests taken, RSS +{grew} MiB"
+    return "sending stops, RSS < +64 MiB", observed, sent < 2000 and (grew is None or grew < 64)
+
+
+@check(*SERVERS)
 def idle_after_connect(t: Target) -> tuple[str, str, bool]:
     answer = exchange(t, b"", timeout=t.slow * 3)
     observed = f"closed={answer.closed} after {answer.elapsed:.1f}s"
