@@ -62,6 +62,26 @@ async def test_overlong_static_segments_are_404_and_the_pipeline_goes_on(folder:
         await server.shutdown()
 
 
+async def test_a_long_pipeline_of_immediate_answers(
+    folder: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # fuzz/attack.py: each answer given at once called the next request back, so ~330
+    # pipelined 404s or files in one read hit the recursion limit: the rest of the pipeline
+    # was lost and a traceback logged. A loop now.
+    app = fullduplex.App()
+    app.static("/", folder)
+    server = await start(app)
+    try:
+        raw = (
+            get("/missing") + get("/ok.txt") + b"POST /ok.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        ) * 1000
+        answer = await exchange(server.port, raw + get("/ok.txt", close=True))
+    finally:
+        await server.shutdown()
+    assert statuses(answer) == [404, 200, 405] * 1000 + [200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_other_methods_on_a_static_file_are_405(folder: Path) -> None:
     # RFC 9110 15.5.6: the file exists, not for POST (fuzz/attack.py: it was 404).
     app = fullduplex.App()

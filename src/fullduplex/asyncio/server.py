@@ -644,26 +644,33 @@ class HTTPProtocol(asyncio.Protocol):
     # -- HTTP ---------------------------------------------------------------------------------
 
     def _next_request(self) -> None:
-        if self.state is _HANDLING or self.transport.is_closing() or self.parser is None:
-            return
-        try:
-            pending = self._pending
-            if pending is not None:
-                self._pending = None
-                self.parser.feed(pending)
-            request = self.parser.next_request()
-        except InvalidMessage as exc:
-            self._send_error(exc.status, str(exc))
-            return
-        if request is None:
-            return
-        self._cancel_timer()
-        try:
-            self._dispatch(request)
-        except Exception as exc:
-            # A route lookup or a synchronous answer that raised (also when called from a
-            # finished handler's task): 500, not an exception in a transport callback.
-            self._internal_error(exc)
+        # A loop: each request answered at once (a file, a 404, a refusal) is followed by the
+        # next one parsed. _respond called this back once, and ~330 such requests pipelined
+        # in one read went over Python's recursion limit (RecursionError: the rest of the
+        # pipeline lost, a traceback logged per connection).
+        while self.state is _READING or self.state is _IDLE:
+            parser = self.parser
+            if self.transport.is_closing() or parser is None:
+                return
+            try:
+                pending = self._pending
+                if pending is not None:
+                    self._pending = None
+                    parser.feed(pending)
+                request = parser.next_request()
+            except InvalidMessage as exc:
+                self._send_error(exc.status, str(exc))
+                return
+            if request is None:
+                return
+            self._cancel_timer()
+            try:
+                self._dispatch(request)
+            except Exception as exc:
+                # A route lookup or a synchronous answer that raised (also when called from
+                # a finished handler's task): 500, not an exception in a transport callback.
+                self._internal_error(exc)
+                return
 
     def _dispatch(self, request: Request) -> None:
         # One get_extra_info call (uvloop converts the address each time): the WebSocket
@@ -809,8 +816,9 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport.resume_reading()
         if request.identity is None:
             self._refuse(request, refusal, isinstance(target, WebSocketRoute))
-            return
-        self._authenticated(request, target)
+        else:
+            self._authenticated(request, target)
+        self._next_request()  # a request pipelined behind, if this one was answered
 
     def _authenticated(self, request: Request, target: Any) -> None:
         identity: Identity = request.identity
@@ -870,6 +878,7 @@ class HTTPProtocol(asyncio.Protocol):
         if not self.transport.is_closing():
             self.transport.resume_reading()
             self._respond(request, response)
+            self._next_request()
 
     async def _stream(self, request: Request, response: StreamingResponse) -> None:
         headers = response.headers.copy()
@@ -955,7 +964,7 @@ class HTTPProtocol(asyncio.Protocol):
             return
         self.state = _IDLE
         self._arm_timer(self.server.config.keepalive_timeout)
-        self._next_request()
+        # The caller goes on with the next request: _next_request's loop, or after a handler.
 
     def _keeps_alive(self, request: Request) -> bool:
         # After a request with Upgrade that is not a WebSocket upgrade here (h2c, or an Upgrade
