@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import socket
 import time
 
@@ -216,6 +218,53 @@ def test_client_limits_expire_idle_entries() -> None:
     now[0] = 1.5  # every entry but 10.0.1.1 refilled: the same as none, dropped
     assert limits.admit("10.0.1.2") is None
     assert len(limits) == 2
+
+
+class TokenBucket:
+    """The reference: a token bucket per IP as first written (tokens and the last update)."""
+
+    def __init__(self, max_open: int, rate: float) -> None:
+        self.max_open, self.rate, self.capacity = max_open, rate, max(rate, 1.0)
+        self.open: dict[str, int] = {}
+        self.buckets: dict[str, list[float]] = {}
+
+    def admit(self, ip: str, now: float) -> float | None:
+        if self.open.get(ip, 0) >= self.max_open:
+            return 1.0
+        bucket = self.buckets.setdefault(ip, [self.capacity, now])
+        bucket[0] = min(self.capacity, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if bucket[0] < 1.0:
+            return max(1.0, math.ceil((1.0 - bucket[0]) / self.rate))
+        bucket[0] -= 1.0
+        return None
+
+
+@pytest.mark.parametrize("rate", [0.5, 1.0, 2.0, 3.0, 7.5, 50.0])
+def test_client_limits_decide_as_a_token_bucket(rate: float) -> None:
+    # ClientLimits keeps each bucket as the time it is full again (one float, issue 12's
+    # handshake cost): the same answers as tokens counted, for any arrivals.
+    rng = random.Random(rate)
+    now = [0.0]
+    limits = ClientLimits(3, rate, clock=lambda: now[0])
+    model = TokenBucket(3, rate)
+    ips = [f"10.0.0.{n}" for n in range(4)]
+    refused = {"rate": 0, "connections": 0}
+    for _ in range(3000):
+        now[0] += rng.expovariate(rate * 8)  # each IP at about twice the rate, in bursts
+        ip = rng.choice(ips)
+        answer = limits.admit(ip)
+        assert answer == model.admit(ip, now[0]), (ip, now[0])
+        if answer is not None:
+            refused["connections" if model.open.get(ip, 0) >= 3 else "rate"] += 1
+        if answer is None and rng.random() < 0.3:  # some hold a connection for a while
+            limits.acquire(ip)
+            model.open[ip] = model.open.get(ip, 0) + 1
+        elif model.open.get(ip) and rng.random() < 0.4:
+            limits.release(ip)
+            model.open[ip] -= 1
+        assert limits.open_connections(ip) == model.open.get(ip, 0)
+    assert refused["rate"] > 100 and refused["connections"] > 10  # both limits were reached
 
 
 async def test_held_long_polls_count_and_transport_gets_429() -> None:
