@@ -169,6 +169,20 @@ async def test_http_request_rate_per_ip(rate: float | None) -> None:
                     assert_too_many(reply)
 
 
+@pytest.mark.parametrize("rate", [1.0, None])
+async def test_plain_requests_to_pubsub_count_as_natively(rate: float | None) -> None:
+    # A GET /pubsub without an Upgrade is answered 426, after the per-IP rate as natively: a
+    # flood of them is refused like any other request.
+    async with under_uvicorn(PREFIX, rate_per_ip=rate) as rt, http(rt) as client:
+        replies = [await client.get("/pubsub") for _ in range(2)]
+        assert replies[0].status_code == 426
+        if rate is None:
+            assert replies[1].status_code == 426
+        else:
+            assert_too_many(replies[1])  # the bucket of one takes a second to refill
+            assert open_count(rt) == 0  # counted in the rate only, not held
+
+
 @pytest.mark.parametrize("trusted", [True, False])
 async def test_the_client_ip_is_the_servers_scope_client(trusted: bool) -> None:
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 by default (--forwarded-allow-ips): the

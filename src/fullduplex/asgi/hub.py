@@ -229,7 +229,10 @@ class HubApp:
         route = self.routes.http_routes.get(path)
         if route is None:
             if path in self.routes.websocket_routes:  # /pubsub without an Upgrade: as natively
-                await _send_response(send, method, upgrade_required())
+                # Counted in the rate first, as native WebSocket routes count every request.
+                ip, refusal = self._admit(scope)
+                self._release(ip)
+                await _send_response(send, method, refusal or upgrade_required())
             else:
                 await _send_response(send, method, text_response("not found\n", 404))
             return
