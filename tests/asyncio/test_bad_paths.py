@@ -82,6 +82,29 @@ async def test_a_long_pipeline_of_immediate_answers(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_pipelined_answers_wait_for_a_client_that_does_not_read(folder: Path) -> None:
+    # fuzz/attack.py pipelined_no_read: 40-byte requests each answered with a file, never
+    # read: the answers queued in the server without bound (+117 MiB RSS for 79,300 requests
+    # of the demo page). Now it stops taking requests until its write buffer drains.
+    (folder / "big.bin").write_bytes(b"b" * 16384)
+    app = fullduplex.App()
+    app.static("/", folder)
+    server = await start(app)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=2**20)
+        writer.write(get("/big.bin") * 1000 + get("/ok.txt", close=True))
+        for _ in range(50):  # until the server took what it will take
+            await asyncio.sleep(0.02)
+        buffered = [c.transport.get_write_buffer_size() for c in server.connections]
+        assert buffered and max(buffered) < 200_000  # not 1,000 x 16 KiB = 16 MiB
+        answer = await asyncio.wait_for(reader.read(), 30)  # then every answer, in order
+        writer.close()
+    finally:
+        await server.shutdown()
+    assert statuses(answer) == [200] * 1001
+    assert answer.endswith(b"fine\n")
+
+
 async def test_other_methods_on_a_static_file_are_405(folder: Path) -> None:
     # RFC 9110 15.5.6: the file exists, not for POST (fuzz/attack.py: it was 404).
     app = fullduplex.App()

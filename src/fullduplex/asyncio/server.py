@@ -617,6 +617,16 @@ class HTTPProtocol(asyncio.Protocol):
         self._write_paused = False
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
+        elif self.state is _READING or self.state is _IDLE:
+            # Paused by _next_request: go on with the pipeline, from the loop rather than
+            # inside the transport's write callback (an answer closing the connection there
+            # made asyncio's transport report connection_lost twice).
+            asyncio.get_running_loop().call_soon(self._continue_pipeline)
+
+    def _continue_pipeline(self) -> None:
+        if (self.state is _READING or self.state is _IDLE) and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._next_request()
 
     @property
     def busy(self) -> bool:
@@ -651,6 +661,13 @@ class HTTPProtocol(asyncio.Protocol):
         while self.state is _READING or self.state is _IDLE:
             parser = self.parser
             if self.transport.is_closing() or parser is None:
+                return
+            if self._write_paused:
+                # Answers back up behind a client that does not read them: take no more
+                # requests, nor bytes, until they drain (resume_writing). Pipelined requests
+                # of a few bytes each otherwise queued their answers (a file each) without
+                # bound; the keep-alive timeout ends a client that never reads.
+                self.transport.pause_reading()
                 return
             try:
                 pending = self._pending
