@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import websockets.asyncio.client as wsclient
 from fastapi import FastAPI
 
@@ -30,6 +29,7 @@ from fullduplex.transports import TopicRules
 
 from ..transports import test_consistency
 from ..transports.client import EventStream
+from .uvicorn_server import serve_uvicorn
 
 
 def fastapi_with_hub(hub: Hub, prefix: str, **options: Any) -> tuple[FastAPI, HubApp]:
@@ -83,24 +83,11 @@ async def under_uvicorn(
     hub = Hub()
     app, hub_app = fastapi_with_hub(hub, prefix, **options)
     served = app if wrap is None else wrap(app)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    settings: dict[str, Any] = {"log_level": "warning", "lifespan": "on", **(uvicorn_options or {})}
-    config = uvicorn.Config(served, **settings)
-    server = uvicorn.Server(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # bounded: 5 s for uvicorn's startup
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started
-        yield Mounted(hub, sock.getsockname()[1], prefix, hub_app)
-    finally:
-        hub_app.transports.close()
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with serve_uvicorn(served, **(uvicorn_options or {})) as port:
+        try:
+            yield Mounted(hub, port, prefix, hub_app)
+        finally:
+            hub_app.transports.close()
 
 
 @asynccontextmanager
@@ -299,17 +286,7 @@ async def test_mounted_hub_app_runs_its_hooks_from_the_applications_lifespan(
 
     app = FastAPI(lifespan=lifespan)
     app.mount("/rt", realtime)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # bounded: 5 s for uvicorn's startup
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started
+    async with serve_uvicorn(app) as port:
         assert presence.lifecycle == ["start"]
         warned = [r.getMessage() for r in caplog.records if "lets anyone publish" in r.getMessage()]
         assert warned and "/pubsub" in warned[0]
@@ -321,10 +298,6 @@ async def test_mounted_hub_app_runs_its_hooks_from_the_applications_lifespan(
                 if "presence" in item:
                     break
             assert item["presence"]["connections"] == 1
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
     assert presence.lifecycle == ["start", "close"]
     with pytest.raises(RuntimeError, match="not running"):
         await hub.publish("room", 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -27,6 +25,7 @@ from fullduplex.protocol.http11 import Request
 
 from ..auth.conftest import AUDIENCE, RULES, SECRET
 from ..auth.test_transports import BAD_TOKENS, MESSAGES
+from .uvicorn_server import serve_uvicorn
 
 JWT = JWTAuth(SECRET, audience=AUDIENCE)
 PREFIX = "/rt"
@@ -81,22 +80,11 @@ def fastapi_app(hub: Hub, auth: Any) -> tuple[FastAPI, HubApp]:
 async def under_uvicorn(auth: Any = JWT) -> AsyncIterator[Mounted]:
     hub = Hub()
     app, hub_app = fastapi_app(hub, auth)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    try:
-        for _ in range(500):  # bounded: 5 s for uvicorn's startup
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        assert server.started
-        yield Mounted(hub, sock.getsockname()[1])
-    finally:
-        hub_app.transports.close()
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-        sock.close()
+    async with serve_uvicorn(app) as port:
+        try:
+            yield Mounted(hub, port)
+        finally:
+            hub_app.transports.close()
 
 
 @pytest.fixture
