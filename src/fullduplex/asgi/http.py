@@ -36,7 +36,14 @@ from ..asyncio.limits import too_many_requests
 from ..asyncio.proxies import apply_proxy_headers
 from ..auth.redact import redact_target
 from ..protocol.exceptions import InvalidMessage, MessageTooBig
-from ..protocol.http11 import DEFAULT_MAX_HEADER_COUNT, Headers, Request, Response
+from ..protocol.http11 import (
+    DEFAULT_MAX_HEADER_COUNT,
+    Headers,
+    Request,
+    Response,
+    check_version,
+    only_chunked,
+)
 
 if TYPE_CHECKING:
     from ..asyncio.connection import WebSocket
@@ -438,6 +445,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         upgrade = None
         hosts = 0
         proxied = False
+        codings = False
         for name, value in headers:
             if name == b"content-length":
                 if limit is not None and value.isdigit() and int(value) > limit:
@@ -450,7 +458,17 @@ class ASGIHTTPProtocol(asyncio.Protocol):
                 upgrade = value.lower()
             elif name == b"x-forwarded-for" or name == b"x-forwarded-proto":
                 proxied = True
+            elif name == b"transfer-encoding":
+                codings = True
         version = parser.get_http_version()
+        # The native server's checks (RFC 9110 15.6.6: 505; RFC 9112 6.1: 501): llhttp takes
+        # HTTP/2.0 and 0.9 as 1.1, and "gzip, chunked" (it only checks that chunked is last).
+        if version != "1.1" and version != "1.0":  # the usual two: no call
+            check_version(version)
+        if codings and not only_chunked(
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
+        ):
+            raise InvalidMessage("Transfer-Encoding not supported: only chunked", 501)
         # RFC 7230 5.4: a 1.1 request without Host, or any with two, gets 400.
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing or duplicate Host header")

@@ -51,6 +51,8 @@ __all__ = [
     "RequestParser",
     "Response",
     "ResponseParser",
+    "check_version",
+    "only_chunked",
 ]
 
 # Limits. Each is a keyword argument of the parsers; None disables it.
@@ -916,14 +918,26 @@ class _Parser(abc.ABC):
         return None
 
 
-def _check_version(version: str) -> None:
-    # RFC 9110 15.6.6: 505 refuses a major version (a later 1.x minor version would be read
-    # as 1.1, RFC 9112 2.3). llhttp takes 0.9 and 2.0 and reads what follows as HTTP/1.1.
+def check_version(version: str) -> None:
+    """Refuse a request's HTTP version other than 1.x (``"1.1"``, as llhttp reports it).
+
+    RFC 9110 15.6.6: 505 refuses a major version (a later 1.x minor version would be read as
+    1.1, RFC 9112 2.3). llhttp takes 0.9 and 2.0 and reads what follows as HTTP/1.1.
+
+    Raises:
+        InvalidMessage: status 505.
+    """
     if version[:2] != "1.":
         raise InvalidMessage("HTTP version not supported", 505)
 
 
-def _only_chunked(fields: list[tuple[str, str]]) -> bool:
+def only_chunked(fields: Iterable[tuple[str, str]]) -> bool:
+    """Whether the ``Transfer-Encoding`` of ``fields`` is absent or ``chunked`` alone.
+
+    RFC 9112 6.1: a server answers 501 to a transfer coding it does not understand; llhttp
+    only checks that chunked comes last (``gzip, chunked`` would reach the route still
+    encoded).
+    """
     codings = [
         c.strip(" \t").lower()
         for n, v in fields
@@ -964,13 +978,13 @@ class RequestParser(_Parser):
         return bool(self._parser.should_upgrade())
 
     def _check_head(self) -> None:
-        _check_version(self._parser.get_http_version())
+        check_version(self._parser.get_http_version())
         # RFC 9112 6.1: "A server that receives a request message with a transfer coding it
         # does not understand SHOULD respond with 501 (Not Implemented)". llhttp only checks
         # that chunked comes last, then hands over the body still encoded (gzip, chunked).
         # Transfer-Encoding always has a body to follow (at least the last chunk): a request
         # without one (a handshake) never gets here.
-        if not _only_chunked(self._message.fields):
+        if not only_chunked(self._message.fields):
             raise InvalidMessage("Transfer-Encoding not supported: only chunked", 501)
 
     def _build(self) -> Request:
@@ -981,7 +995,7 @@ class RequestParser(_Parser):
         # HTTP/1.1 request message that lacks a Host header field and to any request message
         # that contains more than one Host header field".
         if version != "1.1" and version != "1.0":  # the usual two: no call
-            _check_version(version)
+            check_version(version)
         hosts = m.hosts
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise InvalidMessage("missing Host header" if hosts == 0 else "duplicate Host header")

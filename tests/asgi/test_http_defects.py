@@ -1,0 +1,101 @@
+"""HTTP/1.1 defects of the ASGI server found by fuzz/attack.py, each over a real socket.
+
+A bare ASGI application served by :func:`fullduplex.serve`; raw sockets, because clients hide
+what these tests look at (framing, pipelining, what the server does after a bad request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+import fullduplex
+from fullduplex.asgi import ASGIAdapter
+
+UPGRADE = (
+    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """``/echo`` answers the body it read, ``/long`` and ``/short`` lie about their length."""
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close"})
+        return
+    path = scope["path"]
+    body = b""
+    if path == "/echo":
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message["body"]
+            more = message["more_body"]
+    declared = None
+    if path == "/long":
+        declared, body = 5, b"0123456789"
+    elif path == "/short":
+        declared, body = 10, b"01234"
+    elif path != "/echo":
+        body = b"ok"
+    headers = [(b"content-type", b"text/plain")]
+    if declared is not None:
+        headers.append((b"content-length", b"%d" % declared))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[fullduplex.Server]:
+    server = await fullduplex.serve(
+        ASGIAdapter(app, lifespan="off"), "127.0.0.1", 0, rate_per_ip=None
+    )
+    yield server
+    await server.shutdown()
+
+
+async def exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data``, read until the server closes (the test fails if it does not)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+def statuses(data: bytes) -> list[int]:
+    return [int(line.split()[1]) for line in data.split(b"\r\n") if line.startswith(b"HTTP/1.")]
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/0.9\r\nHost: x\r\n\r\n", 505),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+    ],
+)
+async def test_version_and_codings_refused_as_natively(
+    server: fullduplex.Server, head: bytes, status: int
+) -> None:
+    answer = await exchange(server.port, head + b"3\r\nabc\r\n0\r\n\r\n")
+    assert statuses(answer) == [status]
+
+
+async def test_chunked_alone_still_accepted(server: fullduplex.Server) -> None:
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
+    answer = await exchange(server.port, head + b"\r\n3\r\nabc\r\n0\r\n\r\n")
+    assert statuses(answer) == [200] and answer.endswith(b"\r\n\r\nabc")
