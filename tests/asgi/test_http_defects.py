@@ -99,3 +99,10 @@ async def test_chunked_alone_still_accepted(server: fullduplex.Server) -> None:
     head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
     answer = await exchange(server.port, head + b"\r\n3\r\nabc\r\n0\r\n\r\n")
     assert statuses(answer) == [200] and answer.endswith(b"\r\n\r\nabc")
+
+
+async def test_upgrade_with_post_is_refused_as_natively(server: fullduplex.Server) -> None:
+    # RFC 6455 4.1: the method must be GET; the native server answers 400, not 101.
+    answer = await exchange(server.port, b"POST /ws HTTP/1.1\r\n" + UPGRADE + b"\r\n")
+    assert statuses(answer) == [400]
+    assert b"requires GET" in answer

@@ -676,7 +676,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         from .websocket import ASGIWebSocketSession  # here: websocket.py imports this module
 
         request = Request(
-            "GET",
+            scope["method"],  # the handshake refuses another method than GET (RFC 6455 4.1)
             self._url.decode("latin-1"),
             Headers((n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]),
             version=scope["http_version"],
