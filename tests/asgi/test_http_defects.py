@@ -7,6 +7,7 @@ what these tests look at (framing, pipelining, what the server does after a bad 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -106,3 +107,18 @@ async def test_upgrade_with_post_is_refused_as_natively(server: fullduplex.Serve
     answer = await exchange(server.port, b"POST /ws HTTP/1.1\r\n" + UPGRADE + b"\r\n")
     assert statuses(answer) == [400]
     assert b"requires GET" in answer
+
+
+@pytest.mark.parametrize(("path", "sent"), [("/long", b"01234"), ("/short", b"01234")])
+async def test_body_not_matching_content_length_closes(
+    server: fullduplex.Server, path: str, sent: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application error: what was declared (or what there was) goes out, then the
+    # connection closes, so a keep-alive client neither reads the rest as its next answer
+    # nor waits forever; the pipelined request behind it is not answered.
+    request = b"GET %b HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode()
+    with caplog.at_level(logging.ERROR, "fullduplex.asgi"):
+        answer = await exchange(server.port, request + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [200]
+    assert answer.endswith(b"\r\n\r\n" + sent)
+    assert any("Content-Length" in r.getMessage() + str(r.exc_info) for r in caplog.records)

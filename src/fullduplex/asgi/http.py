@@ -85,6 +85,7 @@ class _Cycle:
         "chunked",
         "conn",
         "continue_100",
+        "declared",
         "delivered",
         "disconnected",
         "head",
@@ -115,6 +116,7 @@ class _Cycle:
         self.head: list[tuple[bytes, bytes]] = []
         self.status = 0
         self.sent = 0
+        self.declared: int | None = None  # the response's Content-Length
         self.waiter: asyncio.Future[None] | None = None
 
     # -- called by the protocol -----------------------------------------------------------------
@@ -208,7 +210,18 @@ class _Cycle:
         transport = conn.transport
         head_only = self.scope["method"] == "HEAD" or self.status in _NO_BODY
         if self.head is not None:
-            out = self._build_head(len(body), more)
+            out = self._build_head(len(body), more)  # sets self.declared
+        declared = self.declared
+        wrong = None
+        if declared is not None and not head_only:
+            # An application's error, as uvicorn and h11 treat it: the client gets what was
+            # declared, then the connection closes (it cannot tell where the next answer starts).
+            if self.sent + len(body) > declared:
+                body = body[: max(0, declared - self.sent)]
+                wrong = "longer"
+            elif not more and self.sent + len(body) < declared:
+                wrong = "shorter"
+        if self.head is not None:
             if not head_only:
                 if self.chunked:
                     if body:
@@ -220,6 +233,13 @@ class _Cycle:
         elif body and not head_only:
             transport.write(b"%x\r\n%b\r\n" % (len(body), body) if self.chunked else body)
         self.sent += len(body)
+        if wrong is not None:
+            self.keep_alive = False
+            self.disconnected = True  # what the application sends next is dropped
+            transport.close()  # after what is buffered
+            raise RuntimeError(
+                f"response body {wrong} than its Content-Length ({declared}): connection closed"
+            )
         if not more:
             if self.chunked and not head_only:
                 transport.write(b"0\r\n\r\n")
@@ -245,6 +265,8 @@ class _Cycle:
             lower = name.lower()
             if lower == b"content-length":
                 has_length = True
+                if value.isdigit():
+                    self.declared = int(value)
             elif lower == b"connection" and value.lower() == b"close":
                 self.keep_alive = False
             elif lower == b"transfer-encoding":
