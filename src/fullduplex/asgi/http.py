@@ -346,6 +346,12 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._server_addr: tuple[str, int] | None = None
         self._scheme = "http"
         self._pending_ws: Scope | None = None
+        # What follows the request being answered when it cannot be taken yet: an upgrade
+        # (the bytes after its head) or an error in the next request (status, message). Reading
+        # is held meanwhile; response_done takes it up, in order, as the native server does.
+        self._next_upgrade: bytes | None = None
+        self._next_error: tuple[int, str] | None = None
+        self._held = False
         # A request head is expected (from connect, or once another starts arriving): see
         # awaiting_request.
         self._awaiting = True
@@ -381,9 +387,29 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             cause = exc.__context__
             if not isinstance(cause, InvalidMessage):
                 raise
-            self._refuse(cause.status, str(cause))
+            self._parse_error(cause.status, str(cause))
         except httptools.HttpParserError:
-            self._refuse(400, "malformed HTTP request")
+            self._parse_error(400, "malformed HTTP request")
+
+    def _parse_error(self, status: int, message: str) -> None:
+        parsing = self.parsing
+        if parsing is not None and parsing is not self.cycle:
+            # A pipelined request whose body was malformed: it never runs.
+            self.parsing = None
+            parsing.disconnected = True
+            if self.pipeline and self.pipeline[-1] is parsing:
+                self.pipeline.pop()
+        if self.parsing is None and self.cycle is not None:
+            # The requests before it were valid: they are answered first, then the error
+            # (RFC 9112 9.3.2: responses in the order of the requests).
+            self._next_error = (status, message)
+            self._hold()
+            return
+        self._refuse(status, message)
+
+    def _hold(self) -> None:
+        self._held = True
+        self.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The TCP connection is closed (before any WebSocket took it over)."""
@@ -611,9 +637,24 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         # A request body the application did not read is read on and dropped (on_body).
         if self.pipeline:
             self._start(self.pipeline.popleft())
+        elif self._held:
+            self._take_held()
+            return
         self.resume_reading()
         if self.cycle is None and self.parsing is None:
             self._arm_timer(self.config.keepalive_timeout)
+
+    def _take_held(self) -> None:
+        # The pipeline before it is answered: the upgrade or the error that followed.
+        self._held = False
+        trailing, self._next_upgrade = self._next_upgrade, None
+        error, self._next_error = self._next_error, None
+        if trailing is not None:
+            self._upgrade(trailing)
+            if not self.transport.is_closing():
+                self.resume_reading()
+        elif error is not None:
+            self._refuse(*error)
 
     async def drain(self) -> None:
         """Wait until the write buffer is below the low-water mark (or the client left).
@@ -642,7 +683,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         """Read from the socket again."""
-        if self._read_paused and not self.pipeline:
+        if self._read_paused and not self.pipeline and not self._held:
             self._read_paused = False
             self.transport.resume_reading()
 
@@ -691,10 +732,12 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             else:
                 self.transport.close()
             return
-        self._pending_ws = None
         if self.cycle is not None:
-            self._refuse(400, "WebSocket upgrade pipelined behind a request")
+            # Pipelined behind a request: upgraded once that is answered, as natively.
+            self._next_upgrade = trailing
+            self._hold()
             return
+        self._pending_ws = None
         from .websocket import ASGIWebSocketSession  # here: websocket.py imports this module
 
         request = Request(
