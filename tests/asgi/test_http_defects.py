@@ -45,6 +45,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         declared, body = 5, b"0123456789"
     elif path == "/short":
         declared, body = 10, b"01234"
+    elif path == "/big":
+        body = b"b" * 16384
     elif path != "/echo":
         body = b"ok"
     headers = [(b"content-type", b"text/plain")]
@@ -154,3 +156,25 @@ async def test_upgrade_pipelined_behind_get_upgrades_after_it(server: fullduplex
         writer.close()
     assert statuses(first) == [200]
     assert second.startswith(b"HTTP/1.1 101 ")
+
+
+async def test_pipelined_answers_wait_for_a_client_that_does_not_read(
+    server: fullduplex.Server,
+) -> None:
+    # fuzz/attack.py pipelined_no_read: requests pipelined and never read had each answer
+    # queued in the server's write buffer (+106 MiB). Now it stops taking requests above the
+    # write high-water mark until the client reads, as the native server does.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port, limit=2**20)
+    try:
+        get = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(get * 1000 + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        buffered = []
+        for _ in range(50):  # while the server takes what it will take
+            await asyncio.sleep(0.02)
+            buffered += [c.transport.get_write_buffer_size() for c in server.connections]
+        assert buffered and max(buffered) < 200_000  # not 1,000 x 16 KiB = 16 MiB
+        answer = await asyncio.wait_for(reader.read(), 30)  # then every answer, in order
+    finally:
+        writer.close()
+    assert statuses(answer) == [200] * 1001
+    assert answer.endswith(b"\r\n\r\nok")

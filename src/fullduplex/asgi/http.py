@@ -352,6 +352,8 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._next_upgrade: bytes | None = None
         self._next_error: tuple[int, str] | None = None
         self._held = False
+        # Answers back up (write buffer above high water): the pipeline waits (resume_writing).
+        self._backlogged = False
         # A request head is expected (from connect, or once another starts arriving): see
         # awaiting_request.
         self._awaiting = True
@@ -432,6 +434,18 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         """The write buffer is below the low-water mark."""
         self.write_paused = False
         self._wake_drain()
+        if self._backlogged:
+            # From the loop, not inside the transport's write callback: an answer closing the
+            # connection there made asyncio report connection_lost twice (native, 5fa3ebf).
+            self.loop.call_soon(self._continue_pipeline)
+
+    def _continue_pipeline(self) -> None:
+        if not self._backlogged or self.write_paused or self.transport.is_closing():
+            return
+        self._backlogged = False
+        self._held = self._next_upgrade is not None or self._next_error is not None
+        self._cancel_timer()
+        self._go_on()
 
     @property
     def awaiting_request(self) -> bool:
@@ -634,10 +648,22 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         if not cycle.keep_alive or self.closing or transport.is_closing():
             transport.close()
             return
+        if self.write_paused:
+            # Answers back up behind a client that does not read them: take no more requests,
+            # nor bytes, until they drain (resume_writing), as the native server does (5fa3ebf).
+            # Pipelined requests of a few bytes each otherwise queued their answers without
+            # bound; the keep-alive timeout ends a client that never reads.
+            self._backlogged = self._held = True
+            self.pause_reading()
+            self._arm_timer(self.config.keepalive_timeout)
+            return
+        self._go_on()
+
+    def _go_on(self) -> None:
         # A request body the application did not read is read on and dropped (on_body).
         if self.pipeline:
             self._start(self.pipeline.popleft())
-        elif self._held:
+        elif self._next_upgrade is not None or self._next_error is not None:
             self._take_held()
             return
         self.resume_reading()
@@ -784,5 +810,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self.cycle is None and self.session is None and self.websocket is None:
+        if self._backlogged:
+            self.transport.abort()  # it does not read: close() would wait for the buffer
+        elif self.cycle is None and self.session is None and self.websocket is None:
             self.transport.close()
