@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 import fullduplex
+from fullduplex.protocol.http11 import Headers, Response
 
 
 async def http(port: int, raw: bytes) -> bytes:
@@ -352,5 +353,54 @@ async def test_a_request_pipelined_during_a_slow_handler_is_answered_after_it() 
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.index(b'"slow"') < answer.index(b'"fast"') < answer.index(b" 400 ")
         writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_a_handler_content_length_that_disagrees_with_its_body_is_a_500() -> None:
+    # The head said 3 bytes and the whole body followed (the client read the rest as its next
+    # answer), or said 100 for 2 (the client waited for the rest, its next answer never came).
+    app = fullduplex.App()
+    bodies = {"/long": b"hello world", "/short": b"hi", "/chunked": b"hi"}
+    declared = {
+        "/long": [("Content-Length", "3")],
+        "/short": [("Content-Length", "100")],
+        "/chunked": [("Transfer-Encoding", "chunked")],
+    }
+
+    def handler(request: fullduplex.Request) -> Response:
+        path = request.path
+        return Response(200, Headers(declared[path]), bodies[path])
+
+    for path in bodies:
+        app.get(path)(handler)
+
+    @app.get("/right")
+    def right(request: object) -> Response:
+        return Response(200, Headers([("Content-Length", "2")]), b"ok")
+
+    @app.get("/next")
+    def after(request: object) -> str:
+        return "next\n"
+
+    server = await fullduplex.serve(app, "127.0.0.1", 0)
+    try:
+        for path in (*bodies, "/right"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode() + GET.format("/next").encode()
+            )
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            first, _, rest = answer.partition(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain")
+            status, headers, body = split(first)
+            if path == "/right":
+                assert (status, body) == ("HTTP/1.1 200 OK", b"ok")
+            else:
+                assert status == "HTTP/1.1 500 Internal Server Error", (path, answer)
+                assert body == b"internal server error\n"
+            assert int(headers["content-length"]) == len(body)
+            assert rest.endswith(b"\r\n\r\nnext\n"), (path, answer)
+            assert bodies.get(path, b"!") not in rest
     finally:
         await server.shutdown()

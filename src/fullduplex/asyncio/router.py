@@ -279,10 +279,33 @@ async def call_handler(
         result = handler(request)
         if inspect.isawaitable(result):
             result = await result
-        return to_response(result)
+        response = to_response(result)
     except Exception:
         log.exception("HTTP handler for %s raised", request.path)
         return text_response("internal server error\n", 500)
+    if response is result and type(response) is Response:  # built by the handler itself
+        error = _framing_error(response, request.method)
+        if error is not None:
+            # The body is sent whole after a head that says otherwise: a keep-alive client
+            # would read the rest as its next answer, or wait for bytes that never come.
+            log.error("HTTP handler for %s %s: answered 500 instead", request.path, error)
+            return text_response("internal server error\n", 500)
+    return response
+
+
+def _framing_error(response: Response, method: str) -> str | None:
+    """Why a handler's whole-body response would desynchronise the stream, or None."""
+    headers = response.headers
+    status = response.status
+    if method == "HEAD" or status < 200 or status in (204, 304):
+        return None  # no body follows the head (HEAD: the server sets Content-Length)
+    if "Transfer-Encoding" in headers:
+        return "set Transfer-Encoding on a response with a whole body"
+    declared = headers.get_all("Content-Length")
+    if declared and declared != [str(len(response.body))]:
+        size = len(response.body)
+        return f"declared Content-Length {', '.join(declared)} for a body of {size} bytes"
+    return None
 
 
 @dataclass
