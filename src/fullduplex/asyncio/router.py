@@ -35,7 +35,7 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..auth.identity import AuthError
 from ..protocol.connection import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
@@ -45,8 +45,10 @@ from .connection import WebSocket, WebSocketListener
 __all__ = [
     "APP_AUTH",
     "CONVERTERS",
+    "DEFAULT_STATIC_CHUNK_SIZE",
     "SERVER_DEFAULT",
     "App",
+    "FileResponse",
     "HTTPHandler",
     "HTTPResult",
     "HTTPRoute",
@@ -378,6 +380,29 @@ class HTTPRoute:
         self.methods = frozenset(self.handlers)
 
 
+#: Static files up to this size are read whole; larger ones are sent in chunks of this size.
+DEFAULT_STATIC_CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(eq=False)
+class FileResponse:
+    """A static file too large to read whole: the server sends it in chunks.
+
+    Attributes:
+        status: the status code.
+        headers: the header fields (``Content-Length`` is the server's).
+        file: the file, open; whoever sends the response closes it.
+        size: bytes sent (the file's size when it was opened).
+        chunk_size: bytes read and written at a time.
+    """
+
+    status: int
+    headers: Headers
+    file: BinaryIO
+    size: int
+    chunk_size: int = DEFAULT_STATIC_CHUNK_SIZE
+
+
 #: The longest file name most filesystems accept (NAME_MAX: ext4, XFS, btrfs, tmpfs, APFS).
 _MAX_NAME_BYTES = 255
 
@@ -390,11 +415,14 @@ class StaticRoute:
         prefix: the path prefix, e.g. ``"/"`` or ``"/static/"``.
         folder: the folder; requests never escape it.
         index: the file served for a folder.
+        chunk_size: files up to this size are read whole; larger ones are sent in chunks of
+            this size, each after the client has taken the previous ones.
     """
 
     prefix: str
     folder: Path
     index: str = "index.html"
+    chunk_size: int = DEFAULT_STATIC_CHUNK_SIZE
 
     def resolve(self, path: str) -> Path | None:
         """Map a request path to a file inside the folder, or None."""
@@ -418,19 +446,36 @@ class StaticRoute:
         except (OSError, RuntimeError, ValueError):
             return None
 
-    def serve(self, path: str) -> Response | None:
-        """Build the response for a request path, or None if no file matches."""
+    def serve(self, path: str) -> Response | FileResponse | None:
+        """Build the response for a request path, or None if no file matches.
+
+        A file of up to :attr:`chunk_size` bytes is read whole (a :class:`Response`); a
+        larger one is a :class:`FileResponse`, its file open, which the server sends in chunks
+        of :attr:`chunk_size` as the client reads them.
+        """
         target = self.resolve(path)
         if target is None:
             return None
         ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
+        headers = Headers([("Content-Type", ctype), ("Cache-Control", "no-cache")])
         try:
-            body = target.read_bytes()
+            file = open(target, "rb")  # noqa: SIM115 (the FileResponse owns it)
         except OSError:
             return None  # gone, unreadable or not a regular file since resolve(): a 404
-        headers = Headers([("Content-Type", ctype), ("Cache-Control", "no-cache")])
+        try:
+            size = os.fstat(file.fileno()).st_size
+            if size > self.chunk_size:
+                return FileResponse(200, headers, file, size, self.chunk_size)
+            body = file.read(self.chunk_size)  # bounded if the file grew meanwhile
+        except OSError:
+            file.close()
+            return None
+        except BaseException:
+            file.close()
+            raise
+        file.close()
         return Response(200, headers, body)
 
 
@@ -696,22 +741,37 @@ class App:
         request.path_params = fallback[1]
         return fallback[0]
 
-    def static(self, prefix: str, folder: str | os.PathLike[str]) -> None:
+    def static(
+        self,
+        prefix: str,
+        folder: str | os.PathLike[str],
+        *,
+        chunk_size: int = DEFAULT_STATIC_CHUNK_SIZE,
+    ) -> None:
         """Serve the files of ``folder`` under the path ``prefix``.
 
+        Args:
+            prefix: the path prefix.
+            folder: the folder.
+            chunk_size: files up to this size are read whole per request; larger ones are
+                sent in chunks of this size as the client takes them (memory per request
+                stays about ``chunk_size`` plus the write buffer, whatever the file's size).
+
         Raises:
-            ValueError: the folder does not exist.
+            ValueError: the folder does not exist, or ``chunk_size`` is not positive.
         """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         _check_path(prefix)
         root = Path(folder)
         if not root.is_dir():
             raise ValueError(f"static folder {root} does not exist")
         if not prefix.endswith("/"):
             prefix += "/"
-        self.static_routes.append(StaticRoute(prefix, root))
+        self.static_routes.append(StaticRoute(prefix, root, chunk_size=chunk_size))
         self.static_routes.sort(key=lambda r: len(r.prefix), reverse=True)
 
-    def find_static(self, path: str) -> Response | None:
+    def find_static(self, path: str) -> Response | FileResponse | None:
         """Serve ``path`` from the static folders, or return None."""
         for route in self.static_routes:
             if path.startswith(route.prefix) or path + "/" == route.prefix:

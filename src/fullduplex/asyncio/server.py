@@ -59,6 +59,7 @@ from .proxies import TrustedProxies, apply_proxy_headers
 from .router import (
     SERVER_DEFAULT,
     App,
+    FileResponse,
     StreamingResponse,
     WebSocketRoute,
     call_handler,
@@ -756,6 +757,9 @@ class HTTPProtocol(asyncio.Protocol):
             return
         if request.method in ("GET", "HEAD"):
             response = app.find_static(path)
+            if isinstance(response, FileResponse):
+                self._send_file(request, response)
+                return
             if response is not None:
                 self._respond(request, response)
                 return
@@ -947,7 +951,62 @@ class HTTPProtocol(asyncio.Protocol):
         self._arm_timer(self.server.config.keepalive_timeout)
         self._next_request()
 
-    async def _drain(self, response: StreamingResponse) -> None:
+    def _send_file(self, request: Request, response: FileResponse) -> None:
+        """Send a large static file: the head now, the body chunk by chunk (a task)."""
+        headers = response.headers
+        headers["Content-Length"] = str(response.size)
+        keep_alive = self._keeps_alive(request)
+        if not keep_alive:
+            headers["Connection"] = "close"
+        self.transport.write(Response(response.status, headers).serialize())
+        if request.method == "HEAD":
+            response.file.close()
+            self._log_access(request, response.status, 0)
+            if not keep_alive:
+                self.transport.close()
+                return
+            self.state = _IDLE
+            self._arm_timer(self.server.config.keepalive_timeout)
+            return  # the caller goes on with the next request, as after _respond
+        self.state = _HANDLING  # reading goes on: see data_received
+        self._handler_task = self.server.run_task(self._send_body(request, response, keep_alive))
+
+    async def _send_body(self, request: Request, response: FileResponse, keep_alive: bool) -> None:
+        # One chunk in the write buffer at a time, above what the transport holds under its
+        # high-water mark: memory per request is about chunk_size, whatever the file's size
+        # (it was read whole: a 1 GiB file took 1 GiB per request).
+        transport = self.transport
+        remaining = response.size
+        chunk_size = response.chunk_size
+        try:
+            with response.file as file:
+                while remaining > 0 and not transport.is_closing():
+                    chunk = file.read(min(chunk_size, remaining))
+                    if not chunk:
+                        break  # truncated since it was opened: the length cannot be kept
+                    remaining -= len(chunk)
+                    transport.write(chunk)
+                    await self._drain(None)
+        except OSError as exc:
+            logger.warning("reading %s failed: %s", request.path, exc)
+        finally:
+            self._log_access(request, response.status, response.size - remaining)
+        self.state = _READING
+        self._handler_task = None
+        if transport.is_closing():
+            return
+        if remaining:
+            transport.abort()  # the client sees a short body, not a desynchronised stream
+            return
+        if not keep_alive:
+            transport.close()
+            return
+        transport.resume_reading()
+        self.state = _IDLE
+        self._arm_timer(self.server.config.keepalive_timeout)
+        self._next_request()
+
+    async def _drain(self, response: StreamingResponse | None) -> None:
         timeout = self.server.config.write_timeout
         while self._write_paused and not self.transport.is_closing():
             self._drain_waiter = asyncio.get_running_loop().create_future()
@@ -957,7 +1016,7 @@ class HTTPProtocol(asyncio.Protocol):
                 # A client that stopped reading an event stream: drop it rather than hold its
                 # socket until TCP gives up.
                 logger.info("stream to %s stalled for %ss: closing", self._peer(), timeout)
-                if response.on_stalled is not None:
+                if response is not None and response.on_stalled is not None:
                     try:
                         response.on_stalled()
                     except Exception:
