@@ -49,7 +49,7 @@ __all__ = [
 
 # Timeouts, in seconds.
 
-#: Seconds a new connection has to send a complete request head (server), or to connect and
+#: Seconds a client has to send a complete request, head and body (server), or to connect and
 #: complete the opening handshake (clients). websockets: 10 s.
 DEFAULT_OPEN_TIMEOUT = 10.0
 #: Seconds to wait for the closing handshake before dropping the TCP connection.
@@ -158,7 +158,8 @@ class Config:
     )
     # Timeouts
     open_timeout: float | None = _setting(
-        DEFAULT_OPEN_TIMEOUT, "seconds for a new connection to send a complete request head"
+        DEFAULT_OPEN_TIMEOUT,
+        "seconds for a client to send a complete request (head and body), from its first byte",
     )
     close_timeout: float | None = _setting(
         DEFAULT_CLOSE_TIMEOUT, "seconds to wait for a closing handshake"

@@ -32,6 +32,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     path = scope["path"]
     body = b""
+    if path == "/slow":
+        await asyncio.sleep(1.5)  # a slow application, over the open timeout
+        path = "/echo"
     if path == "/echo":
         more = True
         while more:
@@ -178,3 +181,49 @@ async def test_pipelined_answers_wait_for_a_client_that_does_not_read(
         writer.close()
     assert statuses(answer) == [200] * 1001
     assert answer.endswith(b"\r\n\r\nok")
+
+
+@pytest.mark.parametrize(
+    ("framing", "piece"),
+    [(b"Content-Length: 1000", b"a"), (b"Transfer-Encoding: chunked", b"1\r\na\r\n")],
+)
+async def test_slow_body_is_ended_by_the_open_timeout(framing: bytes, piece: bytes) -> None:
+    # fuzz/attack.py slowloris_body, slowloris_chunked_body: a body sent a byte at a time
+    # held the connection forever. open_timeout covers the whole request, as natively.
+    server = await fullduplex.serve(
+        ASGIAdapter(app, lifespan="off"), "127.0.0.1", 0, rate_per_ip=None, open_timeout=1
+    )
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+        start = asyncio.get_running_loop().time()
+        eof = asyncio.ensure_future(reader.read())
+        try:
+            for _ in range(40):  # 8 s at most, one piece every 0.2 s
+                done, _ = await asyncio.wait([eof], timeout=0.2)
+                if done:
+                    break
+                writer.write(piece)
+            elapsed = asyncio.get_running_loop().time() - start
+            assert eof.done() and eof.result() == b""  # closed, the application never answered
+            assert elapsed < 3
+        finally:
+            eof.cancel()
+            writer.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_an_application_slow_to_read_a_body_is_not_cut() -> None:
+    # The open timeout is the client's time to send: it stops while reading waits for the
+    # application (body buffered above the high-water mark).
+    server = await fullduplex.serve(
+        ASGIAdapter(app, lifespan="off"), "127.0.0.1", 0, rate_per_ip=None, open_timeout=1
+    )
+    body = b"x" * 300_000
+    try:
+        head = b"POST /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        answer = await exchange(server.port, head + b"Content-Length: 300000\r\n\r\n" + body)
+    finally:
+        await server.shutdown()
+    assert statuses(answer) == [200] and answer.endswith(b"\r\n\r\n" + body)

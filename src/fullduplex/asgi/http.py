@@ -11,7 +11,7 @@ use (same limits, compression, keepalive and flow control).
 
 Limits come from the server's :class:`~fullduplex.config.Config`, as for native routes:
 ``max_head_size`` (431), ``max_body_size`` (413, checked against ``Content-Length`` before the
-body is read and as a chunked body grows), ``open_timeout`` for a request head,
+body is read and as a chunked body grows), ``open_timeout`` for a whole request (head and body),
 ``keepalive_timeout`` between requests. ``scope["client"]`` and ``scope["scheme"]`` follow the
 server's trusted proxy settings (``proxy_headers``, ``forwarded_allow_ips``), as
 ``request.client`` does on native routes, and that client IP is what the per-IP limits count
@@ -165,6 +165,9 @@ class _Cycle:
             self.continue_100 = False
             if not self.response_started and not self.disconnected:
                 self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                if self.conn.parsing is self:
+                    # The client waited for it: the body's time starts now.
+                    self.conn._arm_timer(self.conn.config.open_timeout)
         while (
             not self.disconnected
             and not self.response_complete
@@ -354,6 +357,8 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._held = False
         # Answers back up (write buffer above high water): the pipeline waits (resume_writing).
         self._backlogged = False
+        # Reading paused with the open timer stopped: the application reads the body slowly.
+        self._body_paused = False
         # A request head is expected (from connect, or once another starts arriving): see
         # awaiting_request.
         self._awaiting = True
@@ -499,8 +504,9 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         """llhttp: the head is complete: start the exchange (or the upgrade)."""
         self._awaiting = False
         parser = self.parser
-        if self.cycle is None:
-            self._cancel_timer()
+        # open_timeout runs on until the body is complete too (on_message_complete), as on
+        # the native server, which reads a whole request under it: a body sent one byte every
+        # few seconds held the connection forever.
         headers = self._headers
         limit = self.max_body_size
         expect = False
@@ -553,6 +559,8 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             scope["scheme"] = "wss" if scheme == "https" else "ws"
             self.parsing = None
             self._pending_ws = scope
+            if self.cycle is None:
+                self._cancel_timer()  # the session has its own (the application decides)
             return
         cycle = _Cycle(self, scope, bool(parser.should_keep_alive()), expect)
         self.parsing = cycle
@@ -577,6 +585,11 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         cycle.body += body
         if len(cycle.body) > BODY_HIGH_WATER:
             self.pause_reading()
+            if cycle is self.cycle and self._timer is not None:
+                # The application is slow to read, not the client: the timer restarts when
+                # it asks for more (resume_reading).
+                self._cancel_timer()
+                self._body_paused = True
         cycle.wake()
 
     def on_message_complete(self) -> None:
@@ -586,6 +599,11 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             return
         self.parsing = None
         cycle.more_body = False
+        if cycle is self.cycle:
+            self._cancel_timer()  # open_timeout, since the request began
+        elif self.cycle is None:
+            # Answered before its body was read: it was read on and dropped, now idle.
+            self._arm_timer(self.config.keepalive_timeout)
         cycle.wake()
 
     # -- the exchange -------------------------------------------------------------------------
@@ -663,6 +681,8 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         # A request body the application did not read is read on and dropped (on_body).
         if self.pipeline:
             self._start(self.pipeline.popleft())
+            if self.parsing is self.cycle:
+                self._arm_timer(self.config.open_timeout)  # its body is still arriving
         elif self._next_upgrade is not None or self._next_error is not None:
             self._take_held()
             return
@@ -712,6 +732,9 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         if self._read_paused and not self.pipeline and not self._held:
             self._read_paused = False
             self.transport.resume_reading()
+            if self._body_paused:
+                self._body_paused = False
+                self._arm_timer(self.config.open_timeout)
 
     def write_error(self, status: int, message: str) -> None:
         """Answer with a plain-text error and ``Connection: close``."""
@@ -812,5 +835,10 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._timer = None
         if self._backlogged:
             self.transport.abort()  # it does not read: close() would wait for the buffer
-        elif self.cycle is None and self.session is None and self.websocket is None:
+        elif (
+            self.session is None
+            and self.websocket is None
+            # Idle, or a request (head or body) not complete within open_timeout.
+            and (self.cycle is None or self.parsing is not None)
+        ):
             self.transport.close()

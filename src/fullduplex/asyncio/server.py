@@ -1302,7 +1302,7 @@ async def serve(
             as a comma-separated string or a sequence (uvicorn's default: ``127.0.0.1``).
         root_path: the path prefix the app is mounted under behind a proxy (ASGI's
             ``root_path``).
-        open_timeout: seconds for a new connection to send a complete request head.
+        open_timeout: seconds for a client to send a complete request (head and body).
         close_timeout: seconds to wait for a closing handshake.
         ping_interval: seconds between keepalive pings; None disables them.
         ping_timeout: seconds to wait for a keepalive pong before closing with 1011.
