@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets.asyncio.client as wsclient
+import websockets.exceptions
 from fastapi import FastAPI
 
 import fullduplex
@@ -301,3 +302,42 @@ async def test_mounted_hub_app_runs_its_hooks_from_the_applications_lifespan(
     assert presence.lifecycle == ["start", "close"]
     with pytest.raises(RuntimeError, match="not running"):
         await hub.publish("room", 1)
+
+
+async def test_a_mounted_hub_app_not_started_answers_503_with_a_hint_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Mounted without starting it in the lifespan (Mount does not pass the lifespan on): every
+    # transport answered 500 and logged the hub's traceback, once per request.
+    hub = Hub()
+    realtime = HubApp(hub, rules=TopicRules(subscribe=["*"], publish=["t"]))
+    app = FastAPI()
+    app.mount("/rt", realtime)
+    caplog.set_level("INFO", logger="fullduplex")
+    async with serve_uvicorn(app) as port, httpx.AsyncClient(timeout=10) as http:
+        base = f"http://127.0.0.1:{port}/rt"
+        for _ in range(2):
+            for answer in (
+                await http.get(f"{base}/poll?topic=t"),
+                await http.get(f"{base}/sse?topic=t"),
+                await http.get(f"{base}/longpoll?topic=t"),
+                await http.post(f"{base}/publish", json={"topic": "t", "data": 1}),
+            ):
+                assert answer.status_code == 503, answer.text
+                assert answer.text.startswith("hub not started: use `async with hub_app:`")
+        async with wsclient.connect(f"ws://127.0.0.1:{port}/rt/pubsub") as ws:
+            await ws.send(json.dumps({"op": "subscribe", "topic": "t"}))
+            with pytest.raises(websockets.exceptions.ConnectionClosedError):
+                await asyncio.wait_for(ws.recv(), 10)
+        assert (ws.close_code, ws.close_reason) == (1011, "hub not started")
+        logged = [r for r in caplog.records if r.name.startswith("fullduplex")]
+        assert [r.getMessage() for r in logged if "hub not" in r.getMessage()] == [
+            "HubApp: hub not started: use `async with hub_app:` or `await hub_app.startup()`"
+            " in the application's lifespan (Starlette's Mount does not run a mounted app's"
+            " lifespan) (answering 503 until it runs)"
+        ]
+        assert not [r for r in logged if r.exc_info]  # no traceback
+        # Started, it serves.
+        async with realtime:
+            answer = await http.get(f"{base}/poll?topic=t")
+            assert answer.status_code == 200, answer.text

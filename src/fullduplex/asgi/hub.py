@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import urllib.parse
 from typing import Any
@@ -186,6 +187,8 @@ class HubApp:
         self.limits: ClientLimits | None = client_limits(max_connections_per_ip, rate_per_ip)
         self.max_messages_per_second = max_messages_per_second
         self.max_bytes_per_second = max_bytes_per_second
+        # Whether a request found the hub not running (logged once, not a traceback each).
+        self._warned_not_running = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI 3 entry point."""
@@ -268,7 +271,7 @@ class HubApp:
                 await _send_response(send, method, refusal)
                 return
         progress = _Progress(send)
-        answer = asyncio.ensure_future(_answer(handler, request, progress.send))
+        answer = asyncio.ensure_future(_answer(self._guard(handler), request, progress.send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         expired = False
 
@@ -290,6 +293,28 @@ class HubApp:
             await asyncio.gather(answer, watcher, return_exceptions=True)
         if expired:
             await progress.expire(method)
+
+    def _guard(self, handler: Any) -> Any:
+        """``handler``, answering 503 (not a 500 and a traceback) while the hub is not running."""
+
+        async def guarded(request: Request) -> Any:
+            try:
+                result = handler(request)
+                if inspect.isawaitable(result):
+                    result = await result
+            except RuntimeError as exc:
+                if not _hub_not_running(exc):
+                    raise
+                self._warn_not_running()
+                return text_response(NOT_STARTED + "\n", 503)
+            return result
+
+        return guarded
+
+    def _warn_not_running(self) -> None:
+        if not self._warned_not_running:
+            self._warned_not_running = True
+            logger.error("HubApp: %s (answering 503 until it runs)", NOT_STARTED)
 
     # -- WebSocket ----------------------------------------------------------------------------
 
@@ -360,7 +385,9 @@ class HubApp:
             max_bytes_per_second=self.max_bytes_per_second,
         )
         loopback.attach(ws)
-        handler = asyncio.ensure_future(_run_handler(route.handler, ws, path))
+        handler = asyncio.ensure_future(
+            _run_handler(route.handler, ws, path, self._warn_not_running)
+        )
         reader = asyncio.ensure_future(loopback.read(receive))
         expiry = None
         if auth is not None:
@@ -593,7 +620,7 @@ async def _stream(send: Send, response: StreamingResponse, head_only: bool = Fal
     await send({"type": "http.response.body", "body": b""})
 
 
-async def _run_handler(handler: Any, ws: WebSocket, path: str) -> None:
+async def _run_handler(handler: Any, ws: WebSocket, path: str, not_running: Any) -> None:
     # What the native server does when a handler ends (HTTPProtocol.__call__): a
     # handler that raises closes with 1011.
     code, reason = CloseCode.NORMAL_CLOSURE, ""
@@ -601,10 +628,28 @@ async def _run_handler(handler: Any, ws: WebSocket, path: str) -> None:
         await handler(ws)
     except ConnectionClosed:
         pass
-    except Exception:
-        logger.exception("WebSocket handler for %s raised", path)
-        code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+    except Exception as exc:
+        if _hub_not_running(exc):
+            not_running()  # logged once, without a traceback
+            code, reason = CloseCode.INTERNAL_ERROR, "hub not started"
+        else:
+            logger.exception("WebSocket handler for %s raised", path)
+            code, reason = CloseCode.INTERNAL_ERROR, "internal error"
     await ws.close(code, reason)
+
+
+#: What a HubApp whose hub is not running answers (503), and logs once.
+NOT_STARTED = (
+    "hub not started: use `async with hub_app:` or `await hub_app.startup()` in the "
+    "application's lifespan (Starlette's Mount does not run a mounted app's lifespan)"
+)
+
+
+def _hub_not_running(exc: BaseException) -> bool:
+    """Whether ``exc`` is the hub's refusal to work before start() or after close()."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith(
+        ("hub is not running", "hub is closed")
+    )
 
 
 class _Loopback(asyncio.Transport):
