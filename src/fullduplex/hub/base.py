@@ -11,6 +11,7 @@ Exceptions derive from :class:`~fullduplex.protocol.exceptions.FullduplexError`:
     └── HubError                      raised by fullduplex.hub
         ├── SubscriptionClosed        reading a closed and drained subscription
         └── HubUnavailable            the backend (Redis) cannot be reached
+            └── TooManyTopics         the backend keeps its most topics, all in use
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "Message",
     "Policy",
     "SubscriptionClosed",
+    "TooManyTopics",
     "TopicConfig",
     "check_since",
     "whole_topic",
@@ -101,6 +103,16 @@ class HubUnavailable(HubError, ConnectionError):
     subscriptions never see it: they wait and resume by themselves. After a publish raises
     it, the message may or may not have been published (the connection may have dropped after
     Redis applied it), so publishing again may publish it twice, under two sequence numbers.
+    """
+
+
+class TooManyTopics(HubUnavailable):
+    """A new topic is refused: the backend keeps its most topics and none can be dropped.
+
+    The in-memory backend keeps at most ``max_topics`` topics and drops idle ones for room;
+    when every topic kept has listeners, publishing to or subscribing to a new topic raises
+    this. A :class:`HubUnavailable`, since retrying later may succeed: transports answer 503
+    (HTTP) or an error reply (WebSocket), with the message ``"too many topics"``.
     """
 
 
@@ -328,6 +340,17 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def last_seq(self, topic: str) -> int:
         """The topic's last sequence number; 0 if nothing was ever published."""
+
+    def admit(self, topic: str) -> None:
+        """Check that ``topic`` may be listened to here, before the hub opens its live feed.
+
+        A backend keeping a bounded number of topics in memory makes room here (or refuses).
+        Nothing by default.
+
+        Raises:
+            TooManyTopics: the backend refuses a new topic.
+        """
+        return None
 
     async def prepare_listen(self, topic: str) -> None:
         """Get ready to :meth:`listen` to ``topic``, before the hub reads its position.

@@ -165,6 +165,8 @@ class Hub:
 
         Raises:
             TypeError: ``data`` is not JSON-serializable.
+            TooManyTopics: ``topic`` is new and the backend keeps its most topics, all in
+                use (a :class:`~fullduplex.hub.base.HubUnavailable`).
             HubUnavailable: the backend is down. Not retried, since a retry could publish
                 twice; see :class:`~fullduplex.hub.base.HubUnavailable`.
         """
@@ -245,6 +247,10 @@ class Hub:
             on_close: called once with the reason when the subscription closes, whatever
                 closes it (useful in callback mode, to end a stream when the hub closes).
 
+        Raises:
+            TooManyTopics: the backend keeps its most topics, all in use (in-memory backend:
+                ``max_topics``), and this is a new one.
+
         With Redis, "from now" for a topic no subscription of this hub listens to yet means
         from when the hub has read the topic's last sequence number, one round trip later;
         :meth:`Subscription.wait_started` waits for that.
@@ -254,6 +260,7 @@ class Hub:
             check_since(since)
         feed = self._feeds.get(topic)
         if feed is None:
+            self.backend.admit(topic)
             feed = self._open_feed(topic)
         subscription = Subscription(self, feed, self.config(topic), on_message, on_close)
         feed.subscriptions[subscription] = None

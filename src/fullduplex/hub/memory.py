@@ -2,6 +2,21 @@
 
 Each topic is a counter and a deque of its history. Publishing delivers to the hub at once,
 within the call: the live feed has no task and no queue of its own.
+
+Topics are forgotten, so that publishing to (or subscribing to) ever new names cannot grow
+memory without bound:
+
+* a topic nobody listens to, with no message for ``topic_idle_ttl`` seconds, is dropped;
+  the sweep is amortised (each publish and each new topic looks at the two least recently
+  used idle topics), with no timer;
+* beyond ``max_topics`` live topics, the least recently used idle topics are dropped at once,
+  however recent; if every topic has listeners, a new topic is refused with
+  :class:`~fullduplex.hub.base.TooManyTopics`.
+
+A dropped topic that comes back numbers its messages from 1 again under a new epoch (the
+backend's epoch and a generation, ``"<epoch>-<n>"``): a client resuming with a cursor of the
+old incarnation gets a ``reset`` :class:`~fullduplex.hub.base.Gap`, never the new messages as
+if they followed.
 """
 
 from __future__ import annotations
@@ -9,57 +24,114 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .base import Backend, Deliver, Gap, GapReason, Message, TopicConfig
+from .base import Backend, Deliver, Gap, GapReason, Message, TooManyTopics, TopicConfig
 
-__all__ = ["MemoryBackend"]
+__all__ = ["DEFAULT_MAX_TOPICS", "DEFAULT_TOPIC_IDLE_TTL", "MemoryBackend"]
+
+#: Live topics kept at most. An idle topic costs about 600 bytes (plus its history): 100,000
+#: of them about 60 MB, the order of what the WebSocket connections this process can serve
+#: cost anyway (bench/idle_memory.py).
+DEFAULT_MAX_TOPICS = 100_000
+#: Seconds a topic with no listener and no message is kept: the default history age
+#: (:data:`~fullduplex.hub.base.DEFAULT_HISTORY_AGE`), so expiry never drops history that a
+#: resuming client could still have read; what it drops is only the counter.
+DEFAULT_TOPIC_IDLE_TTL = 3600.0
+
+#: Idle topics the sweep looks at per publish or new topic: more than one, so the sweep
+#: outpaces the creation of topics (at most one per call).
+_SWEEP = 2
 
 
 class _Topic:
-    __slots__ = ("history", "seq")
+    __slots__ = ("epoch", "history", "listeners", "seq", "touched")
 
-    def __init__(self) -> None:
+    def __init__(self, epoch: str, now: float) -> None:
         self.seq = 0
         self.history: collections.deque[Message] = collections.deque()
+        self.epoch = epoch
+        #: Hubs listening (a listened topic is never dropped).
+        self.listeners = 0
+        #: When it was last published to or left by its last listener.
+        self.touched = now
 
 
 class MemoryBackend(Backend):
     """Topics in this process's memory.
 
-    A topic's counter outlives its history, so sequence numbers never go back; the cost is a
-    small object per topic ever published to. Data must be JSON-serializable, as with Redis
-    (checked with ``json.dumps``), so that a program written against this backend runs on
-    Redis; it is kept as given, not copied: don't mutate it after publishing.
+    Data must be JSON-serializable, as with Redis (checked with ``json.dumps``), so that a
+    program written against this backend runs on Redis; it is kept as given, not copied:
+    don't mutate it after publishing.
 
-    Every topic of one backend has the same epoch (:attr:`epoch`), new for each backend:
-    a client's cursor from before a restart of the process is known as stale.
+    Every topic of one backend has the same epoch (:attr:`epoch`), new for each backend, until
+    a topic is dropped (see the module docstring): topics made after that get
+    ``"<epoch>-<n>"``. A client's cursor from before a restart of the process, or from before
+    its topic was dropped, is known as stale.
 
     Args:
         clock: wall clock in seconds since the epoch (tests may pass a fake one).
+        max_topics: live topics kept at most (listened or not); None for no limit.
+        topic_idle_ttl: seconds after which a topic with no listener and no new message is
+            dropped; None keeps topics until ``max_topics`` needs room. Keep it at least
+            the longest ``history_age`` configured, or history still readable is dropped.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        # Limits
+        max_topics: int | None = DEFAULT_MAX_TOPICS,
+        topic_idle_ttl: float | None = DEFAULT_TOPIC_IDLE_TTL,
+    ) -> None:
+        if max_topics is not None and max_topics < 1:
+            raise ValueError("max_topics must be None or at least 1")
+        if topic_idle_ttl is not None and not (
+            topic_idle_ttl >= 0 and math.isfinite(topic_idle_ttl)
+        ):
+            raise ValueError("topic_idle_ttl must be None or a number of seconds")
         self._clock = clock
-        #: The epoch of every topic here (see :class:`~fullduplex.hub.base.Gap`).
+        #: The epoch of every topic here until one is dropped (see :class:`~.base.Gap`).
         self.epoch = uuid.uuid4().hex[:12]
+        #: Live topics kept at most; None for no limit.
+        self.max_topics = max_topics
+        #: Seconds an idle topic is kept; None for as long as ``max_topics`` allows.
+        self.topic_idle_ttl = topic_idle_ttl
+        #: Topics dropped so far (idle or for room), for tests and metrics.
+        self.expired = 0
         self._topics: dict[str, _Topic] = {}
+        # Topics with no listener, least recently touched first.
+        self._idle: collections.OrderedDict[str, _Topic] = collections.OrderedDict()
         self._deliver: Deliver | None = None
         # Messages published from within a delivery (a subscriber's callback publishing)
         # wait here, so every subscriber sees every topic's messages in order.
         self._pending: collections.deque[Message] = collections.deque()
         self._delivering = False
 
+    def __len__(self) -> int:
+        """Live topics."""
+        return len(self._topics)
+
     async def start(self, deliver: Deliver) -> None:
         """Deliver every message published from now on (the hub ignores unheard topics)."""
         self._deliver = deliver
 
     async def close(self) -> None:
-        """Stop delivering. History stays, so a hub may start again with this backend."""
+        """Stop delivering. History stays, so a hub may start again with this backend.
+
+        Nothing listens any more: every topic may expire.
+        """
         self._deliver = None
+        now = self._clock()
+        for topic, state in self._topics.items():
+            if state.listeners:
+                state.listeners, state.touched = 0, now
+                self._idle[topic] = state
 
     async def publish(
         self, topic: str, data: Any, config: TopicConfig, key: str | None = None
@@ -67,17 +139,66 @@ class MemoryBackend(Backend):
         """Append, trim and deliver synchronously (see :meth:`Backend.publish`).
 
         ``key`` is ignored: one process, whose transports remember keys themselves.
+
+        Raises:
+            TooManyTopics: ``topic`` is new and ``max_topics`` topics all have listeners.
         """
         json.dumps(data)  # raises TypeError like the Redis backend would
+        now = self._clock()
         state = self._topics.get(topic)
         if state is None:
-            state = self._topics[topic] = _Topic()
+            state = self._add(topic, now)
+        elif not state.listeners:
+            self._idle.move_to_end(topic)
+        state.touched = now
         state.seq += 1
-        message = Message(topic, state.seq, data, self._clock(), self.epoch)
+        message = Message(topic, state.seq, data, now, state.epoch)
         state.history.append(message)
         self._trim(state, config)
+        self.sweep(now)
         self._feed(message)
         return message
+
+    def sweep(self, now: float | None = None) -> int:
+        """Drop the least recently used idle topics older than ``topic_idle_ttl``.
+
+        Looks at two of them at most (:meth:`publish` calls it): the cost is amortised over
+        the publishes and new topics that made them.
+
+        Returns:
+            How many were dropped.
+        """
+        ttl = self.topic_idle_ttl
+        if ttl is None or not self._idle:
+            return 0
+        cutoff = (self._clock() if now is None else now) - ttl
+        dropped = 0
+        idle = self._idle
+        while idle and dropped < _SWEEP:
+            topic, state = next(iter(idle.items()))
+            if state.touched > cutoff:
+                break
+            self._drop(topic)
+            dropped += 1
+        return dropped
+
+    def _add(self, topic: str, now: float) -> _Topic:
+        """Make ``topic``, dropping idle topics for room; it starts idle."""
+        topics = self._topics
+        if self.max_topics is not None and len(topics) >= self.max_topics:
+            self.sweep(now)
+            while len(topics) >= self.max_topics and self._idle:
+                self._drop(next(iter(self._idle)))
+            if len(topics) >= self.max_topics:
+                raise TooManyTopics(f"too many topics: {len(topics)} with listeners")
+        epoch = f"{self.epoch}-{self.expired:x}" if self.expired else self.epoch
+        state = topics[topic] = self._idle[topic] = _Topic(epoch, now)
+        return state
+
+    def _drop(self, topic: str) -> None:
+        del self._topics[topic]
+        del self._idle[topic]
+        self.expired += 1
 
     def _feed(self, message: Message) -> None:
         if self._deliver is None:
@@ -111,14 +232,14 @@ class MemoryBackend(Backend):
         config: TopicConfig,
         epoch: str | None = None,
     ) -> tuple[Gap | None, list[Message]]:
-        """See :meth:`Backend.history`."""
-        state = self._topics.get(topic) or _Topic()
+        """See :meth:`Backend.history`. Reading a topic does not keep it alive."""
+        state = self._topics.get(topic) or _Topic(self.epoch_nowait(topic), 0.0)
         self._trim(state, config)
         history = state.history
         first = history[0].seq if history else state.seq + 1
         gap: Gap | None = None
-        if since > state.seq or (since and epoch and epoch != self.epoch):
-            gap = Gap(topic, since, first, GapReason.RESET, self.epoch)
+        if since > state.seq or (since and epoch and epoch != state.epoch):
+            gap = Gap(topic, since, first, GapReason.RESET, state.epoch)
         elif since < first - 1:
             gap = Gap(topic, since, first)
         start = first if gap is not None else since + 1
@@ -128,24 +249,50 @@ class MemoryBackend(Backend):
 
     async def last_seq(self, topic: str) -> int:
         """See :meth:`Backend.last_seq`."""
-        state = self._topics.get(topic)
-        return 0 if state is None else state.seq
+        return self.last_seq_nowait(topic)
 
     async def position(self, topic: str) -> tuple[int, str]:
         """See :meth:`Backend.position`."""
-        return await self.last_seq(topic), self.epoch
+        return self.last_seq_nowait(topic), self.epoch_nowait(topic)
 
     def epoch_nowait(self, topic: str) -> str:
-        """The epoch, always known here."""
-        return self.epoch
+        """The topic's epoch, always known here (for a topic not kept: the one it would get)."""
+        state = self._topics.get(topic)
+        if state is not None:
+            return state.epoch
+        return f"{self.epoch}-{self.expired:x}" if self.expired else self.epoch
 
     def last_seq_nowait(self, topic: str) -> int:
         """The topic's last sequence number, always known here."""
         state = self._topics.get(topic)
         return 0 if state is None else state.seq
 
+    def admit(self, topic: str) -> None:
+        """Make ``topic`` if it is not kept (see :meth:`Backend.admit`).
+
+        Raises:
+            TooManyTopics: ``max_topics`` topics all have listeners.
+        """
+        if topic not in self._topics:
+            now = self._clock()
+            self.sweep(now)
+            self._add(topic, now)
+
     def listen(self, topic: str, after: int, epoch: str = "") -> None:
-        """Nothing to do: every publish is delivered."""
+        """Keep the topic while listened (every publish is delivered anyway)."""
+        state = self._topics.get(topic)
+        if state is None:  # not admitted (a hub of another version): admit now
+            state = self._add(topic, self._clock())
+        if not state.listeners:
+            del self._idle[topic]
+        state.listeners += 1
 
     def unlisten(self, topic: str) -> None:
-        """Nothing to do: every publish is delivered."""
+        """The topic may expire once no hub listens to it."""
+        state = self._topics.get(topic)
+        if state is None or not state.listeners:
+            return
+        state.listeners -= 1
+        if not state.listeners:
+            state.touched = self._clock()
+            self._idle[topic] = state

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App
-from ..hub import Gap, GapReason, Hub, HubUnavailable, Message
+from ..hub import Gap, GapReason, Hub, HubUnavailable, Message, TooManyTopics
 from ..protocol.http11 import Headers, Request, Response
 from .backlog import Backlog, Mailbox
 from .common import (
@@ -213,9 +213,12 @@ def mount_longpoll(
         # Subscription.wait costs a task on Python 3.11 (asyncio.wait_for wraps coroutines).
         mailbox = Mailbox()
         backlog = Backlog(topic, hub.config(topic), since, from_history=True)
-        subscription = hub.subscribe(
-            topic, since=since, epoch=epoch, on_message=mailbox.add(backlog)
-        )
+        try:
+            subscription = hub.subscribe(
+                topic, since=since, epoch=epoch, on_message=mailbox.add(backlog)
+            )
+        except TooManyTopics:
+            return error_response(InvalidInput("too many topics", 503))
         held.add(mailbox.close)
         try:
             await mailbox.wait(longpoll_timeout)

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App, json_response
-from ..hub import Hub, HubUnavailable, Message
+from ..hub import Hub, HubUnavailable, Message, TooManyTopics
 from ..protocol.http11 import Request, Response
 from .common import (
     InvalidInput,
@@ -191,6 +191,8 @@ def mount_publish(
             message = await known.publish(hub, topic, data, key)
         except InvalidInput as exc:
             return error_response(exc)
+        except TooManyTopics:
+            return error_response(InvalidInput("too many topics", 503))
         except HubUnavailable:
             return error_response(InvalidInput("hub unavailable", 503))
         return json_response({"topic": message.topic, "seq": message.seq, "time": message.time})

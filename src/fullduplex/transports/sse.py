@@ -51,7 +51,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from ..asyncio.router import APP_AUTH, App, StreamingResponse
-from ..hub import SLOW_CONSUMER, Drop, DropLog, Gap, Hub, HubUnavailable, Message, Subscription
+from ..hub import (
+    SLOW_CONSUMER,
+    Drop,
+    DropLog,
+    Gap,
+    Hub,
+    HubUnavailable,
+    Message,
+    Subscription,
+    TooManyTopics,
+)
 from ..protocol.http11 import Headers, Request, Response
 
 # Re-exported (``X as X``): fullduplex.transports.sse held the encoding before protocol.sse.
@@ -417,6 +427,9 @@ def mount_sse(
         stream.id, stream.hello = connection_id, greeting
         try:
             await stream.open(start)
+        except TooManyTopics:
+            stream.close()
+            return error_response(InvalidInput("too many topics", 503))
         except HubUnavailable:
             stream.close()
             return error_response(InvalidInput("hub unavailable", 503))

@@ -78,7 +78,7 @@ from typing import Any
 
 from ..asyncio.connection import WebSocket
 from ..asyncio.router import APP_AUTH, App
-from ..hub import SLOW_CONSUMER, Drop, DropLog, Hub, HubUnavailable
+from ..hub import SLOW_CONSUMER, Drop, DropLog, Hub, HubUnavailable, TooManyTopics
 from ..hub.presence import ANONYMOUS_ID, Presence
 from ..protocol import CloseCode
 from .broadcast import Fanout, FrameCache, WebSocketSink
@@ -218,6 +218,9 @@ class _Session:
         except ValueError:
             sink.remove(topic)
             raise InvalidInput("unknown topic") from None
+        except TooManyTopics:
+            sink.remove(topic)
+            raise InvalidInput("too many topics") from None
         if self.presence is not None:
             self.enter(topic, request.get("presence") is True)
 
@@ -307,6 +310,8 @@ class _Session:
             data = self.on_publish(self.ws, topic, data)
         try:
             message = await self.keys.publish(self.hub, topic, data, key)
+        except TooManyTopics:
+            raise InvalidInput("too many topics") from None
         except HubUnavailable:
             raise InvalidInput("hub unavailable") from None
         if request_id is not None:
