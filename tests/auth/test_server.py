@@ -178,6 +178,7 @@ async def test_cors(served: tuple[fullduplex.App, int]) -> None:
     assert reply.headers["vary"] == "Origin"
     reply = await request(port, "GET", "/me", headers=[("Origin", ORIGIN)])
     assert reply.status == 401 and reply.headers["access-control-allow-origin"] == ORIGIN
+    assert reply.headers["access-control-expose-headers"] == "WWW-Authenticate"
     reply = await request(port, "GET", "/me", headers=[("Origin", "https://evil.example")])
     assert "access-control-allow-origin" not in reply.headers
     # Without a policy: no CORS header, OPTIONS is 405.
@@ -249,5 +250,31 @@ async def test_no_authenticator_means_no_identity_and_no_cost() -> None:
         async with connect(f"ws://127.0.0.1:{server.port}/w") as ws:
             await ws.wait_closed()
         assert seen == [None]
+    finally:
+        await server.shutdown()
+
+
+async def test_a_429_is_readable_with_its_retry_after_by_an_allowed_origin() -> None:
+    # A page of an allowed origin read the 429 but not its Retry-After (not a CORS-safelisted
+    # response header): it could not tell when to try again.
+    app = fullduplex.App(cors=CORS([ORIGIN], expose_headers=["X-Seq"]))
+    app.get("/x", auth=None)(lambda r: {})
+    server = await fullduplex.serve(app, "127.0.0.1", 0, rate_per_ip=1)
+    try:
+        replies = [await request(server.port, "GET", "/x", headers=[("Origin", ORIGIN)])]
+        assert replies[0].status == 200
+        assert replies[0].headers["access-control-expose-headers"] == "X-Seq"
+        for _ in range(5):  # bounded: the bucket holds one request
+            replies.append(await request(server.port, "GET", "/x", headers=[("Origin", ORIGIN)]))
+            if replies[-1].status == 429:
+                break
+        reply = replies[-1]
+        assert reply.status == 429 and int(reply.headers["retry-after"]) >= 1
+        assert reply.headers["access-control-allow-origin"] == ORIGIN
+        assert reply.headers["access-control-expose-headers"] == "X-Seq, Retry-After"
+        other = await request(
+            server.port, "GET", "/x", headers=[("Origin", "https://evil.example")]
+        )
+        assert other.status == 429 and "access-control-expose-headers" not in other.headers
     finally:
         await server.shutdown()

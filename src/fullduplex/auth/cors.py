@@ -27,6 +27,9 @@ __all__ = ["CORS", "DEFAULT_CORS_MAX_AGE"]
 #: Seconds a browser may cache a preflight answer (Chromium caps it at 7,200; Firefox 86,400).
 DEFAULT_CORS_MAX_AGE = 600
 
+#: Exposed to allowed origins whenever an answer has them (a 429's Retry-After...).
+_REFUSAL_FIELDS = ("Retry-After", "WWW-Authenticate")
+
 _SIMPLE_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
 
 
@@ -41,7 +44,9 @@ class CORS:
             ``Authorization`` for Bearer tokens, ``Last-Event-ID`` for event streams).
         credentials: let pages send cookies and ``Authorization`` (then origins are echoed,
             never ``*``).
-        expose_headers: response headers pages may read besides the simple ones.
+        expose_headers: response headers pages may read besides the simple ones;
+            ``Retry-After`` and ``WWW-Authenticate`` are exposed whenever an answer has them
+            (a 429's wait, a 401's challenge).
         max_age: seconds a preflight answer is cached, None for the browser's default.
 
     Raises:
@@ -68,6 +73,7 @@ class CORS:
         self._allowed_headers = frozenset(h.lower() for h in headers) | _SIMPLE_HEADERS
         self.credentials = credentials
         self.expose_headers = tuple(expose_headers)
+        self._exposed = frozenset(h.lower() for h in expose_headers)
         self.max_age = max_age
 
     def allows(self, origin: str | None) -> bool:
@@ -86,8 +92,14 @@ class CORS:
             headers["Access-Control-Allow-Credentials"] = "true"
         else:
             headers["Access-Control-Allow-Origin"] = "*" if self.any_origin else origin
-        if self.expose_headers:
-            headers["Access-Control-Expose-Headers"] = ", ".join(self.expose_headers)
+        exposed = list(self.expose_headers)
+        # Fields of the server's own refusals that a page needs and the Fetch standard does not
+        # expose by default: when to retry a 429 or 503, the challenge of a 401.
+        for name in _REFUSAL_FIELDS:
+            if name in headers and name.lower() not in self._exposed:
+                exposed.append(name)
+        if exposed:
+            headers["Access-Control-Expose-Headers"] = ", ".join(exposed)
 
     @staticmethod
     def is_preflight(request: Request) -> bool:
