@@ -227,3 +227,42 @@ async def test_an_application_slow_to_read_a_body_is_not_cut() -> None:
     finally:
         await server.shutdown()
     assert statuses(answer) == [200] and answer.endswith(b"\r\n\r\n" + body)
+
+
+CHUNKED = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def test_slow_chunk_extension_is_refused(server: fullduplex.Server) -> None:
+    # llhttp streams chunk extensions without a limit (fuzz/attack.py chunk_extension_huge: 1 MB
+    # accepted): a chunk-size line is bounded by max_head_size (16 KiB), counted across reads
+    # holding nothing else: 431 and the connection closed, as natively (an over-long line).
+    # A piece at a time, waiting for the answer: bytes still arriving at a closed socket would
+    # make the client's kernel drop the answer on the reset.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(CHUNKED + b"2;")
+        answer = asyncio.ensure_future(reader.read())
+        for _ in range(100):  # 100 x 1 KiB: over the 16 KiB limit by the 17th
+            done, _ = await asyncio.wait([answer], timeout=0.05)
+            if done:
+                break
+            writer.write(b"a" * 1024)
+        assert statuses(await asyncio.wait_for(answer, 5)) == [431]
+    finally:
+        writer.close()
+
+
+async def test_chunked_body_split_anywhere_is_read(server: fullduplex.Server) -> None:
+    # Chunk-size lines cut across reads, extensions and big chunks: no false alarm.
+    body = b"".join(b"%x;ext=%d\r\n%s\r\n" % (n, n, b"z" * n) for n in (1, 70_000, 3, 30_000))
+    data = CHUNKED.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n") + body + b"0\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i in range(0, len(data), 7_001):
+            writer.write(data[i : i + 7_001])
+            await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert statuses(answer) == [200]
+    assert answer.endswith(b"\r\n\r\n" + b"z" * 100_004)

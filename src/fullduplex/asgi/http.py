@@ -10,8 +10,9 @@ the socket belongs to a plain :class:`~fullduplex.asyncio.WebSocket`, the engine
 use (same limits, compression, keepalive and flow control).
 
 Limits come from the server's :class:`~fullduplex.config.Config`, as for native routes:
-``max_head_size`` (431), ``max_body_size`` (413, checked against ``Content-Length`` before the
-body is read and as a chunked body grows), ``open_timeout`` for a whole request (head and body),
+``max_head_size`` (431; a chunk-size line too), ``max_body_size`` (413, checked against
+``Content-Length`` before the body is read and as a chunked body grows), ``open_timeout`` for a
+whole request (head and body),
 ``keepalive_timeout`` between requests. ``scope["client"]`` and ``scope["scheme"]`` follow the
 server's trusted proxy settings (``proxy_headers``, ``forwarded_allow_ips``), as
 ``request.client`` does on native routes, and that client IP is what the per-IP limits count
@@ -357,6 +358,10 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         self._held = False
         # Answers back up (write buffer above high water): the pipeline waits (resume_writing).
         self._backlogged = False
+        # Bytes of the chunk-size line being read (its extensions), counted per read that
+        # holds nothing else; -1 when none is. Bounded by max_head_size (431).
+        self._chunk_line = -1
+        self._chunk_moved = False
         # Reading paused with the open timer stopped: the application reads the body slowly.
         self._body_paused = False
         # A request head is expected (from connect, or once another starts arriving): see
@@ -386,8 +391,19 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         if self.session is not None:
             self.session.early_data(data)  # after an upgrade request, before the answer
             return
+        line = self._chunk_line
         try:
-            self.parser.feed_data(data)
+            if line < 0:
+                self.parser.feed_data(data)
+            else:
+                self._chunk_moved = False
+                self.parser.feed_data(data)
+                if not self._chunk_moved:
+                    # The whole read was chunk-size line (extensions): llhttp sets no limit.
+                    self._chunk_line = line = line + len(data)
+                    limit = self.max_head_size
+                    if limit is not None and line > limit:
+                        self._parse_error(431, "HTTP chunk line too long")
         except httptools.HttpParserUpgrade as exc:
             self._upgrade(data[int(exc.args[0]) :])
         except httptools.HttpParserCallbackError as exc:
@@ -564,6 +580,8 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             return
         cycle = _Cycle(self, scope, bool(parser.should_keep_alive()), expect)
         self.parsing = cycle
+        if codings:
+            self._chunk_line = 0  # the first chunk-size line
         if self.cycle is None:
             self._start(cycle)
         else:
@@ -592,8 +610,20 @@ class ASGIHTTPProtocol(asyncio.Protocol):
                 self._body_paused = True
         cycle.wake()
 
+    def on_chunk_header(self) -> None:
+        """llhttp: a chunk-size line is complete."""
+        self._chunk_line = -1
+        self._chunk_moved = True
+
+    def on_chunk_complete(self) -> None:
+        """llhttp: a chunk's data is complete: the next chunk-size line starts."""
+        self._chunk_line = 0
+        self._chunk_moved = True
+
     def on_message_complete(self) -> None:
         """llhttp: the request is complete."""
+        self._chunk_line = -1
+        self._chunk_moved = True
         cycle = self.parsing
         if cycle is None:
             return
