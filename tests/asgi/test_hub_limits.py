@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets.asyncio.client as wsclient
+from starlette.middleware.cors import CORSMiddleware
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fullduplex.asgi import HubApp
@@ -167,6 +168,28 @@ async def test_http_request_rate_per_ip(rate: float | None) -> None:
             for reply in replies:
                 if reply.status_code == 429:
                     assert_too_many(reply)
+
+
+async def test_a_429_carries_the_cors_headers_of_the_other_answers() -> None:
+    # HubApp sets no CORS header of its own: the application's middleware does, on every
+    # answer, the 429 included (it goes out through the same send as the others).
+    origin = "https://app.example"
+
+    def cors(app: Any) -> Any:
+        return CORSMiddleware(app, allow_origins=[origin], expose_headers=["Retry-After"])
+
+    async with under_uvicorn(PREFIX, wrap=cors, rate_per_ip=1) as rt, http(rt) as client:
+        replies = []
+        for _ in range(5):  # bounded: the bucket holds one request
+            replies.append(await client.get("/poll?topic=t", headers={"Origin": origin}))
+            if replies[-1].status_code == 429:
+                break
+        first, last = replies[0], replies[-1]
+        assert first.status_code == 200
+        assert_too_many(last)
+        for reply in (first, last):
+            assert reply.headers["access-control-allow-origin"] == origin
+            assert reply.headers["access-control-expose-headers"] == "Retry-After"
 
 
 @pytest.mark.parametrize("rate", [1.0, None])
