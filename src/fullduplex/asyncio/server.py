@@ -996,7 +996,9 @@ class HTTPProtocol(asyncio.Protocol):
         if transport.is_closing():
             return
         if remaining:
-            transport.abort()  # the client sees a short body, not a desynchronised stream
+            # Truncated: what was read goes out, then the end of the connection (the client
+            # sees a body shorter than its Content-Length, not a desynchronised stream).
+            transport.close()
             return
         if not keep_alive:
             transport.close()
