@@ -319,6 +319,42 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         server: the server; its ``app`` is an :class:`~fullduplex.asgi.ASGIAdapter`.
     """
 
+    # Slots, as the native HTTPProtocol's: one connection each, attributes read per callback.
+    __slots__ = (
+        "_awaiting",
+        "_backlogged",
+        "_body_paused",
+        "_chunk_line",
+        "_client",
+        "_drain",
+        "_head_size",
+        "_headers",
+        "_held",
+        "_next",
+        "_pending_ws",
+        "_read_paused",
+        "_scheme",
+        "_server_addr",
+        "_timer",
+        "_url",
+        "adapter",
+        "closing",
+        "config",
+        "cycle",
+        "loop",
+        "max_body_size",
+        "max_head_size",
+        "parser",
+        "parsing",
+        "pipeline",
+        "root_path",
+        "server",
+        "session",
+        "transport",
+        "websocket",
+        "write_paused",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         adapter: ASGIAdapter = server.app  # type: ignore[assignment]
@@ -353,15 +389,14 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         # What follows the request being answered when it cannot be taken yet: an upgrade
         # (the bytes after its head) or an error in the next request (status, message). Reading
         # is held meanwhile; response_done takes it up, in order, as the native server does.
-        self._next_upgrade: bytes | None = None
-        self._next_error: tuple[int, str] | None = None
+        self._next: bytes | tuple[int, str] | None = None
         self._held = False
         # Answers back up (write buffer above high water): the pipeline waits (resume_writing).
         self._backlogged = False
         # Bytes of the chunk-size line being read (its extensions), counted per read that
-        # holds nothing else; -1 when none is. Bounded by max_head_size (431).
+        # holds nothing else; -1 when none is, -2 when one started in the last read. Bounded
+        # by max_head_size (431).
         self._chunk_line = -1
-        self._chunk_moved = False
         # Reading paused with the open timer stopped: the application reads the body slowly.
         self._body_paused = False
         # A request head is expected (from connect, or once another starts arriving): see
@@ -393,12 +428,13 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             return
         line = self._chunk_line
         try:
-            if line < 0:
+            if line == -1:
                 self.parser.feed_data(data)
             else:
-                self._chunk_moved = False
+                if line == -2:
+                    self._chunk_line = line = 0
                 self.parser.feed_data(data)
-                if not self._chunk_moved:
+                if self._chunk_line == line:
                     # The whole read was chunk-size line (extensions): llhttp sets no limit.
                     self._chunk_line = line = line + len(data)
                     limit = self.max_head_size
@@ -425,7 +461,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         if self.parsing is None and self.cycle is not None:
             # The requests before it were valid: they are answered first, then the error
             # (RFC 9112 9.3.2: responses in the order of the requests).
-            self._next_error = (status, message)
+            self._next = (status, message)
             self._hold()
             return
         self._refuse(status, message)
@@ -464,7 +500,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         if not self._backlogged or self.write_paused or self.transport.is_closing():
             return
         self._backlogged = False
-        self._held = self._next_upgrade is not None or self._next_error is not None
+        self._held = self._next is not None
         self._cancel_timer()
         self._go_on()
 
@@ -581,7 +617,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         cycle = _Cycle(self, scope, bool(parser.should_keep_alive()), expect)
         self.parsing = cycle
         if codings:
-            self._chunk_line = 0  # the first chunk-size line
+            self._chunk_line = -2  # the first chunk-size line starts
         if self.cycle is None:
             self._start(cycle)
         else:
@@ -613,17 +649,14 @@ class ASGIHTTPProtocol(asyncio.Protocol):
     def on_chunk_header(self) -> None:
         """llhttp: a chunk-size line is complete."""
         self._chunk_line = -1
-        self._chunk_moved = True
 
     def on_chunk_complete(self) -> None:
         """llhttp: a chunk's data is complete: the next chunk-size line starts."""
-        self._chunk_line = 0
-        self._chunk_moved = True
+        self._chunk_line = -2
 
     def on_message_complete(self) -> None:
         """llhttp: the request is complete."""
         self._chunk_line = -1
-        self._chunk_moved = True
         cycle = self.parsing
         if cycle is None:
             return
@@ -713,7 +746,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             self._start(self.pipeline.popleft())
             if self.parsing is self.cycle:
                 self._arm_timer(self.config.open_timeout)  # its body is still arriving
-        elif self._next_upgrade is not None or self._next_error is not None:
+        elif self._next is not None:
             self._take_held()
             return
         self.resume_reading()
@@ -723,14 +756,13 @@ class ASGIHTTPProtocol(asyncio.Protocol):
     def _take_held(self) -> None:
         # The pipeline before it is answered: the upgrade or the error that followed.
         self._held = False
-        trailing, self._next_upgrade = self._next_upgrade, None
-        error, self._next_error = self._next_error, None
-        if trailing is not None:
-            self._upgrade(trailing)
+        after, self._next = self._next, None
+        if isinstance(after, bytes):
+            self._upgrade(after)
             if not self.transport.is_closing():
                 self.resume_reading()
-        elif error is not None:
-            self._refuse(*error)
+        elif after is not None:
+            self._refuse(*after)
 
     async def drain(self) -> None:
         """Wait until the write buffer is below the low-water mark (or the client left).
@@ -813,7 +845,7 @@ class ASGIHTTPProtocol(asyncio.Protocol):
             return
         if self.cycle is not None:
             # Pipelined behind a request: upgraded once that is answered, as natively.
-            self._next_upgrade = trailing
+            self._next = trailing
             self._hold()
             return
         self._pending_ws = None
