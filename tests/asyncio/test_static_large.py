@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hashlib
+import logging
 import os
+import socket
 from pathlib import Path
 
 import fullduplex
@@ -137,4 +140,50 @@ async def test_a_file_truncated_while_it_is_sent_ends_the_connection(tmp_path: P
         assert b"HTTP/1.1" not in rest
         writer.close()
     finally:
+        await server.shutdown()
+
+
+async def test_a_client_that_stops_reading_a_large_file_is_dropped_after_write_timeout(
+    tmp_path: Path,
+) -> None:
+    # The file stays open (and its chunk in memory) only while the client reads: stalled for
+    # write_timeout, the connection is aborted, as an event stream's is.
+    big_file(tmp_path, 16)
+    app = fullduplex.App()
+    app.static("/", tmp_path, chunk_size=64 * 1024)
+    stalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "stalled" in record.getMessage():
+                loop.call_soon_threadsafe(stalled.set)
+
+    watch = Watch()
+    server_logger = logging.getLogger("fullduplex")
+    server_logger.addHandler(watch)
+    level = server_logger.level
+    server_logger.setLevel(logging.INFO)
+    server = await fullduplex.serve(app, "127.0.0.1", 0, write_timeout=0.5)
+    stack = contextlib.ExitStack()
+    try:
+        sock = socket.socket()
+        stack.callback(sock.close)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")  # then do not read
+        await asyncio.wait_for(stalled.wait(), 10)
+        sock.setblocking(False)
+        received = 0
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100_000):  # bounded: what the buffers held, then the end
+                data = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+                if not data:
+                    break
+                received += len(data)
+        assert received < 16 * MIB
+    finally:
+        stack.close()
+        server_logger.removeHandler(watch)
+        server_logger.setLevel(level)
         await server.shutdown()
