@@ -266,3 +266,20 @@ async def test_chunked_body_split_anywhere_is_read(server: fullduplex.Server) ->
         writer.close()
     assert statuses(answer) == [200]
     assert answer.endswith(b"\r\n\r\n" + b"z" * 100_004)
+
+
+async def test_access_log_line_as_native(
+    server: fullduplex.Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The native server's format: client "METHOD target HTTP/version" status size, the size
+    # being the body bytes sent (none for HEAD), logged once the response ended.
+    caplog.set_level(logging.INFO, logger="fullduplex.access")
+    post = b"POST /echo?token=secret HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    head = b"HEAD /big HTTP/1.0\r\n\r\n"
+    answer = await exchange(server.port, post + head)
+    assert statuses(answer) == [200, 200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "fullduplex.access"]
+    assert lines == [
+        '127.0.0.1 "POST /echo?token=[redacted] HTTP/1.1" 200 3',
+        '127.0.0.1 "HEAD /big HTTP/1.0" 200 0',
+    ]

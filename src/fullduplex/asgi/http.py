@@ -142,6 +142,11 @@ class _Cycle:
                 if not self.conn.closing:
                     logger.error("ASGI application returned without completing its response")
                 self._fail()
+        if self.response_started:
+            # Once the response ended, however (complete, cut, client gone), with the body bytes
+            # sent, as the native server logs a stream.
+            head_only = self.scope["method"] == "HEAD" or self.status in _NO_BODY
+            self.conn.log_access(self.scope, self.status, 0 if head_only else self.sent)
 
     def _fail(self) -> None:
         conn = self.conn
@@ -288,7 +293,6 @@ class _Cycle:
             self.keep_alive = False
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
-        self.conn.log_access(self.scope, status)
         return b"".join(lines)
 
 
@@ -819,14 +823,27 @@ class ASGIHTTPProtocol(asyncio.Protocol):
         access_logger.info("%s - - %d (%s)", self._peer(), status, message)
         self.transport.close()
 
-    def log_access(self, scope: Scope, status: int) -> None:
-        """One access log line for a response or a handshake."""
+    def log_access(self, scope: Scope, status: int, size: int = 0) -> None:
+        """One access log line for a response or a handshake, as the native server's.
+
+        ``client "METHOD target HTTP/version" status size``, at INFO (native routes may set
+        another level; an ASGI application's requests have no route here). The client is
+        ``scope["client"]``: the proxy's client when proxy headers are trusted.
+        """
         if not access_logger.isEnabledFor(logging.INFO):
             return
         query = scope["query_string"]
         target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        method = scope.get("method", "GET")
-        access_logger.info('%s "%s %s" %d', self._peer(), method, redact_target(target), status)
+        client = scope["client"]
+        access_logger.info(
+            '%s "%s %s HTTP/%s" %d %d',
+            client[0] if client is not None else self._peer(),
+            scope.get("method", "GET"),
+            redact_target(target),  # tokens in query strings never reach a log
+            scope["http_version"],
+            status,
+            size,
+        )
 
     def _peer(self) -> str:
         return self._client[0] if self._client else "-"

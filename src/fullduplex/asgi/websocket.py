@@ -152,7 +152,7 @@ class ASGIWebSocketSession:
         """Answer the upgrade request with ``response`` (before any 101) and close."""
         conn = self.conn
         conn.transport.write(response.serialize())
-        conn.log_access(self.scope, response.status)
+        conn.log_access(self.scope, response.status, len(response.body))
         metrics = conn.server.metrics
         if metrics is not None:
             metrics.handshake(self.request.path, response.status)
