@@ -283,3 +283,22 @@ async def test_access_log_line_as_native(
         '127.0.0.1 "POST /echo?token=[redacted] HTTP/1.1" 200 3',
         '127.0.0.1 "HEAD /big HTTP/1.0" 200 0',
     ]
+
+
+async def test_a_client_that_never_reads_is_ended_by_the_keepalive_timeout() -> None:
+    # Held behind its unread answers, the connection is aborted at keepalive_timeout: close()
+    # would wait for a write buffer that never drains.
+    server = await fullduplex.serve(
+        ASGIAdapter(app, lifespan="off"), "127.0.0.1", 0, rate_per_ip=None, keepalive_timeout=1
+    )
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+        for _ in range(100):  # 10 s at most
+            await asyncio.sleep(0.1)
+            if not server.connections:
+                break
+        assert not server.connections
+        writer.close()
+    finally:
+        await server.shutdown()
