@@ -91,10 +91,16 @@ async def test_the_sweep_is_amortised() -> None:
             await hub.publish(f"t.{i}", i)
         clock.now += 2
         await hub.publish("t.0", 0)  # touched again: not expired
-        assert backend.expired == 2  # two looked at per publish, not all 99
-        for _ in range(60):
+        assert backend.expired == 2  # two looked at per sweep, not all 99
+        await hub.publish("t.0", 0)
+        assert backend.expired == 2  # publishes to a topic kept sweep once a second
+        for i in range(20):
+            await hub.publish(f"new.{i}", 0)  # each new topic sweeps
+        assert backend.expired == 42
+        for _ in range(40):  # 77 left to drop, two per second
+            clock.now += 1
             await hub.publish("t.0", 0)
-        assert backend.expired == 99 and len(backend) == 1
+        assert backend.expired == 99 + 20 and len(backend) == 1
 
 
 async def test_resuming_across_expiry_is_a_reset() -> None:

@@ -7,8 +7,8 @@ Topics are forgotten, so that publishing to (or subscribing to) ever new names c
 memory without bound:
 
 * a topic nobody listens to, with no message for ``topic_idle_ttl`` seconds, is dropped;
-  the sweep is amortised (each publish and each new topic looks at the two least recently
-  used idle topics), with no timer;
+  the sweep is amortised (each new topic, and a publish once a second, looks at the two
+  least recently used idle topics), with no timer;
 * beyond ``max_topics`` live topics, the least recently used idle topics are dropped at once,
   however recent; if every topic has listeners, a new topic is refused with
   :class:`~fullduplex.hub.base.TooManyTopics`.
@@ -43,9 +43,12 @@ DEFAULT_MAX_TOPICS = 100_000
 #: resuming client could still have read; what it drops is only the counter.
 DEFAULT_TOPIC_IDLE_TTL = 3600.0
 
-#: Idle topics the sweep looks at per publish or new topic: more than one, so the sweep
-#: outpaces the creation of topics (at most one per call).
+#: Idle topics the sweep looks at per new topic: more than one, so the sweep outpaces the
+#: creation of topics (one per call).
 _SWEEP = 2
+#: Seconds between sweeps made by publishes to topics kept (which grow nothing): a float
+#: comparison per publish rather than a call (bench/topic_bench.py).
+_SWEEP_INTERVAL = 1.0
 
 
 class _Topic:
@@ -104,6 +107,7 @@ class MemoryBackend(Backend):
         self.topic_idle_ttl = topic_idle_ttl
         #: Topics dropped so far (idle or for room), for tests and metrics.
         self.expired = 0
+        self._sweep_at = 0.0
         self._topics: dict[str, _Topic] = {}
         # Topics with no listener, least recently touched first.
         self._idle: collections.OrderedDict[str, _Topic] = collections.OrderedDict()
@@ -154,16 +158,17 @@ class MemoryBackend(Backend):
         state.seq += 1
         message = Message(topic, state.seq, data, now, state.epoch)
         state.history.append(message)
-        self._trim(state, config)
-        self.sweep(now)
+        self._trim(state, config, now)
+        if now >= self._sweep_at:
+            self.sweep(now)
         self._feed(message)
         return message
 
     def sweep(self, now: float | None = None) -> int:
         """Drop the least recently used idle topics older than ``topic_idle_ttl``.
 
-        Looks at two of them at most (:meth:`publish` calls it): the cost is amortised over
-        the publishes and new topics that made them.
+        Looks at two of them at most: each new topic calls it, and :meth:`publish` once a
+        second; the cost is amortised over the new topics that made them.
 
         Returns:
             How many were dropped.
@@ -171,7 +176,9 @@ class MemoryBackend(Backend):
         ttl = self.topic_idle_ttl
         if ttl is None or not self._idle:
             return 0
-        cutoff = (self._clock() if now is None else now) - ttl
+        now = self._clock() if now is None else now
+        self._sweep_at = now + _SWEEP_INTERVAL
+        cutoff = now - ttl
         dropped = 0
         idle = self._idle
         while idle and dropped < _SWEEP:
@@ -186,11 +193,11 @@ class MemoryBackend(Backend):
         """Make ``topic``, dropping idle topics for room; it starts idle."""
         topics = self._topics
         if self.max_topics is not None and len(topics) >= self.max_topics:
-            self.sweep(now)
             while len(topics) >= self.max_topics and self._idle:
                 self._drop(next(iter(self._idle)))
             if len(topics) >= self.max_topics:
                 raise TooManyTopics(f"too many topics: {len(topics)} with listeners")
+        self.sweep(now)
         epoch = f"{self.epoch}-{self.expired:x}" if self.expired else self.epoch
         state = topics[topic] = self._idle[topic] = _Topic(epoch, now)
         return state
@@ -214,13 +221,13 @@ class MemoryBackend(Backend):
             self._delivering = False
             self._pending.clear()
 
-    def _trim(self, state: _Topic, config: TopicConfig) -> None:
+    def _trim(self, state: _Topic, config: TopicConfig, now: float | None = None) -> None:
         history = state.history
         if config.history_size is not None:
             while len(history) > config.history_size:
                 history.popleft()
         if config.history_age is not None:
-            cutoff = self._clock() - config.history_age
+            cutoff = (self._clock() if now is None else now) - config.history_age
             while history and history[0].time < cutoff:
                 history.popleft()
 
@@ -274,9 +281,7 @@ class MemoryBackend(Backend):
             TooManyTopics: ``max_topics`` topics all have listeners.
         """
         if topic not in self._topics:
-            now = self._clock()
-            self.sweep(now)
-            self._add(topic, now)
+            self._add(topic, self._clock())
 
     def listen(self, topic: str, after: int, epoch: str = "") -> None:
         """Keep the topic while listened (every publish is delivered anyway)."""
