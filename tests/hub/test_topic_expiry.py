@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import websockets
 
-from fullduplex.hub import Gap, GapReason, Hub, MemoryBackend, Message, TooManyTopics
+from fullduplex.hub import Gap, GapReason, Hub, MemoryBackend, Message, TooManyTopics, memory
 from fullduplex.hub.memory import DEFAULT_MAX_TOPICS
 
 from ..transports.client import request
@@ -35,9 +35,10 @@ async def test_publishing_to_fresh_topics_stays_bounded() -> None:
                 assert time.monotonic() < deadline
         assert len(backend) == DEFAULT_MAX_TOPICS
         assert backend.expired == 200_000 - DEFAULT_MAX_TOPICS
-        # The latest topics are the ones kept.
-        assert await hub.last_seq("inbox.199999") == 1
-        assert await hub.last_seq("inbox.0") == 0
+        # Made after drops, new topics number on from their bucket's floor (here 1).
+        assert await hub.last_seq("inbox.199999") in (1, 2)  # 2 unless its bucket was empty
+        assert await hub.last_seq("inbox.0") >= 1  # dropped, its number kept in a floor
+        assert (await hub.publish("inbox.0", 0)).seq >= 2
 
 
 async def test_memory_of_fresh_topics_is_bounded() -> None:
@@ -72,15 +73,14 @@ async def test_idle_topics_expire_after_the_ttl() -> None:
         assert len(backend) == 3
         clock.now += 2
         await hub.publish("fresh", 2)  # the sweep runs with publishes: "old" goes
-        assert await hub.last_seq("old") == 0 and backend.expired == 1
-        assert await hub.last_seq("kept") == 1  # listened: kept however old
+        assert backend.expired == 1 and len(backend) == 2  # "kept" is listened: kept
         listened.close()
         clock.now += 59
         await hub.publish("fresh", 3)
-        assert await hub.last_seq("kept") == 1  # idle for 59 s only
+        assert len(backend) == 2  # "kept" idle for 59 s only
         clock.now += 2
         await hub.publish("fresh", 4)
-        assert await hub.last_seq("kept") == 0 and len(backend) == 1
+        assert backend.expired == 2 and len(backend) == 1
 
 
 async def test_the_sweep_is_amortised() -> None:
@@ -103,7 +103,7 @@ async def test_the_sweep_is_amortised() -> None:
         assert backend.expired == 99 + 20 and len(backend) == 1
 
 
-async def test_resuming_across_expiry_is_a_reset() -> None:
+async def test_resuming_across_expiry_is_exact_or_a_gap() -> None:
     clock = Clock()
     backend = MemoryBackend(clock=clock, topic_idle_ttl=10)
     async with Hub(backend) as hub:
@@ -111,26 +111,49 @@ async def test_resuming_across_expiry_is_a_reset() -> None:
             old = await hub.publish("room", i)
         clock.now += 11
         await hub.publish("other", 0)
-        assert await hub.last_seq("room") == 0
-        gap, messages = await hub.history("room", 3, epoch=old.epoch)
-        assert gap is not None and gap.reason is GapReason.RESET and messages == []
+        assert backend.expired == 1 and len(backend) == 1
+        assert await hub.last_seq("room") == 3  # the number lives on in its floor
+        gap, messages = await hub.history("room", 1, epoch=old.epoch)
+        assert gap == Gap("room", 1, 4) and messages == []
         for i in range(5):
             new = await hub.publish("room", {"new": i})
-        assert new.seq == 5 and new.epoch != old.epoch
-        # The new incarnation has passed the old cursor: only the epoch tells them apart.
-        gap, messages = await hub.history("room", 2, epoch=old.epoch)
-        assert gap == Gap("room", 2, 1, GapReason.RESET) and gap.epoch == new.epoch
-        assert [m.seq for m in messages] == [1, 2, 3, 4, 5]
-        subscription = hub.subscribe("room", 2, epoch=old.epoch)
+        assert new.seq == 8 and new.epoch == old.epoch  # numbers never go back
+        # A cursor that missed old messages: a gap, never the new ones as if they followed,
+        # with or without its epoch (the browser client sends none).
+        for epoch in (None, old.epoch):
+            gap, messages = await hub.history("room", 2, epoch=epoch)
+            assert gap == Gap("room", 2, 4, GapReason.TRIMMED)
+            assert [m.seq for m in messages] == [4, 5, 6, 7, 8]
+        subscription = hub.subscribe("room", 2)
         items = [await asyncio.wait_for(subscription.get(), 5) for _ in range(6)]
-        assert isinstance(items[0], Gap) and items[0].reason is GapReason.RESET
-        assert items[0].epoch == new.epoch
+        assert items[0] == Gap("room", 2, 4)
         assert [m.data for m in items[1:] if isinstance(m, Message)] == [
             {"new": i} for i in range(5)
         ]
-        # A cursor of the new incarnation resumes exactly.
-        gap, messages = await hub.history("room", 4, epoch=new.epoch)
-        assert gap is None and [m.seq for m in messages] == [5]
+        # A cursor that had everything of the old incarnation resumes exactly.
+        gap, messages = await hub.history("room", 3)
+        assert gap is None and [m.seq for m in messages] == [4, 5, 6, 7, 8]
+        # One above anything ever published is still a reset.
+        gap, _ = await hub.history("room", 9)
+        assert gap is not None and gap.reason is GapReason.RESET
+
+
+async def test_a_shared_floor_gives_a_new_topic_a_gap_not_old_numbers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory, "FLOOR_BUCKETS", 1)
+    clock = Clock()
+    backend = MemoryBackend(clock=clock, topic_idle_ttl=10)
+    async with Hub(backend) as hub:
+        for i in range(4):
+            await hub.publish("a", i)
+        await hub.publish("b", 0)
+        clock.now += 11
+        # "a" dropped: every name not kept now numbers on from 4.
+        assert (await hub.publish("b", 1)).seq == 2 and backend.expired == 1
+        assert (await hub.publish("c", 0)).seq == 5
+        gap, messages = await hub.history("c", 0)
+        assert gap == Gap("c", 0, 5) and [m.seq for m in messages] == [5]
 
 
 async def test_the_cap_drops_idle_topics_then_refuses() -> None:
@@ -140,7 +163,7 @@ async def test_the_cap_drops_idle_topics_then_refuses() -> None:
         a = hub.subscribe("a")
         assert len(backend) == 2
         await hub.publish("b", 1)  # "idle" makes room, though recent
-        assert await hub.last_seq("idle") == 0 and await hub.last_seq("b") == 1
+        assert backend.expired == 1 and await hub.last_seq("b") == 1
         b = hub.subscribe("b")
         with pytest.raises(TooManyTopics):
             await hub.publish("c", 1)
@@ -151,7 +174,7 @@ async def test_the_cap_drops_idle_topics_then_refuses() -> None:
         assert (await asyncio.wait_for(a.get(), 5)).seq == 1  # type: ignore[union-attr]
         b.close()
         await hub.publish("c", 1)  # "b" has no listener any more: it makes room
-        assert await hub.last_seq("b") == 0
+        assert backend.expired == 2 and hub.topics == ["a"]
 
 
 async def test_a_restarted_hub_does_not_pin_topics() -> None:
@@ -160,7 +183,7 @@ async def test_a_restarted_hub_does_not_pin_topics() -> None:
         hub.subscribe("a")
     async with Hub(backend) as hub:
         await hub.publish("b", 1)
-        assert await hub.last_seq("a") == 0
+        assert backend.expired == 1 and len(backend) == 1
 
 
 async def test_the_cap_over_http_and_websocket() -> None:

@@ -13,14 +13,20 @@ memory without bound:
   however recent; if every topic has listeners, a new topic is refused with
   :class:`~fullduplex.hub.base.TooManyTopics`.
 
-A dropped topic that comes back numbers its messages from 1 again under a new epoch (the
-backend's epoch and a generation, ``"<epoch>-<n>"``): a client resuming with a cursor of the
-old incarnation gets a ``reset`` :class:`~fullduplex.hub.base.Gap`, never the new messages as
-if they followed.
+Numbers never go back, dropped or not: a dropped topic's last sequence number is kept in one
+of :data:`FLOOR_BUCKETS` floors (fixed memory, chosen by the topic's hash, the largest of the
+topics dropped there), and a topic made again numbers on from its floor. To a client, a drop
+then looks like history trimmed: a cursor of the old incarnation resumes exactly if it had
+everything (the next number follows it), else gets a ``trimmed``
+:class:`~fullduplex.hub.base.Gap`; never the new messages as if nothing was missing, with or
+without an epoch (the browser client sends none). The price of sharing floors: a new topic
+whose bucket holds a dropped topic's floor starts above 1, and a reader from ``since=0`` gets
+a ``trimmed`` gap for numbers that never existed.
 """
 
 from __future__ import annotations
 
+import array
 import collections
 import itertools
 import json
@@ -32,16 +38,21 @@ from typing import Any
 
 from .base import Backend, Deliver, Gap, GapReason, Message, TooManyTopics, TopicConfig
 
-__all__ = ["DEFAULT_MAX_TOPICS", "DEFAULT_TOPIC_IDLE_TTL", "MemoryBackend"]
+__all__ = ["DEFAULT_MAX_TOPICS", "DEFAULT_TOPIC_IDLE_TTL", "FLOOR_BUCKETS", "MemoryBackend"]
 
-#: Live topics kept at most. An idle topic costs about 600 bytes (plus its history): 100,000
-#: of them about 60 MB, the order of what the WebSocket connections this process can serve
-#: cost anyway (bench/idle_memory.py).
+#: Live topics kept at most. A topic with one small message costs about 1 KB (tracemalloc:
+#: its object, deque, name, message and two dict entries): 100,000 of them about 100 MB, the
+#: order of what the WebSocket connections this process can serve cost anyway.
 DEFAULT_MAX_TOPICS = 100_000
 #: Seconds a topic with no listener and no message is kept: the default history age
 #: (:data:`~fullduplex.hub.base.DEFAULT_HISTORY_AGE`), so expiry never drops history that a
-#: resuming client could still have read; what it drops is only the counter.
+#: resuming client could still have read; what it drops is the topic's object (its number
+#: lives on in a floor).
 DEFAULT_TOPIC_IDLE_TTL = 3600.0
+
+#: Floors of the sequence numbers of dropped topics (8 bytes each: 128 KiB per backend). More
+#: buckets, fewer new topics starting above 1 after drops.
+FLOOR_BUCKETS = 2**14
 
 #: Idle topics the sweep looks at per new topic: more than one, so the sweep outpaces the
 #: creation of topics (one per call).
@@ -52,12 +63,11 @@ _SWEEP_INTERVAL = 1.0
 
 
 class _Topic:
-    __slots__ = ("epoch", "history", "listeners", "seq", "touched")
+    __slots__ = ("history", "listeners", "seq", "touched")
 
-    def __init__(self, epoch: str, now: float) -> None:
-        self.seq = 0
+    def __init__(self, seq: int, now: float) -> None:
+        self.seq = seq
         self.history: collections.deque[Message] = collections.deque()
-        self.epoch = epoch
         #: Hubs listening (a listened topic is never dropped).
         self.listeners = 0
         #: When it was last published to or left by its last listener.
@@ -71,10 +81,9 @@ class MemoryBackend(Backend):
     program written against this backend runs on Redis; it is kept as given, not copied:
     don't mutate it after publishing.
 
-    Every topic of one backend has the same epoch (:attr:`epoch`), new for each backend, until
-    a topic is dropped (see the module docstring): topics made after that get
-    ``"<epoch>-<n>"``. A client's cursor from before a restart of the process, or from before
-    its topic was dropped, is known as stale.
+    Every topic of one backend has the same epoch (:attr:`epoch`), new for each backend:
+    a client's cursor from before a restart of the process is known as stale. A dropped topic
+    keeps its numbering (see the module docstring).
 
     Args:
         clock: wall clock in seconds since the epoch (tests may pass a fake one).
@@ -99,7 +108,7 @@ class MemoryBackend(Backend):
         ):
             raise ValueError("topic_idle_ttl must be None or a number of seconds")
         self._clock = clock
-        #: The epoch of every topic here until one is dropped (see :class:`~.base.Gap`).
+        #: The epoch of every topic here (see :class:`~fullduplex.hub.base.Gap`).
         self.epoch = uuid.uuid4().hex[:12]
         #: Live topics kept at most; None for no limit.
         self.max_topics = max_topics
@@ -108,6 +117,7 @@ class MemoryBackend(Backend):
         #: Topics dropped so far (idle or for room), for tests and metrics.
         self.expired = 0
         self._sweep_at = 0.0
+        self._floors = array.array("q", bytes(8 * FLOOR_BUCKETS))
         self._topics: dict[str, _Topic] = {}
         # Topics with no listener, least recently touched first.
         self._idle: collections.OrderedDict[str, _Topic] = collections.OrderedDict()
@@ -156,7 +166,7 @@ class MemoryBackend(Backend):
             self._idle.move_to_end(topic)
         state.touched = now
         state.seq += 1
-        message = Message(topic, state.seq, data, now, state.epoch)
+        message = Message(topic, state.seq, data, now, self.epoch)
         state.history.append(message)
         self._trim(state, config, now)
         if now >= self._sweep_at:
@@ -198,13 +208,19 @@ class MemoryBackend(Backend):
             if len(topics) >= self.max_topics:
                 raise TooManyTopics(f"too many topics: {len(topics)} with listeners")
         self.sweep(now)
-        epoch = f"{self.epoch}-{self.expired:x}" if self.expired else self.epoch
-        state = topics[topic] = self._idle[topic] = _Topic(epoch, now)
+        state = topics[topic] = self._idle[topic] = _Topic(self._floor(topic), now)
         return state
 
+    def _floor(self, topic: str) -> int:
+        """The number a topic not kept goes on from (0 until a topic is dropped)."""
+        return self._floors[hash(topic) % FLOOR_BUCKETS] if self.expired else 0
+
     def _drop(self, topic: str) -> None:
-        del self._topics[topic]
+        seq = self._topics.pop(topic).seq
         del self._idle[topic]
+        bucket = hash(topic) % FLOOR_BUCKETS
+        if seq > self._floors[bucket]:
+            self._floors[bucket] = seq
         self.expired += 1
 
     def _feed(self, message: Message) -> None:
@@ -240,13 +256,13 @@ class MemoryBackend(Backend):
         epoch: str | None = None,
     ) -> tuple[Gap | None, list[Message]]:
         """See :meth:`Backend.history`. Reading a topic does not keep it alive."""
-        state = self._topics.get(topic) or _Topic(self.epoch_nowait(topic), 0.0)
+        state = self._topics.get(topic) or _Topic(self._floor(topic), 0.0)
         self._trim(state, config)
         history = state.history
         first = history[0].seq if history else state.seq + 1
         gap: Gap | None = None
-        if since > state.seq or (since and epoch and epoch != state.epoch):
-            gap = Gap(topic, since, first, GapReason.RESET, state.epoch)
+        if since > state.seq or (since and epoch and epoch != self.epoch):
+            gap = Gap(topic, since, first, GapReason.RESET, self.epoch)
         elif since < first - 1:
             gap = Gap(topic, since, first)
         start = first if gap is not None else since + 1
@@ -260,19 +276,16 @@ class MemoryBackend(Backend):
 
     async def position(self, topic: str) -> tuple[int, str]:
         """See :meth:`Backend.position`."""
-        return self.last_seq_nowait(topic), self.epoch_nowait(topic)
+        return self.last_seq_nowait(topic), self.epoch
 
     def epoch_nowait(self, topic: str) -> str:
-        """The topic's epoch, always known here (for a topic not kept: the one it would get)."""
-        state = self._topics.get(topic)
-        if state is not None:
-            return state.epoch
-        return f"{self.epoch}-{self.expired:x}" if self.expired else self.epoch
+        """The epoch, always known here."""
+        return self.epoch
 
     def last_seq_nowait(self, topic: str) -> int:
-        """The topic's last sequence number, always known here."""
+        """The topic's last sequence number, always known here (not kept: its floor)."""
         state = self._topics.get(topic)
-        return 0 if state is None else state.seq
+        return self._floor(topic) if state is None else state.seq
 
     def admit(self, topic: str) -> None:
         """Make ``topic`` if it is not kept (see :meth:`Backend.admit`).
