@@ -224,5 +224,9 @@ async def test_the_cap_over_http_and_websocket() -> None:
             assert {"ack": 9, "topic": "chat", "seq": 2} in [
                 {k: r.get(k) for k in ("ack", "topic", "seq")} for r in replies
             ]
+            # Event streams and long polls opening a new topic: 503 too.
+            for target in ("/sse?topic=other", "/longpoll?topic=other&since=0"):
+                answer = await request(setup.port, "GET", target)
+                assert answer.status == 503 and b"too many topics" in answer.body, target
     finally:
         await teardown(setup)
